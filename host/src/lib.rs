@@ -1,0 +1,8 @@
+//! rapid-host: an OpenAI-compatible LLM server whose output parsers and alias policies are
+//! sandboxed WebAssembly plugins.
+
+pub mod host_facts;
+pub mod plugins;
+pub mod registry;
+pub mod resolve;
+pub mod server;

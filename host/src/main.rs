@@ -1,0 +1,403 @@
+//! The `rapid-host` command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use rapid_host::host_facts::{ByteSize, HostFacts};
+use rapid_host::plugins::{PluginRuntime, PluginSet, SandboxLimits};
+use rapid_host::registry::{AliasEntry, AliasRegistry};
+use rapid_host::resolve::{ModelResolver, ResolveFailure, ResolvedModel, SourceKind};
+use rapid_host::server::{AppState, router};
+use serde_json::json;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "rapid-host", version, about = "OpenAI-compatible local LLM server with WebAssembly plugins")]
+struct Cli {
+    /// Alias table to use instead of the built-in aliases.json.
+    #[arg(long, global = true, env = "RAPID_HOST_ALIASES", value_name = "FILE")]
+    aliases: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the OpenAI-compatible API on MODEL (default: the registry's default alias).
+    Serve(ServeArgs),
+    /// List every alias with its format, architecture, quantization and parsers.
+    Models {
+        /// Print JSON only.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve MODEL through the active alias policy and print its profile.
+    Info {
+        /// Alias, `org/repo` id, or local path.
+        model: String,
+        #[command(flatten)]
+        plugins: PluginArgs,
+        /// Print JSON only.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the plugins in a directory, their kind, names and WIT version.
+    Plugins {
+        #[command(flatten)]
+        plugins: PluginArgs,
+        /// Print JSON only.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PluginArgs {
+    /// Directory holding plugin components (`*.wasm`).
+    #[arg(long, env = "RAPID_HOST_PLUGINS", default_value = "plugins", value_name = "DIR")]
+    plugins: PathBuf,
+    /// Alias policy plugin that resolves model names.
+    #[arg(long, default_value = "strict", value_name = "NAME")]
+    alias_policy: String,
+    /// Free memory to report to alias policies instead of measuring it (e.g. 16GiB).
+    #[arg(long, value_name = "SIZE")]
+    free_memory: Option<ByteSize>,
+    /// Where precompiled plugins are cached (default: ~/.cache/rapid-host/plugins).
+    #[arg(long, value_name = "DIR")]
+    plugin_cache: Option<PathBuf>,
+    /// Compile plugins on every start instead of caching them.
+    #[arg(long)]
+    no_plugin_cache: bool,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Alias, `org/repo` id, or local path.
+    model: Option<String>,
+    #[command(flatten)]
+    plugins: PluginArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("RAPID_HOST_LOG").unwrap_or_else(|_| EnvFilter::new("warn,rapid_host=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let registry = match &cli.aliases {
+        Some(path) => AliasRegistry::from_path(path)?,
+        None => AliasRegistry::builtin().context("the built-in alias table is broken")?,
+    };
+    match cli.command {
+        Command::Models { json } => {
+            print_models(&registry, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins { plugins, json } => {
+            let set = load_plugins(&plugins)?;
+            print_plugins(&set, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Info { model, plugins, json } => {
+            let set = load_plugins(&plugins)?;
+            match resolve(&registry, &set, &plugins, &model)? {
+                Ok(resolved) => {
+                    print_info(&resolved, &plugins.alias_policy, json)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(code) => Ok(code),
+            }
+        }
+        Command::Serve(args) => serve(&registry, args),
+    }
+}
+
+fn load_plugins(args: &PluginArgs) -> anyhow::Result<PluginSet> {
+    if !args.plugins.is_dir() {
+        bail!(
+            "plugin directory {} not found (build the bundled plugins with scripts/build-plugins)",
+            args.plugins.display()
+        );
+    }
+    let cache =
+        if args.no_plugin_cache { None } else { args.plugin_cache.clone().or_else(PluginRuntime::default_cache_dir) };
+    let runtime = PluginRuntime::new(SandboxLimits::default(), cache)?;
+    Ok(PluginSet::load_dir(runtime, &args.plugins)?)
+}
+
+/// Resolves `model`; on refusal prints the error with suggestions and returns exit code 1.
+fn resolve(
+    registry: &AliasRegistry,
+    set: &PluginSet,
+    args: &PluginArgs,
+    model: &str,
+) -> anyhow::Result<Result<ResolvedModel, ExitCode>> {
+    let Some(policy) = set.policy(&args.alias_policy) else {
+        let available: Vec<&str> = set.policy_names().collect();
+        bail!(
+            "alias policy `{}` is not among the plugins in {} (available: {})",
+            args.alias_policy,
+            args.plugins.display(),
+            if available.is_empty() { String::from("none") } else { available.join(", ") }
+        );
+    };
+    let mut facts = HostFacts::detect("cpu");
+    if let Some(ByteSize(bytes)) = args.free_memory {
+        facts.free_memory_bytes = bytes;
+    }
+    match ModelResolver::new(registry, policy, facts).resolve(model) {
+        Ok(resolved) => Ok(Ok(resolved)),
+        Err(ResolveFailure::Unknown { message, suggestions }) => {
+            eprintln!("error: {message}");
+            if !suggestions.is_empty() {
+                eprintln!("  did you mean: {}", suggestions.join(", "));
+            }
+            eprintln!("  `rapid-host models` lists every alias; an org/repo id or a local path also works");
+            Ok(Err(ExitCode::FAILURE))
+        }
+        Err(ResolveFailure::Plugin(e)) => Err(e.into()),
+    }
+}
+
+fn yes_no(value: Option<bool>) -> &'static str {
+    match value {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    }
+}
+
+fn models_json(registry: &AliasRegistry) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = registry
+        .iter()
+        .map(|(name, e)| {
+            json!({
+                "alias": name,
+                "hf_path": e.hf_path,
+                "format": e.format,
+                "arch": e.arch,
+                "quant": e.quant,
+                "file": e.file,
+                "tool_call_parser": e.tool_call_parser,
+                "reasoning_parser": e.reasoning_parser,
+                "is_moe": e.is_moe,
+                "is_hybrid": e.is_hybrid,
+                "loadable": e.loadable(),
+            })
+        })
+        .collect();
+    json!({ "default": registry.default_alias(), "models": rows })
+}
+
+fn print_models(registry: &AliasRegistry, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&models_json(registry))?);
+        return Ok(());
+    }
+    let rows: Vec<[String; 8]> = registry
+        .iter()
+        .map(|(name, e)| {
+            [
+                if name == registry.default_alias() { format!("{name} *") } else { name.to_string() },
+                e.format.to_string(),
+                e.arch.clone().unwrap_or_else(|| "-".into()),
+                e.quant.clone(),
+                e.tool_call_parser.clone().unwrap_or_else(|| "-".into()),
+                e.reasoning_parser.clone().unwrap_or_else(|| "-".into()),
+                format!("{}/{}", yes_no(e.is_moe), yes_no(e.is_hybrid)),
+                if e.loadable() { "yes".into() } else { "no".into() },
+            ]
+        })
+        .collect();
+    let header = ["ALIAS", "FORMAT", "ARCH", "QUANT", "TOOLS", "REASONING", "MOE/HYBRID", "LOADABLE"];
+    print_table(&header, &rows);
+    let loadable = registry.iter().filter(|(_, e)| e.loadable()).count();
+    println!(
+        "\n{} aliases, {loadable} loadable by this build (* = default). `rapid-host info ALIAS` shows one in full.",
+        registry.len()
+    );
+    Ok(())
+}
+
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn source_label(source: SourceKind) -> &'static str {
+    match source {
+        SourceKind::LocalDir => "local directory",
+        SourceKind::LocalFile => "local file",
+        SourceKind::HubRepo => "hub repository",
+        SourceKind::PipPackage => "pip package",
+    }
+}
+
+fn print_info(resolved: &ResolvedModel, policy: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "policy": policy, "resolution": resolved }))?);
+        return Ok(());
+    }
+    let display_name = resolved.alias.as_deref().unwrap_or(&resolved.requested);
+    if display_name == resolved.requested {
+        println!("{} -> {}", resolved.requested, resolved.hf_path);
+    } else {
+        println!("{} -> {} -> {}", resolved.requested, display_name, resolved.hf_path);
+    }
+    let mut rows: Vec<(&str, String)> =
+        vec![("policy", policy.to_string()), ("source", source_label(resolved.source).to_string())];
+    if let Some(file) = &resolved.file {
+        rows.push(("file", file.clone()));
+    }
+    match &resolved.profile {
+        Some(e) => rows.extend(profile_rows(e)),
+        None => rows.push(("profile", String::from("none (not an alias; parsers are chosen when the model loads)"))),
+    }
+    for (key, value) in rows {
+        println!("  {key:<18}{value}");
+    }
+    for note in &resolved.notes {
+        println!("  note: {note}");
+    }
+    Ok(())
+}
+
+fn profile_rows(e: &AliasEntry) -> Vec<(&'static str, String)> {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut rows = vec![
+        ("format", e.format.to_string()),
+        ("arch", e.arch.clone().unwrap_or_else(|| "- (not checked offline)".into())),
+        ("quant", e.quant.clone()),
+        ("tool parser", opt(&e.tool_call_parser)),
+        ("reasoning parser", opt(&e.reasoning_parser)),
+        ("moe", yes_no(e.is_moe).into()),
+        ("hybrid", yes_no(e.is_hybrid).into()),
+    ];
+    if let Some(size) = e.size_bytes {
+        rows.push(("size", format!("{:.1} MiB", size as f64 / f64::from(1u32 << 20))));
+    }
+    if let Some(parts) = &e.pip {
+        let reqs: Vec<&str> = parts.iter().map(|p| p.requirement.as_str()).collect();
+        rows.push(("pip", reqs.join(" ")));
+    }
+    rows.push((
+        "loadable",
+        if e.loadable() {
+            "yes".into()
+        } else {
+            format!("no (this build has no engine for {} {})", e.format, e.arch.as_deref().unwrap_or("?"))
+        },
+    ));
+    rows
+}
+
+fn print_plugins(set: &PluginSet, json: bool) -> anyhow::Result<()> {
+    if json {
+        let failures: Vec<serde_json::Value> =
+            set.failures.iter().map(|f| json!({ "file": f.file, "error": f.error.to_string() })).collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "plugins": set.plugins, "failures": failures }))?);
+        return Ok(());
+    }
+    let rows: Vec<[String; 6]> = set
+        .plugins
+        .iter()
+        .map(|p| {
+            let provides: Vec<String> = p.provides.iter().map(|c| format!("{} ({})", c.name, c.kind)).collect();
+            [
+                file_name(&p.file),
+                p.name.clone(),
+                p.kind.to_string(),
+                provides.join(", "),
+                format!("rapid:plugin@{}", p.wit_version),
+                p.version.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["FILE", "NAME", "KIND", "PROVIDES", "WIT", "VERSION"], &rows);
+    for failure in &set.failures {
+        println!("FAILED  {}", failure.error);
+    }
+    println!("\n{} loaded, {} failed", set.plugins.len(), set.failures.len());
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let set = load_plugins(&args.plugins)?;
+    for failure in &set.failures {
+        tracing::warn!("skipped {}: {}", failure.file.display(), failure.error);
+    }
+    let model = args.model.clone().unwrap_or_else(|| registry.default_alias().to_string());
+    let resolved = match resolve(registry, &set, &args.plugins, &model)? {
+        Ok(resolved) => resolved,
+        Err(code) => return Ok(code),
+    };
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("`{}:{}` is not a valid listen address", args.host, args.port))?;
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let state = AppState { model: resolved.clone(), created };
+
+    eprintln!("rapid-host {}", env!("CARGO_PKG_VERSION"));
+    eprintln!("  model    {} -> {}", state.model_id(), resolved.hf_path);
+    for note in &resolved.notes {
+        eprintln!("  note     {note}");
+    }
+    eprintln!(
+        "  plugins  {} loaded from {} ({} failed)",
+        set.plugins.len(),
+        args.plugins.plugins.display(),
+        set.failures.len()
+    );
+    eprintln!("  MISSING  the inference engine is not built yet: /v1/chat/completions and /v1/completions");
+    eprintln!("           answer 503 in OpenAI's error format; /health, /v1/models work.");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!("  listening on http://{addr}/v1");
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("server failed")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

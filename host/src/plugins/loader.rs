@@ -1,0 +1,343 @@
+//! Discovery and loading of plugin components from a directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use wasmtime::component::Component;
+
+use super::bindings::alias_policy::AliasPolicyPluginPre;
+use super::bindings::alias_policy::rapid::plugin::types as wit_types;
+use super::bindings::output_parser::OutputParserPluginPre;
+use super::limits::classify;
+use super::policy::AliasPolicyPlugin;
+use super::{PluginError, PluginRuntime, SUPPORTED_WIT_VERSIONS, WIT_PACKAGE};
+
+/// Imports a plugin may declare. Language runtimes declare WASI stdio and environment even
+/// when the plugin never uses them; they are linked to stubs that trap. Anything else
+/// (filesystem, sockets, clocks, randomness, HTTP) is refused at load time, so a plugin
+/// that needs it fails loudly and early instead of at its first call.
+pub const ALLOWED_IMPORT_PREFIXES: &[&str] = &["rapid:plugin/types@", "wasi:io/", "wasi:cli/"];
+
+/// What a plugin component implements, from the interfaces it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    AliasPolicy,
+    OutputParser,
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AliasPolicy => "alias-policy",
+            Self::OutputParser => "output-parser",
+        })
+    }
+}
+
+/// A capability a plugin provides: `(name, kind)`, kind as in the WIT (`tool-call-parser`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Provided {
+    pub name: String,
+    pub kind: &'static str,
+}
+
+/// A loaded plugin, as `rapid-host plugins` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginSummary {
+    pub file: PathBuf,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub kind: PluginKind,
+    pub wit_version: String,
+    pub provides: Vec<Provided>,
+    pub imports: Vec<String>,
+    /// Whether the precompiled artifact came from the cache.
+    pub from_cache: bool,
+}
+
+/// A file that did not load, and why. The other plugins load regardless.
+#[derive(Debug)]
+pub struct LoadFailure {
+    pub file: PathBuf,
+    pub error: PluginError,
+}
+
+/// Output-parser plugin, loaded and linked. Sessions arrive with the parser issue.
+#[derive(Clone)]
+pub struct OutputParserPlugin {
+    pub name: String,
+    pub file: PathBuf,
+    pub pre: OutputParserPluginPre<super::limits::PluginState>,
+}
+
+impl fmt::Debug for OutputParserPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutputParserPlugin").field("name", &self.name).field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+/// All plugins loaded from one directory.
+#[derive(Debug)]
+pub struct PluginSet {
+    runtime: PluginRuntime,
+    pub plugins: Vec<PluginSummary>,
+    pub failures: Vec<LoadFailure>,
+    policies: BTreeMap<String, AliasPolicyPlugin>,
+    output_parsers: BTreeMap<String, OutputParserPlugin>,
+    tool_parsers: BTreeSet<String>,
+    reasoning_parsers: BTreeSet<String>,
+}
+
+impl PluginSet {
+    pub fn empty(runtime: PluginRuntime) -> Self {
+        Self {
+            runtime,
+            plugins: Vec::new(),
+            failures: Vec::new(),
+            policies: BTreeMap::new(),
+            output_parsers: BTreeMap::new(),
+            tool_parsers: BTreeSet::new(),
+            reasoning_parsers: BTreeSet::new(),
+        }
+    }
+
+    /// Loads every `*.wasm` directly inside `dir`, in name order. Only an unreadable
+    /// directory is an error; a bad file becomes a [`LoadFailure`] naming it.
+    pub fn load_dir(runtime: PluginRuntime, dir: &Path) -> Result<Self, PluginError> {
+        let unreadable = |e: std::io::Error| PluginError::Load {
+            path: dir.to_path_buf(),
+            reason: format!("cannot read plugin directory: {e}"),
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(unreadable)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+            .collect();
+        files.sort();
+        let mut set = Self::empty(runtime);
+        for file in files {
+            set.load_file(&file);
+        }
+        Ok(set)
+    }
+
+    /// Loads one component; on failure records it and leaves the set as it was.
+    pub fn load_file(&mut self, file: &Path) {
+        match self.try_load(file) {
+            Ok(()) => {}
+            Err(error) => {
+                tracing::debug!("plugin not loaded: {error}");
+                self.failures.push(LoadFailure { file: file.to_path_buf(), error });
+            }
+        }
+    }
+
+    fn try_load(&mut self, file: &Path) -> Result<(), PluginError> {
+        let fail = |reason: String| PluginError::Load { path: file.to_path_buf(), reason };
+        let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let (component, from_cache) =
+            self.runtime.compile(&bytes).map_err(|e| fail(format!("not a valid WebAssembly component: {e}")))?;
+        let (kind, wit_version) = detect_kind(&self.runtime, &component).map_err(fail)?;
+        let imports = check_imports(&self.runtime, &component).map_err(fail)?;
+        let pre = self.runtime.instance_pre(&component).map_err(|e| fail(format!("cannot link: {e}")))?;
+        let label = file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+
+        let (info, policy, parser) = match kind {
+            PluginKind::AliasPolicy => {
+                let pre = AliasPolicyPluginPre::new(pre)
+                    .map_err(|e| fail(format!("does not match the alias-policy world: {e:#}")))?;
+                let mut plugin = AliasPolicyPlugin::new(label.clone(), file.to_path_buf(), pre, self.runtime.clone());
+                let info = plugin.info()?;
+                plugin.set_label(&info.name);
+                (info, Some(plugin), None)
+            }
+            PluginKind::OutputParser => {
+                let pre = OutputParserPluginPre::new(pre)
+                    .map_err(|e| fail(format!("does not match the output-parser world: {e:#}")))?;
+                let mut store = self.runtime.store();
+                let info = pre
+                    .instantiate(&mut store)
+                    .and_then(|p| p.rapid_plugin_output_parser().call_info(&mut store))
+                    .map_err(|e| {
+                        classify(e, store.data().limiter.refused_memory, &label, "info", self.runtime.limits())
+                    })?;
+                let info = convert_info(info);
+                let plugin = OutputParserPlugin { name: info.name.clone(), file: file.to_path_buf(), pre };
+                (info, None, Some(plugin))
+            }
+        };
+
+        if info.name.trim().is_empty() || info.provides.is_empty() {
+            return Err(fail(String::from("plugin info must carry a name and provide at least one capability")));
+        }
+        if let Some(other) = self.plugins.iter().find(|p| p.name == info.name) {
+            return Err(fail(format!("plugin name `{}` is already taken by {}", info.name, other.file.display())));
+        }
+        for cap in &info.provides {
+            let expected = match kind {
+                PluginKind::AliasPolicy => cap.kind == "alias-policy",
+                PluginKind::OutputParser => cap.kind != "alias-policy",
+            };
+            if !expected {
+                return Err(fail(format!("a {kind} plugin cannot provide {} `{}`", cap.kind, cap.name)));
+            }
+            let taken = match cap.kind {
+                "alias-policy" => self.policies.contains_key(&cap.name),
+                "tool-call-parser" => self.tool_parsers.contains(&cap.name),
+                _ => self.reasoning_parsers.contains(&cap.name),
+            };
+            if taken {
+                return Err(fail(format!("{} `{}` is already provided by another plugin", cap.kind, cap.name)));
+            }
+        }
+
+        for cap in &info.provides {
+            match cap.kind {
+                "alias-policy" => {
+                    if let Some(policy) = &policy {
+                        self.policies.insert(cap.name.clone(), policy.clone());
+                    }
+                }
+                "tool-call-parser" => {
+                    self.tool_parsers.insert(cap.name.clone());
+                }
+                _ => {
+                    self.reasoning_parsers.insert(cap.name.clone());
+                }
+            }
+            if let Some(parser) = &parser {
+                self.output_parsers.insert(cap.name.clone(), parser.clone());
+            }
+        }
+        tracing::debug!(plugin = %info.name, %kind, from_cache, "plugin loaded from {}", file.display());
+        self.plugins.push(PluginSummary {
+            file: file.to_path_buf(),
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            kind,
+            wit_version,
+            provides: info.provides,
+            imports,
+            from_cache,
+        });
+        Ok(())
+    }
+
+    pub fn runtime(&self) -> &PluginRuntime {
+        &self.runtime
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&AliasPolicyPlugin> {
+        self.policies.get(name)
+    }
+
+    pub fn policy_names(&self) -> impl Iterator<Item = &str> {
+        self.policies.keys().map(String::as_str)
+    }
+
+    pub fn output_parser(&self, name: &str) -> Option<&OutputParserPlugin> {
+        self.output_parsers.get(name)
+    }
+
+    pub fn tool_parser_names(&self) -> &BTreeSet<String> {
+        &self.tool_parsers
+    }
+
+    pub fn reasoning_parser_names(&self) -> &BTreeSet<String> {
+        &self.reasoning_parsers
+    }
+}
+
+/// Plugin info in host terms, whichever world it came from.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub provides: Vec<Provided>,
+}
+
+fn capability_kind(kind: wit_types::CapabilityKind) -> &'static str {
+    match kind {
+        wit_types::CapabilityKind::AliasPolicy => "alias-policy",
+        wit_types::CapabilityKind::ToolCallParser => "tool-call-parser",
+        wit_types::CapabilityKind::ReasoningParser => "reasoning-parser",
+    }
+}
+
+pub(crate) fn convert_policy_info(info: wit_types::PluginInfo) -> Info {
+    Info {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        provides: info.provides.into_iter().map(|c| Provided { kind: capability_kind(c.kind), name: c.name }).collect(),
+    }
+}
+
+fn convert_info(info: super::bindings::output_parser::rapid::plugin::types::PluginInfo) -> Info {
+    use super::bindings::output_parser::rapid::plugin::types::CapabilityKind as K;
+    Info {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        provides: info
+            .provides
+            .into_iter()
+            .map(|c| Provided {
+                kind: match c.kind {
+                    K::AliasPolicy => "alias-policy",
+                    K::ToolCallParser => "tool-call-parser",
+                    K::ReasoningParser => "reasoning-parser",
+                },
+                name: c.name,
+            })
+            .collect(),
+    }
+}
+
+/// The plugin kind and WIT version, from the exported interface names
+/// (`rapid:plugin/alias-policy@0.1.0`).
+fn detect_kind(runtime: &PluginRuntime, component: &Component) -> Result<(PluginKind, String), String> {
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty.exports(runtime.engine()).map(|(name, _)| name).collect();
+    for name in &exports {
+        let Some(rest) = name.strip_prefix(WIT_PACKAGE).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        let kind = match interface {
+            "alias-policy" => PluginKind::AliasPolicy,
+            "output-parser" => PluginKind::OutputParser,
+            _ => continue,
+        };
+        if !SUPPORTED_WIT_VERSIONS.contains(&version) {
+            return Err(format!(
+                "built against {WIT_PACKAGE}@{version}; this host supports {}",
+                SUPPORTED_WIT_VERSIONS.join(", ")
+            ));
+        }
+        return Ok((kind, version.to_string()));
+    }
+    Err(format!(
+        "exports neither {WIT_PACKAGE}/alias-policy nor {WIT_PACKAGE}/output-parser (exports: {})",
+        if exports.is_empty() { String::from("nothing") } else { exports.join(", ") }
+    ))
+}
+
+/// The component's imports, or an error naming the first one off the allow-list.
+fn check_imports(runtime: &PluginRuntime, component: &Component) -> Result<Vec<String>, String> {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(runtime.engine()).map(|(name, _)| name.to_string()).collect();
+    if let Some(bad) = imports.iter().find(|name| !ALLOWED_IMPORT_PREFIXES.iter().any(|p| name.starts_with(p))) {
+        return Err(format!(
+            "imports `{bad}`, which rapid-host does not offer to plugins (allowed: {})",
+            ALLOWED_IMPORT_PREFIXES.join(", ")
+        ));
+    }
+    Ok(imports)
+}

@@ -1,0 +1,12 @@
+//! Integration tests of rapid-host, one binary, one file per topic. They run the real
+//! plugin components built by `scripts/build-plugins` (the README's test command builds
+//! them first).
+
+mod cli;
+mod limits;
+mod loading;
+mod policies;
+mod registry;
+mod server;
+mod support;
+mod traps;
