@@ -2,6 +2,7 @@
 //! sandboxed WebAssembly plugins.
 
 pub mod host_facts;
+pub mod parsers;
 pub mod plugins;
 pub mod registry;
 pub mod resolve;

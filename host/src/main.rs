@@ -7,7 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use std::io::Read;
+
 use rapid_host::host_facts::{ByteSize, HostFacts};
+use rapid_host::parsers::{AssembledMessage, ParserPipeline, PipelineConfig};
 use rapid_host::plugins::{PluginRuntime, PluginSet, SandboxLimits};
 use rapid_host::registry::{AliasEntry, AliasRegistry};
 use rapid_host::resolve::{ModelResolver, ResolveFailure, ResolvedModel, SourceKind};
@@ -45,6 +48,27 @@ enum Command {
         /// Print JSON only.
         #[arg(long)]
         json: bool,
+    },
+    /// Parse raw model output from stdin with parser plugins; print the assembled message.
+    Parse {
+        /// Tool-call parser (e.g. hermes, qwen3_coder_xml, harmony).
+        #[arg(long, value_name = "NAME")]
+        tool_parser: Option<String>,
+        /// Reasoning parser (e.g. qwen3, deepseek_r1, gemma4).
+        #[arg(long, value_name = "NAME")]
+        reasoning_parser: Option<String>,
+        /// Directory holding plugin components (`*.wasm`).
+        #[arg(long, env = "RAPID_HOST_PLUGINS", default_value = "plugins", value_name = "DIR")]
+        plugins: PathBuf,
+        /// The request's `tools` array (OpenAI format), for schema-typed arguments.
+        #[arg(long, value_name = "FILE")]
+        tools: Option<PathBuf>,
+        /// Feed the text N characters at a time, as a stream would (default: all at once).
+        #[arg(long, value_name = "N")]
+        chunk: Option<usize>,
+        /// The chat template opened the reasoning block (output starts inside `<think>`).
+        #[arg(long)]
+        reasoning_started: bool,
     },
     /// List the plugins in a directory, their kind, names and WIT version.
     Plugins {
@@ -130,7 +154,67 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Serve(args) => serve(&registry, args),
+        Command::Parse { tool_parser, reasoning_parser, plugins, tools, chunk, reasoning_started } => {
+            let args = PluginArgs {
+                plugins,
+                alias_policy: String::from("strict"),
+                free_memory: None,
+                plugin_cache: None,
+                no_plugin_cache: false,
+            };
+            let tools_json = match tools {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?;
+                    text
+                }
+                None => String::from("[]"),
+            };
+            if tool_parser.is_none() && reasoning_parser.is_none() {
+                bail!("name at least one parser: --tool-parser NAME and/or --reasoning-parser NAME");
+            }
+            if chunk == Some(0) {
+                bail!("--chunk must be at least 1");
+            }
+            let set = load_plugins(&args)?;
+            let config = PipelineConfig { tool_parser, reasoning_parser, tools_json, reasoning_started };
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
+            let message = parse_text(&set, &config, &input, chunk)?;
+            println!("{}", serde_json::to_string(&message.to_openai())?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Runs `input` through a parser pipeline, whole or `chunk` characters at a time.
+fn parse_text(
+    set: &PluginSet,
+    config: &PipelineConfig,
+    input: &str,
+    chunk: Option<usize>,
+) -> anyhow::Result<AssembledMessage> {
+    let mut pipeline = ParserPipeline::new(set, config)?;
+    let mut message = AssembledMessage::default();
+    match chunk {
+        Some(n) => {
+            let chars: Vec<char> = input.chars().collect();
+            for piece in chars.chunks(n) {
+                message.extend(&pipeline.feed(&piece.iter().collect::<String>()));
+            }
+        }
+        None => message.extend(&pipeline.feed(input)),
+    }
+    message.extend(&pipeline.finish());
+    for reason in &message.malformed {
+        eprintln!("warning: malformed tool call kept as content: {reason}");
+    }
+    for failure in &pipeline.failures {
+        eprintln!("warning: {failure}; the rest of the output was passed through unparsed");
+    }
+    Ok(message)
 }
 
 fn load_plugins(args: &PluginArgs) -> anyhow::Result<PluginSet> {

@@ -80,10 +80,15 @@ impl PluginRuntime {
         let limits = &self.inner.limits;
         let mut store = Store::new(&self.inner.engine, PluginState { limiter: StoreLimiter::new(limits) });
         store.limiter(|state| &mut state.limiter);
-        let ticks = limits.call_timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
         store
     }
+}
+
+/// Epoch ticks that make up `timeout` (at least one).
+pub fn deadline_ticks(timeout: Duration) -> u64 {
+    let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
 /// Advances the engine's epoch until the engine is dropped.

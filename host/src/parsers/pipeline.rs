@@ -1,0 +1,159 @@
+//! The reasoning parser, then the tool-call parser, as one stream that never fails.
+
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+
+use super::{ParseEvent, ParserSession};
+use crate::plugins::{PluginError, PluginSet};
+
+/// Which parsers a response goes through.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineConfig {
+    pub tool_parser: Option<String>,
+    pub reasoning_parser: Option<String>,
+    /// The request's `tools` as JSON (`[]` for none).
+    pub tools_json: String,
+    /// The chat template already opened a reasoning block.
+    pub reasoning_started: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("no loaded plugin provides the {kind} parser `{name}` (available: {available})")]
+    UnknownParser { kind: &'static str, name: String, available: String },
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+}
+
+/// Parser sessions for one response. If a plugin traps or times out mid-stream, its stage
+/// passes text through unchanged for the rest of the response and the failure is kept in
+/// [`ParserPipeline::failures`]; the response always completes.
+#[derive(Debug)]
+pub struct ParserPipeline {
+    stages: Vec<Option<ParserSession>>,
+    index_map: BTreeMap<(usize, u32), u32>,
+    next_index: u32,
+    pub failures: Vec<PluginError>,
+}
+
+impl ParserPipeline {
+    pub fn new(plugins: &PluginSet, config: &PipelineConfig) -> Result<Self, PipelineError> {
+        let find = |kind: &'static str, name: &str, known: &std::collections::BTreeSet<String>| {
+            if !known.contains(name) {
+                return Err(PipelineError::UnknownParser {
+                    kind,
+                    name: name.to_string(),
+                    available: known.iter().cloned().collect::<Vec<_>>().join(", "),
+                });
+            }
+            plugins.output_parser(name).ok_or_else(|| PipelineError::UnknownParser {
+                kind,
+                name: name.to_string(),
+                available: String::new(),
+            })
+        };
+        let mut wanted: Vec<(&str, &crate::plugins::loader::OutputParserPlugin)> = Vec::new();
+        if let Some(name) = &config.reasoning_parser {
+            wanted.push((name, find("reasoning", name, plugins.reasoning_parser_names())?));
+        }
+        if let Some(name) = &config.tool_parser {
+            let plugin = find("tool-call", name, plugins.tool_parser_names())?;
+            // One plugin that handles both under one name (gemma4, harmony) runs one session.
+            if !wanted.iter().any(|(n, p)| *n == name.as_str() && p.file == plugin.file) {
+                wanted.push((name, plugin));
+            }
+        }
+        let stages = wanted
+            .into_iter()
+            .map(|(name, plugin)| {
+                ParserSession::start(plugins.runtime(), plugin, name, &config.tools_json, config.reasoning_started)
+                    .map(Some)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { stages, index_map: BTreeMap::new(), next_index: 0, failures: Vec::new() })
+    }
+
+    /// Parses the next piece of model output.
+    pub fn feed(&mut self, delta: &str) -> Vec<ParseEvent> {
+        let mut out = Vec::new();
+        self.run(0, delta, &mut out);
+        out
+    }
+
+    /// End of output: flushes every stage in order.
+    pub fn finish(&mut self) -> Vec<ParseEvent> {
+        let mut out = Vec::new();
+        for stage in 0..self.stages.len() {
+            let result = match &mut self.stages[stage] {
+                Some(session) => session.finish(),
+                None => continue,
+            };
+            match result {
+                Ok(events) => self.route(stage, events, &mut out),
+                Err(e) => self.fail(stage, e),
+            }
+        }
+        out
+    }
+
+    fn run(&mut self, stage: usize, text: &str, out: &mut Vec<ParseEvent>) {
+        if text.is_empty() {
+            return;
+        }
+        let Some(slot) = self.stages.get_mut(stage) else {
+            out.push(ParseEvent::Content(text.to_string()));
+            return;
+        };
+        let result = match slot {
+            Some(session) => session.feed(text),
+            None => return self.run(stage + 1, text, out),
+        };
+        match result {
+            Ok(events) => self.route(stage, events, out),
+            Err(e) => {
+                self.fail(stage, e);
+                self.run(stage + 1, text, out);
+            }
+        }
+    }
+
+    fn fail(&mut self, stage: usize, error: PluginError) {
+        tracing::warn!("parser plugin failed, passing raw text through for the rest of this response: {error}");
+        self.failures.push(error);
+        self.stages[stage] = None;
+    }
+
+    fn route(&mut self, stage: usize, events: Vec<ParseEvent>, out: &mut Vec<ParseEvent>) {
+        for event in events {
+            match event {
+                ParseEvent::Content(text) => self.run(stage + 1, &text, out),
+                ParseEvent::ToolCallBegin { index, id, name } => {
+                    let global = self.next_index;
+                    self.next_index += 1;
+                    self.index_map.insert((stage, index), global);
+                    let id = if id.is_empty() { new_call_id() } else { id };
+                    out.push(ParseEvent::ToolCallBegin { index: global, id, name });
+                }
+                ParseEvent::ToolCallArguments { index, fragment } => {
+                    if let Some(&global) = self.index_map.get(&(stage, index)) {
+                        out.push(ParseEvent::ToolCallArguments { index: global, fragment });
+                    }
+                }
+                ParseEvent::ToolCallEnd(index) => {
+                    if let Some(&global) = self.index_map.get(&(stage, index)) {
+                        out.push(ParseEvent::ToolCallEnd(global));
+                    }
+                }
+                other => out.push(other),
+            }
+        }
+    }
+}
+
+/// `call_` and 24 hex digits, like OpenAI's ids.
+pub fn new_call_id() -> String {
+    let state = std::collections::hash_map::RandomState::new();
+    let a = state.hash_one(0u8);
+    let b = state.hash_one(1u8);
+    format!("call_{:016x}{:08x}", a, b as u32)
+}

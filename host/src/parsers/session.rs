@@ -1,0 +1,103 @@
+//! One parser session inside a wasm plugin.
+
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use super::ParseEvent;
+use crate::plugins::PluginError;
+use crate::plugins::bindings::output_parser::OutputParserPlugin as Bindings;
+use crate::plugins::bindings::output_parser::exports::rapid::plugin::output_parser as wit;
+use crate::plugins::limits::{PluginState, classify};
+use crate::plugins::loader::OutputParserPlugin;
+use crate::plugins::{PluginRuntime, SandboxLimits};
+
+/// A live session: its own store, so a trap here poisons nothing else.
+pub struct ParserSession {
+    plugin: String,
+    limits: SandboxLimits,
+    store: Store<PluginState>,
+    bindings: Bindings,
+    handle: ResourceAny,
+}
+
+impl std::fmt::Debug for ParserSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParserSession").field("plugin", &self.plugin).finish_non_exhaustive()
+    }
+}
+
+impl ParserSession {
+    /// Starts a session of `parser` in `plugin`.
+    pub fn start(
+        runtime: &PluginRuntime,
+        plugin: &OutputParserPlugin,
+        parser: &str,
+        tools_json: &str,
+        reasoning_started: bool,
+    ) -> Result<Self, PluginError> {
+        let mut store = runtime.store();
+        let limits = *runtime.limits();
+        let fail = |e: wasmtime::Error, store: &Store<PluginState>| {
+            classify(e, store.data().limiter.refused_memory, &plugin.name, "create", &limits)
+        };
+        let bindings = match plugin.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) => return Err(fail(e, &store)),
+        };
+        let config =
+            wit::SessionConfig { parser: parser.to_string(), tools_json: tools_json.to_string(), reasoning_started };
+        let created = bindings.rapid_plugin_output_parser().session().call_create(&mut store, &config);
+        let handle = match created {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(message)) => {
+                return Err(PluginError::BadAnswer { plugin: plugin.name.clone(), call: "create", detail: message });
+            }
+            Err(e) => return Err(fail(e, &store)),
+        };
+        Ok(Self { plugin: plugin.name.clone(), limits, store, bindings, handle })
+    }
+
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    pub fn feed(&mut self, delta: &str) -> Result<Vec<ParseEvent>, PluginError> {
+        // Each call gets the full deadline, however long the session lives.
+        self.store.set_epoch_deadline(deadline_ticks(&self.limits));
+        let result =
+            self.bindings.rapid_plugin_output_parser().session().call_feed(&mut self.store, self.handle, delta);
+        self.convert(result, "feed")
+    }
+
+    pub fn finish(&mut self) -> Result<Vec<ParseEvent>, PluginError> {
+        self.store.set_epoch_deadline(deadline_ticks(&self.limits));
+        let result = self.bindings.rapid_plugin_output_parser().session().call_finish(&mut self.store, self.handle);
+        self.convert(result, "finish")
+    }
+
+    fn convert(
+        &self,
+        result: wasmtime::Result<Vec<wit::Event>>,
+        call: &'static str,
+    ) -> Result<Vec<ParseEvent>, PluginError> {
+        let events = result
+            .map_err(|e| classify(e, self.store.data().limiter.refused_memory, &self.plugin, call, &self.limits))?;
+        Ok(events
+            .into_iter()
+            .map(|e| match e {
+                wit::Event::Content(t) => ParseEvent::Content(t),
+                wit::Event::Reasoning(t) => ParseEvent::Reasoning(t),
+                wit::Event::ToolCallBegin(b) => ParseEvent::ToolCallBegin { index: b.index, id: b.id, name: b.name },
+                wit::Event::ToolCallArguments(a) => {
+                    ParseEvent::ToolCallArguments { index: a.index, fragment: a.fragment }
+                }
+                wit::Event::ToolCallEnd(i) => ParseEvent::ToolCallEnd(i),
+                wit::Event::Malformed(m) => ParseEvent::Malformed(m),
+            })
+            .collect())
+    }
+}
+
+fn deadline_ticks(limits: &SandboxLimits) -> u64 {
+    crate::plugins::runtime::deadline_ticks(limits.call_timeout)
+}

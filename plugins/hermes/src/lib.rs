@@ -1,0 +1,102 @@
+//! `hermes`: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, several in a row.
+//!
+//! Also accepts what models of this family actually emit: `"parameters"` for
+//! `"arguments"`, arguments double-encoded as a JSON string, a missing `</tool_call>` at
+//! the end of output, and the Qwen3-Coder XML body (`<function=NAME>…`) inside the tags.
+
+use rapid_plugin_sdk::json::{self, Tools};
+use rapid_plugin_sdk::output_parser::{
+    Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
+};
+use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Section, Splitter, ToolCallSplitter, until_closer};
+use rapid_plugin_sdk::xml::function_blocks;
+use serde_json::Value;
+
+struct HermesFormat;
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
+
+/// One `{"name", "arguments"}` object → a call.
+fn json_call(body: &str) -> Result<Call, String> {
+    let value: Value = serde_json::from_str(body).map_err(|e| format!("tool call is not JSON: {e}"))?;
+    let name = value.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or("tool call has no name")?;
+    let arguments = match value.get("arguments").or_else(|| value.get("parameters")) {
+        None | Some(Value::Null) => String::from("{}"),
+        Some(Value::String(s)) => json::object(s).ok_or("arguments string is not a JSON object")?,
+        Some(obj @ Value::Object(_)) => {
+            // Keep the model's key order: re-minify the original text of the object.
+            let raw = raw_field(body, obj).unwrap_or_else(|| obj.to_string());
+            json::object(&raw).ok_or("arguments are not a JSON object")?
+        }
+        Some(_) => return Err(String::from("arguments are not a JSON object")),
+    };
+    Ok(Call::new(name, arguments))
+}
+
+/// The original text of the `arguments`/`parameters` object inside `body`.
+fn raw_field(body: &str, expected: &Value) -> Option<String> {
+    for key in ["\"arguments\"", "\"parameters\""] {
+        let mut search = 0;
+        while let Some(found) = body[search..].find(key) {
+            let after = &body[search + found + key.len()..];
+            let colon = after.trim_start().strip_prefix(':')?;
+            let start = body.len() - colon.len();
+            if let Some(len) = json::value_len(colon) {
+                let raw = &body[start..start + len];
+                if serde_json::from_str::<Value>(raw).ok().as_ref() == Some(expected) {
+                    return Some(raw.to_string());
+                }
+            }
+            search += found + key.len();
+        }
+    }
+    None
+}
+
+impl CallFormat for HermesFormat {
+    fn openers(&self) -> &[&'static str] {
+        &[OPEN]
+    }
+
+    fn section_len(&self, buf: &str, eof: bool) -> Option<usize> {
+        until_closer(buf, &[CLOSE], eof)
+    }
+
+    fn parse(&self, section: &str, tools: &Tools) -> Section {
+        let body = section.strip_prefix(OPEN).unwrap_or(section);
+        let body = body.strip_suffix(CLOSE).unwrap_or(body).trim();
+        if body.starts_with("<function=") {
+            return match function_blocks(body, tools) {
+                Ok(calls) => Section::Calls(calls),
+                Err(e) => Section::Malformed(e),
+            };
+        }
+        match json_call(body) {
+            Ok(call) => Section::Calls(vec![call]),
+            Err(e) => Section::Malformed(e),
+        }
+    }
+}
+
+struct Hermes;
+
+impl ParserPlugin for Hermes {
+    fn info() -> PluginInfo {
+        parser_info(
+            "hermes",
+            "Hermes/Qwen <tool_call>{json}</tool_call>",
+            &[("hermes", CapabilityKind::ToolCallParser)],
+        )
+    }
+
+    fn splitter(config: &SessionConfig) -> Result<Box<dyn Splitter>, String> {
+        if config.parser != "hermes" {
+            return Err(unknown_parser(config, &["hermes"]));
+        }
+        Ok(Box::new(ToolCallSplitter::new(HermesFormat, Tools::parse(&config.tools_json))))
+    }
+}
+
+type Component = Adapter<Hermes>;
+rapid_plugin_sdk::output_parser::export_output_parser!(Component);

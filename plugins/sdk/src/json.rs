@@ -1,0 +1,198 @@
+//! JSON helpers for parsers: validation, compact re-serialization that keeps key order,
+//! and values typed by the tool's JSON schema.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// `text` as compact JSON, keeping key order and number spelling, or `None` if it is not
+/// one valid JSON value.
+pub fn minify(text: &str) -> Option<String> {
+    serde_json::from_str::<Value>(text).ok()?;
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// `text` as a compact JSON object, or `None` if it is not one.
+pub fn object(text: &str) -> Option<String> {
+    let compact = minify(text.trim())?;
+    compact.starts_with('{').then_some(compact)
+}
+
+/// A JSON string literal.
+pub fn string(s: &str) -> String {
+    Value::String(s.to_string()).to_string()
+}
+
+/// Byte length of the JSON value at the start of `text` (after leading whitespace is
+/// counted), found by matching brackets outside strings; `None` while incomplete.
+pub fn value_len(text: &str) -> Option<usize> {
+    let start = text.len() - text.trim_start().len();
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, c) in text[start..].char_indices() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(start + i + 1);
+                }
+            }
+            _ if depth == 0 => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Builds a JSON object in insertion order.
+#[derive(Debug, Default)]
+pub struct ObjectBuilder {
+    body: String,
+}
+
+impl ObjectBuilder {
+    /// Adds `key` with `value`, which must already be JSON text.
+    pub fn push(&mut self, key: &str, value: &str) {
+        if !self.body.is_empty() {
+            self.body.push(',');
+        }
+        self.body.push_str(&string(key));
+        self.body.push(':');
+        self.body.push_str(value);
+    }
+
+    pub fn finish(self) -> String {
+        format!("{{{}}}", self.body)
+    }
+}
+
+/// The request's tools, for typing parameter values by their schema.
+#[derive(Debug, Default, Clone)]
+pub struct Tools {
+    parameters: BTreeMap<String, Value>,
+}
+
+impl Tools {
+    /// Parses an OpenAI `tools` array (`[{"type":"function","function":{"name",
+    /// "parameters"}}]`). Anything unusable is ignored: typing is best effort.
+    pub fn parse(tools_json: &str) -> Self {
+        let mut parameters = BTreeMap::new();
+        if let Ok(Value::Array(tools)) = serde_json::from_str::<Value>(tools_json) {
+            for tool in tools {
+                let function = tool.get("function").unwrap_or(&tool);
+                if let Some(name) = function.get("name").and_then(Value::as_str) {
+                    let params = function.get("parameters").cloned().unwrap_or(Value::Null);
+                    parameters.insert(name.to_string(), params);
+                }
+            }
+        }
+        Self { parameters }
+    }
+
+    /// Whether `name` is one of the request's tools (always true when none were given).
+    pub fn knows(&self, name: &str) -> bool {
+        self.parameters.is_empty() || self.parameters.contains_key(name)
+    }
+
+    /// The schema `type` of parameter `key` of function `name`, if declared.
+    pub fn param_type(&self, name: &str, key: &str) -> Option<String> {
+        let schema = self.parameters.get(name)?.get("properties")?.get(key)?;
+        match schema.get("type")? {
+            Value::String(t) => Some(t.clone()),
+            // ["integer", "null"]: the first non-null type decides.
+            Value::Array(types) => types.iter().filter_map(Value::as_str).find(|t| *t != "null").map(str::to_string),
+            _ => None,
+        }
+    }
+
+    /// `raw` (the text between parameter tags) as JSON typed by the declared schema type.
+    /// Values that do not fit their type stay strings rather than failing the call.
+    pub fn typed_value(&self, name: &str, key: &str, raw: &str) -> String {
+        let trimmed = raw.trim();
+        match self.param_type(name, key).as_deref() {
+            Some("integer") if trimmed.parse::<i64>().is_ok() => trimmed.to_string(),
+            Some("number") if trimmed.parse::<f64>().is_ok_and(f64::is_finite) => {
+                minify(trimmed).unwrap_or_else(|| string(raw))
+            }
+            Some("boolean") if matches!(trimmed.to_ascii_lowercase().as_str(), "true" | "false") => {
+                trimmed.to_ascii_lowercase()
+            }
+            Some("null") if trimmed == "null" => String::from("null"),
+            Some("object") if trimmed.starts_with('{') => minify(trimmed).unwrap_or_else(|| string(raw)),
+            Some("array") if trimmed.starts_with('[') => minify(trimmed).unwrap_or_else(|| string(raw)),
+            _ => string(raw),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minify_keeps_order_and_strings() {
+        assert_eq!(minify("{ \"b\": 1, \"a\" : \"x y\\\" }\" }").as_deref(), Some("{\"b\":1,\"a\":\"x y\\\" }\"}"));
+        assert_eq!(minify("{\"a\": }"), None);
+        assert_eq!(object("[1]"), None);
+    }
+
+    #[test]
+    fn value_len_matches_brackets_outside_strings() {
+        assert_eq!(value_len(r#"{"a": "}{"} tail"#), Some(11));
+        assert_eq!(value_len(r#"  {"a": [1, {"b": 2}]}x"#), Some(22));
+        assert_eq!(value_len(r#"{"a": "#), None);
+        assert_eq!(value_len("x{}"), None);
+    }
+
+    #[test]
+    fn values_are_typed_by_schema() {
+        let tools = Tools::parse(
+            r#"[{"type":"function","function":{"name":"f","parameters":{"properties":{
+                "n":{"type":"integer"},"x":{"type":"number"},"ok":{"type":"boolean"},
+                "o":{"type":"object"},"l":{"type":["array","null"]},"s":{"type":"string"}}}}}]"#,
+        );
+        assert_eq!(tools.typed_value("f", "n", " 5\n"), "5");
+        assert_eq!(tools.typed_value("f", "n", "five"), "\"five\"");
+        assert_eq!(tools.typed_value("f", "x", "2.50"), "2.50");
+        assert_eq!(tools.typed_value("f", "ok", "True"), "true");
+        assert_eq!(tools.typed_value("f", "o", "{\"a\": 1}"), "{\"a\":1}");
+        assert_eq!(tools.typed_value("f", "l", "[1, 2]"), "[1,2]");
+        assert_eq!(tools.typed_value("f", "s", "5"), "\"5\"");
+        assert_eq!(tools.typed_value("g", "n", "5"), "\"5\"");
+        assert!(tools.knows("f") && !tools.knows("g"));
+        assert!(Tools::parse("[]").knows("anything"));
+    }
+}
