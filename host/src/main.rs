@@ -419,12 +419,23 @@ fn print_plugins(set: &PluginSet, json: bool) -> anyhow::Result<()> {
         .plugins
         .iter()
         .map(|p| {
-            let provides: Vec<String> = p.provides.iter().map(|c| format!("{} ({})", c.name, c.kind)).collect();
+            let group = |kind: &str, label: &str| {
+                let names: Vec<&str> = p.provides.iter().filter(|c| c.kind == kind).map(|c| c.name.as_str()).collect();
+                (!names.is_empty()).then(|| format!("{label}: {}", names.join(", ")))
+            };
+            let provides: Vec<String> = [
+                group("alias-policy", "policy"),
+                group("tool-call-parser", "tools"),
+                group("reasoning-parser", "reasoning"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             [
                 file_name(&p.file),
                 p.name.clone(),
                 p.kind.to_string(),
-                provides.join(", "),
+                provides.join("; "),
                 format!("rapid:plugin@{}", p.wit_version),
                 p.version.clone(),
             ]

@@ -122,7 +122,7 @@ fn plugins_lists_kind_names_and_wit_version_and_reports_bad_files() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let row = text.lines().find(|l| l.starts_with("strict.wasm")).expect("strict row");
-    for cell in ["strict", "alias-policy", "rapid:plugin@0.1.0"] {
+    for cell in ["policy: strict", "alias-policy", "rapid:plugin@0.1.0"] {
         assert!(row.contains(cell), "{row}");
     }
     assert!(text.lines().any(|l| l.starts_with("FAILED") && l.contains("broken.wasm")), "{text}");
@@ -130,7 +130,8 @@ fn plugins_lists_kind_names_and_wit_version_and_reports_bad_files() {
 
     let out = rapid_host(&["plugins", "--json"]);
     let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(doc["plugins"].as_array().map(Vec::len), Some(3));
+    assert_eq!(doc["plugins"].as_array().map(Vec::len), Some(13));
+    assert!(doc["failures"].as_array().is_some_and(Vec::is_empty));
 }
 
 #[test]
@@ -138,4 +139,69 @@ fn a_missing_plugins_directory_is_a_clear_error() {
     let out = rapid_host(&["info", "qwen3.5-4b-4bit", "--plugins", "/no/such/plugins"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("/no/such/plugins"), "{}", stderr(&out));
+}
+
+fn parse(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rapid-host"))
+        .arg("parse")
+        .args(args)
+        .env("RAPID_HOST_PLUGINS", plugins_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("finishes")
+}
+
+#[test]
+fn parse_prints_the_assembled_openai_message() {
+    let raw = "<think>Check first.</think>Sure. <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</tool_call>";
+    for chunk in [None, Some("1"), Some("5")] {
+        let mut args = vec!["--tool-parser", "hermes", "--reasoning-parser", "qwen3"];
+        if let Some(n) = chunk {
+            args.extend(["--chunk", n]);
+        }
+        let out = parse(&args, raw);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let message: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!(message["role"], "assistant");
+        assert_eq!(message["content"], "Sure.");
+        assert_eq!(message["reasoning_content"], "Check first.");
+        let call = &message["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "get_weather");
+        assert_eq!(call["function"]["arguments"], "{\"city\":\"Paris\"}");
+        assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")));
+    }
+}
+
+#[test]
+fn parse_types_values_with_a_tools_file_and_reports_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tools = dir.path().join("tools.json");
+    std::fs::write(
+        &tools,
+        r#"[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"n":{"type":"integer"}}}}}]"#,
+    )
+    .expect("write");
+    let raw = "<tool_call>\n<function=f>\n<parameter=n>\n42\n</parameter>\n</function>\n</tool_call>";
+    let out = parse(&["--tool-parser", "qwen3_coder_xml", "--tools", &tools.to_string_lossy()], raw);
+    let message: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"n\":42}");
+    assert!(message["content"].is_null());
+
+    let out = parse(&["--tool-parser", "hermes"], "<tool_call>{broken</tool_call>");
+    assert!(out.status.success());
+    let message: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(message["content"], "<tool_call>{broken</tool_call>");
+    assert!(stderr(&out).contains("malformed"), "{}", stderr(&out));
+
+    let out = parse(&["--tool-parser", "nope"], "x");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("`nope`") && stderr(&out).contains("hermes"), "{}", stderr(&out));
+    let out = parse(&[], "x");
+    assert_eq!(out.status.code(), Some(1));
 }

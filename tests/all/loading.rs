@@ -11,7 +11,7 @@ fn copy(from: &str, to: &Path) {
 }
 
 #[test]
-fn the_shipped_plugins_directory_loads_all_three_policies() {
+fn the_shipped_plugins_directory_loads_every_policy_and_parser() {
     let set =
         PluginSet::load_dir(PluginRuntime::new(test_limits(), None).expect("runtime"), &plugins_dir()).expect("dir");
     assert!(set.failures.is_empty(), "{:?}", set.failures);
@@ -21,9 +21,28 @@ fn the_shipped_plugins_directory_loads_all_three_policies() {
     }
     // Test-only plugins live in plugins/testing/ and are never picked up by `--plugins plugins/`.
     assert!(set.policy("chaos").is_none());
-    for p in &set.plugins {
-        assert_eq!(p.kind, PluginKind::AliasPolicy);
-        assert_eq!(p.wit_version, "0.1.0");
+    let kinds = |kind: PluginKind| set.plugins.iter().filter(|p| p.kind == kind).count();
+    assert_eq!(kinds(PluginKind::AliasPolicy), 3);
+    assert_eq!(kinds(PluginKind::OutputParser), 10);
+    assert!(set.plugins.iter().all(|p| p.wit_version == "0.1.0"));
+    let tools = set.tool_parser_names();
+    for name in [
+        "hermes",
+        "qwen3_coder_xml",
+        "llama",
+        "gemma4",
+        "harmony",
+        "deepseek",
+        "deepseek_v31",
+        "glm47",
+        "minimax",
+        "kimi",
+    ] {
+        assert!(tools.contains(name), "tool parser {name}: {tools:?}");
+    }
+    let reasoning = set.reasoning_parser_names();
+    for name in ["qwen3", "deepseek_r1", "gemma4", "glm4", "harmony", "minimax"] {
+        assert!(reasoning.contains(name), "reasoning parser {name}: {reasoning:?}");
     }
 }
 

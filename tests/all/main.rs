@@ -5,6 +5,7 @@
 mod cli;
 mod limits;
 mod loading;
+mod parsers;
 mod policies;
 mod registry;
 mod server;

@@ -167,9 +167,8 @@ fn missing_parsers_are_reported() {
 }
 
 #[test]
-#[ignore = "needs the output-parser plugins (hermes, qwen3, ...) of the parser issue; run with --ignored once they exist"]
 fn every_parser_name_exists_among_the_loaded_plugins() {
     let set = rapid_host::plugins::PluginSet::load_dir(runtime(), &plugins_dir()).expect("plugins dir");
-    let problems = registry().missing_parsers(set.tool_parser_names(), set.reasoning_parser_names());
+    let problems = registry().missing_parsers(&set.tool_parser_names(), &set.reasoning_parser_names());
     assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -1,9 +1,10 @@
 //! The reasoning parser, then the tool-call parser, as one stream that never fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
 
 use super::{ParseEvent, ParserSession};
+use crate::plugins::loader::OutputParserPlugin;
 use crate::plugins::{PluginError, PluginSet};
 
 /// Which parsers a response goes through.
@@ -38,26 +39,21 @@ pub struct ParserPipeline {
 
 impl ParserPipeline {
     pub fn new(plugins: &PluginSet, config: &PipelineConfig) -> Result<Self, PipelineError> {
-        let find = |kind: &'static str, name: &str, known: &std::collections::BTreeSet<String>| {
-            if !known.contains(name) {
-                return Err(PipelineError::UnknownParser {
-                    kind,
-                    name: name.to_string(),
-                    available: known.iter().cloned().collect::<Vec<_>>().join(", "),
-                });
-            }
-            plugins.output_parser(name).ok_or_else(|| PipelineError::UnknownParser {
-                kind,
-                name: name.to_string(),
-                available: String::new(),
-            })
+        let unknown = |kind: &'static str, name: &str, known: BTreeSet<String>| PipelineError::UnknownParser {
+            kind,
+            name: name.to_string(),
+            available: known.into_iter().collect::<Vec<_>>().join(", "),
         };
-        let mut wanted: Vec<(&str, &crate::plugins::loader::OutputParserPlugin)> = Vec::new();
+        let mut wanted: Vec<(&str, &OutputParserPlugin)> = Vec::new();
         if let Some(name) = &config.reasoning_parser {
-            wanted.push((name, find("reasoning", name, plugins.reasoning_parser_names())?));
+            let plugin = plugins
+                .reasoning_parser(name)
+                .ok_or_else(|| unknown("reasoning", name, plugins.reasoning_parser_names()))?;
+            wanted.push((name, plugin));
         }
         if let Some(name) = &config.tool_parser {
-            let plugin = find("tool-call", name, plugins.tool_parser_names())?;
+            let plugin =
+                plugins.tool_parser(name).ok_or_else(|| unknown("tool-call", name, plugins.tool_parser_names()))?;
             // One plugin that handles both under one name (gemma4, harmony) runs one session.
             if !wanted.iter().any(|(n, p)| *n == name.as_str() && p.file == plugin.file) {
                 wanted.push((name, plugin));

@@ -87,9 +87,8 @@ pub struct PluginSet {
     pub plugins: Vec<PluginSummary>,
     pub failures: Vec<LoadFailure>,
     policies: BTreeMap<String, AliasPolicyPlugin>,
-    output_parsers: BTreeMap<String, OutputParserPlugin>,
-    tool_parsers: BTreeSet<String>,
-    reasoning_parsers: BTreeSet<String>,
+    tool_parsers: BTreeMap<String, OutputParserPlugin>,
+    reasoning_parsers: BTreeMap<String, OutputParserPlugin>,
 }
 
 impl PluginSet {
@@ -99,9 +98,8 @@ impl PluginSet {
             plugins: Vec::new(),
             failures: Vec::new(),
             policies: BTreeMap::new(),
-            output_parsers: BTreeMap::new(),
-            tool_parsers: BTreeSet::new(),
-            reasoning_parsers: BTreeSet::new(),
+            tool_parsers: BTreeMap::new(),
+            reasoning_parsers: BTreeMap::new(),
         }
     }
 
@@ -187,8 +185,8 @@ impl PluginSet {
             }
             let taken = match cap.kind {
                 "alias-policy" => self.policies.contains_key(&cap.name),
-                "tool-call-parser" => self.tool_parsers.contains(&cap.name),
-                _ => self.reasoning_parsers.contains(&cap.name),
+                "tool-call-parser" => self.tool_parsers.contains_key(&cap.name),
+                _ => self.reasoning_parsers.contains_key(&cap.name),
             };
             if taken {
                 return Err(fail(format!("{} `{}` is already provided by another plugin", cap.kind, cap.name)));
@@ -196,21 +194,17 @@ impl PluginSet {
         }
 
         for cap in &info.provides {
-            match cap.kind {
-                "alias-policy" => {
-                    if let Some(policy) = &policy {
-                        self.policies.insert(cap.name.clone(), policy.clone());
-                    }
+            match (cap.kind, &policy, &parser) {
+                ("alias-policy", Some(policy), _) => {
+                    self.policies.insert(cap.name.clone(), policy.clone());
                 }
-                "tool-call-parser" => {
-                    self.tool_parsers.insert(cap.name.clone());
+                ("tool-call-parser", _, Some(parser)) => {
+                    self.tool_parsers.insert(cap.name.clone(), parser.clone());
                 }
-                _ => {
-                    self.reasoning_parsers.insert(cap.name.clone());
+                ("reasoning-parser", _, Some(parser)) => {
+                    self.reasoning_parsers.insert(cap.name.clone(), parser.clone());
                 }
-            }
-            if let Some(parser) = &parser {
-                self.output_parsers.insert(cap.name.clone(), parser.clone());
+                _ => {}
             }
         }
         tracing::debug!(plugin = %info.name, %kind, from_cache, "plugin loaded from {}", file.display());
@@ -240,16 +234,22 @@ impl PluginSet {
         self.policies.keys().map(String::as_str)
     }
 
-    pub fn output_parser(&self, name: &str) -> Option<&OutputParserPlugin> {
-        self.output_parsers.get(name)
+    /// The plugin providing tool-call parser `name`.
+    pub fn tool_parser(&self, name: &str) -> Option<&OutputParserPlugin> {
+        self.tool_parsers.get(name)
     }
 
-    pub fn tool_parser_names(&self) -> &BTreeSet<String> {
-        &self.tool_parsers
+    /// The plugin providing reasoning parser `name`.
+    pub fn reasoning_parser(&self, name: &str) -> Option<&OutputParserPlugin> {
+        self.reasoning_parsers.get(name)
     }
 
-    pub fn reasoning_parser_names(&self) -> &BTreeSet<String> {
-        &self.reasoning_parsers
+    pub fn tool_parser_names(&self) -> BTreeSet<String> {
+        self.tool_parsers.keys().cloned().collect()
+    }
+
+    pub fn reasoning_parser_names(&self) -> BTreeSet<String> {
+        self.reasoning_parsers.keys().cloned().collect()
     }
 }
 

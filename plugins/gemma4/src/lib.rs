@@ -179,7 +179,18 @@ impl CallFormat for Gemma4Calls {
         }
         // The stripped form `call:NAME{…}` ends with its balanced arguments object,
         // counting braces outside <|"|> strings.
-        let brace = buf.find('{')?;
+        // `call:` then a name then `{`; anything else means this is prose, decided as soon
+        // as it shows so the text can stream.
+        let name_start = "call:".len();
+        let name_len = buf[name_start..]
+            .find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .unwrap_or(buf.len() - name_start);
+        let brace = name_start + name_len;
+        match buf[brace..].chars().next() {
+            Some('{') => {}
+            Some(_) => return Some(brace),
+            None => return eof.then_some(buf.len()),
+        }
         let mut depth = 0usize;
         let mut i = brace;
         while i < buf.len() {

@@ -27,30 +27,27 @@ pub fn partial_suffix(hay: &str, markers: &[&str]) -> usize {
     best
 }
 
-/// Text for one output channel (content or reasoning). Whitespace at the edges of a
-/// channel segment is dropped (`</think>\n\nAnswer` gives `Answer`), and the decision
-/// never depends on how the text was chunked: trailing whitespace is held back until
-/// non-whitespace follows.
-#[derive(Debug)]
+/// Text for one output channel (content or reasoning), with whitespace handled the same
+/// way whatever the chunking: leading whitespace of the channel and trailing whitespace at
+/// the end of output are dropped, and around a tool call (a [`Channel::close`]) runs of
+/// whitespace collapse to the run that came before the call, so `Checking. <call> Done.`
+/// reads `Checking. Done.`. Trailing whitespace is held back until non-whitespace follows.
+#[derive(Debug, Default)]
 pub struct Channel {
-    at_start: bool,
+    started: bool,
+    skip_leading: bool,
     pending_ws: String,
-}
-
-impl Default for Channel {
-    fn default() -> Self {
-        Self { at_start: true, pending_ws: String::new() }
-    }
 }
 
 impl Channel {
     /// Adds `text`; returns what can be emitted now (possibly empty).
     pub fn push(&mut self, text: &str) -> String {
-        let text = if self.at_start { text.trim_start() } else { text };
+        let text = if !self.started || self.skip_leading { text.trim_start() } else { text };
         if text.is_empty() {
             return String::new();
         }
-        self.at_start = false;
+        self.skip_leading = false;
+        self.started = true;
         let body = text.trim_end();
         if body.is_empty() {
             self.pending_ws.push_str(text);
@@ -62,10 +59,9 @@ impl Channel {
         out
     }
 
-    /// Ends the current segment: held-back whitespace is dropped.
+    /// Something other than text (a tool call, a reasoning block) interrupts the channel.
     pub fn close(&mut self) {
-        self.pending_ws.clear();
-        self.at_start = true;
+        self.skip_leading = true;
     }
 }
 
@@ -91,14 +87,25 @@ mod tests {
 
     #[test]
     fn channel_trims_segment_edges_whatever_the_chunking() {
-        let text = "\n  Hello,  world \n\n";
-        let whole = {
+        let run = |parts: &[&str], chunked: bool| {
             let mut c = Channel::default();
-            c.push(text)
+            let mut out = String::new();
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    c.close();
+                }
+                if chunked {
+                    for ch in part.chars() {
+                        out.push_str(&c.push(&ch.to_string()));
+                    }
+                } else {
+                    out.push_str(&c.push(part));
+                }
+            }
+            out
         };
-        let mut c = Channel::default();
-        let pieces: String = text.chars().map(|ch| c.push(&ch.to_string())).collect();
-        assert_eq!(whole, "Hello,  world");
-        assert_eq!(pieces, whole);
+        let parts = ["\n  Hello,  world ", "\n Done. \n\n"];
+        assert_eq!(run(&parts, false), "Hello,  world Done.");
+        assert_eq!(run(&parts, true), "Hello,  world Done.");
     }
 }

@@ -1,0 +1,336 @@
+//! The golden parser corpus (tests/parsers/*.json) through the real wasm plugins: every
+//! case whole, at chunk sizes 1, 2, 3 and 7, and at random chunkings, must assemble to the
+//! expected message.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use rapid_host::parsers::{AssembledMessage, ParseEvent, ParserPipeline, PipelineConfig};
+use rapid_host::plugins::{PluginRuntime, PluginSet};
+use serde_json::Value;
+
+use crate::support::{plugins_dir, repo_root, test_limits};
+
+/// The shipped plugins, compiled once for all parser tests.
+fn plugins() -> &'static PluginSet {
+    static SET: OnceLock<PluginSet> = OnceLock::new();
+    SET.get_or_init(|| {
+        let set = PluginSet::load_dir(PluginRuntime::new(test_limits(), None).expect("runtime"), &plugins_dir())
+            .expect("plugins dir");
+        assert!(set.failures.is_empty(), "{:?}", set.failures);
+        set
+    })
+}
+
+struct Case {
+    file: String,
+    name: String,
+    config: PipelineConfig,
+    raw: String,
+    expect: Value,
+}
+
+fn corpus() -> Vec<Case> {
+    let dir = repo_root().join("tests/parsers");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("corpus dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut cases = Vec::new();
+    for path in files {
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("corpus JSON");
+        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for case in doc["cases"].as_array().expect("cases") {
+            let pick = |key: &str| case.get(key).or_else(|| doc.get(key)).and_then(Value::as_str).map(str::to_string);
+            cases.push(Case {
+                file: file.clone(),
+                name: case["name"].as_str().expect("name").to_string(),
+                config: PipelineConfig {
+                    tool_parser: pick("tool_parser"),
+                    reasoning_parser: pick("reasoning_parser"),
+                    tools_json: case.get("tools").map_or_else(|| String::from("[]"), Value::to_string),
+                    reasoning_started: case.get("reasoning_started").and_then(Value::as_bool).unwrap_or(false),
+                },
+                raw: case["raw"].as_str().expect("raw").to_string(),
+                expect: case["expect"].clone(),
+            });
+        }
+    }
+    assert!(cases.len() >= 60, "corpus has {} cases", cases.len());
+    cases
+}
+
+/// Feeds `raw` in pieces of the given character lengths (cycled) and assembles the result.
+fn run(case: &Case, sizes: &[usize]) -> (AssembledMessage, Vec<ParseEvent>) {
+    let mut pipeline = ParserPipeline::new(plugins(), &case.config).expect("pipeline");
+    let chars: Vec<char> = case.raw.chars().collect();
+    let mut events = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    while at < chars.len() {
+        let n = sizes[i % sizes.len()].max(1).min(chars.len() - at);
+        events.extend(pipeline.feed(&chars[at..at + n].iter().collect::<String>()));
+        at += n;
+        i += 1;
+    }
+    events.extend(pipeline.finish());
+    assert!(pipeline.failures.is_empty(), "{}: {:?}", case.name, pipeline.failures);
+    let mut message = AssembledMessage::default();
+    message.extend(&events);
+    (message, events)
+}
+
+/// The parts of a message the corpus pins: ids vary per run except where the format
+/// carries one.
+fn observed(message: &AssembledMessage) -> Value {
+    let text = |s: &str| if s.is_empty() { Value::Null } else { Value::String(s.to_string()) };
+    serde_json::json!({
+        "content": text(&message.content),
+        "reasoning_content": text(&message.reasoning),
+        "tool_calls": message.tool_calls.iter().map(|c| serde_json::json!({"name": c.name, "arguments": c.arguments})).collect::<Vec<_>>(),
+        "malformed": message.malformed.len(),
+    })
+}
+
+fn expected(case: &Case) -> Value {
+    let mut e = case.expect.clone();
+    if let Some(calls) = e["tool_calls"].as_array_mut() {
+        for call in calls {
+            if let Some(obj) = call.as_object_mut() {
+                obj.remove("id");
+            }
+        }
+    }
+    e
+}
+
+fn check_invariants(case: &Case, message: &AssembledMessage, events: &[ParseEvent]) {
+    // Ids: present, unique, `call_…` unless the format carries its own.
+    let mut ids: Vec<&str> = message.tool_calls.iter().map(|c| c.id.as_str()).collect();
+    for (call, want) in message.tool_calls.iter().zip(case.expect["tool_calls"].as_array().into_iter().flatten()) {
+        match want.get("id").and_then(Value::as_str) {
+            Some(id) => assert_eq!(call.id, id, "{}", case.name),
+            None => assert!(call.id.starts_with("call_") && call.id.len() == 29, "{}: id {}", case.name, call.id),
+        }
+        serde_json::from_str::<serde_json::Map<String, Value>>(&call.arguments)
+            .unwrap_or_else(|e| panic!("{}: arguments not a JSON object string: {e}", case.name));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), message.tool_calls.len(), "{}: duplicate ids", case.name);
+    // Each call: begin once, then arguments, then end, indices 0..n in order.
+    let begins: Vec<u32> = events
+        .iter()
+        .filter_map(|e| if let ParseEvent::ToolCallBegin { index, .. } = e { Some(*index) } else { None })
+        .collect();
+    assert_eq!(begins, (0..begins.len() as u32).collect::<Vec<_>>(), "{}", case.name);
+}
+
+#[test]
+fn corpus_cases_parse_identically_whole_and_at_every_chunk_size() {
+    let mut failures = Vec::new();
+    for case in corpus() {
+        let want = expected(&case);
+        for sizes in [&[usize::MAX][..], &[1], &[2], &[3], &[7]] {
+            let (message, events) = run(&case, sizes);
+            check_invariants(&case, &message, &events);
+            let got = observed(&message);
+            if got != want {
+                failures
+                    .push(format!("{} / {} at chunks {:?}:\n  got  {got}\n  want {want}", case.file, case.name, sizes));
+                break;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} corpus failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// xorshift64*: deterministic, so a failing chunking can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[test]
+fn random_chunkings_give_one_answer() {
+    for (n, case) in corpus().iter().enumerate() {
+        let (reference, _) = run(case, &[usize::MAX]);
+        let want = observed(&reference);
+        for seed in 1..=12u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(n as u64));
+            let sizes: Vec<usize> = (0..64).map(|_| 1 + rng.below(12) as usize).collect();
+            let (message, events) = run(case, &sizes);
+            check_invariants(case, &message, &events);
+            assert_eq!(observed(&message), want, "{} / {}: chunking seed {seed} {sizes:?}", case.file, case.name);
+        }
+    }
+}
+
+#[test]
+fn markers_never_leak_into_well_formed_output() {
+    const MARKERS: &[&str] = &[
+        "<tool_call>",
+        "</tool_call>",
+        "<think>",
+        "</think>",
+        "<|channel|>",
+        "<|message|>",
+        "<|start|>",
+        "<|end|>",
+        "<|call|>",
+        "<|return|>",
+        "<|constrain|>",
+        "to=functions.",
+        "<|tool_call>",
+        "<tool_call|>",
+        "<|channel>",
+        "<channel|>",
+        "<｜tool",
+        "<|tool_calls_section",
+        "<minimax:tool_call>",
+        "<function=",
+        "<|python_tag|>",
+    ];
+    for case in corpus().iter().filter(|c| c.expect["malformed"] == 0) {
+        let (message, _) = run(case, &[1]);
+        for marker in MARKERS {
+            assert!(!message.content.contains(marker), "{}: content leaks {marker}: {:?}", case.name, message.content);
+            assert!(!message.reasoning.contains(marker), "{}: reasoning leaks {marker}", case.name);
+        }
+    }
+}
+
+#[test]
+fn random_text_never_traps_a_parser() {
+    const PIECES: &[&str] = &[
+        "<",
+        ">",
+        "|",
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        ":",
+        ",",
+        "\n",
+        " ",
+        "a",
+        "7",
+        "é",
+        "日",
+        "🌍",
+        "｜",
+        "▁",
+        "<tool_call>",
+        "</tool_call>",
+        "<think>",
+        "</think>",
+        "<|channel|>",
+        "<|message|>",
+        "<|start|>",
+        "<|end|>",
+        "<|call|>",
+        "<|tool_call>",
+        "<tool_call|>",
+        "<|\"|>",
+        "call:",
+        "<function=",
+        "<parameter=",
+        "</parameter>",
+        "</function>",
+        "<|python_tag|>",
+        "<｜tool▁calls▁begin｜>",
+        "<｜tool▁call▁begin｜>",
+        "<｜tool▁sep｜>",
+        "<｜tool▁call▁end｜>",
+        "<|tool_calls_section_begin|>",
+        "<|tool_call_begin|>",
+        "<|tool_call_argument_begin|>",
+        "<minimax:tool_call>",
+        "<invoke name=\"",
+        "<arg_key>",
+        "<arg_value>",
+        "to=functions.",
+        "analysis",
+        "final",
+        "\\",
+        "null",
+        "true",
+        "-1e9",
+    ];
+    let pairs: &[(Option<&str>, Option<&str>)] = &[
+        (Some("hermes"), Some("qwen3")),
+        (Some("qwen3_coder_xml"), None),
+        (Some("llama"), None),
+        (Some("gemma4"), Some("gemma4")),
+        (Some("harmony"), Some("harmony")),
+        (Some("deepseek"), Some("deepseek_r1")),
+        (Some("deepseek_v31"), None),
+        (Some("glm47"), Some("glm4")),
+        (Some("minimax"), Some("minimax")),
+        (Some("kimi"), None),
+    ];
+    let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+    for (tool, reasoning) in pairs {
+        for round in 0..40 {
+            let text: String = (0..rng.below(200)).map(|_| PIECES[rng.below(PIECES.len() as u64) as usize]).collect();
+            let config = PipelineConfig {
+                tool_parser: tool.map(str::to_string),
+                reasoning_parser: reasoning.map(str::to_string),
+                tools_json: String::from("[]"),
+                reasoning_started: round % 2 == 0,
+            };
+            let mut pipeline = ParserPipeline::new(plugins(), &config).expect("pipeline");
+            let chars: Vec<char> = text.chars().collect();
+            for piece in chars.chunks(1 + rng.below(5) as usize) {
+                pipeline.feed(&piece.iter().collect::<String>());
+            }
+            pipeline.finish();
+            assert!(
+                pipeline.failures.is_empty(),
+                "{tool:?}/{reasoning:?} trapped on {text:?}: {:?}",
+                pipeline.failures
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_parser_names_are_refused_with_the_available_ones() {
+    let config = PipelineConfig { tool_parser: Some("nope".into()), ..PipelineConfig::default() };
+    let err = ParserPipeline::new(plugins(), &config).expect_err("unknown parser");
+    let text = err.to_string();
+    assert!(text.contains("`nope`") && text.contains("hermes"), "{text}");
+}
+
+#[test]
+fn concurrent_sessions_never_share_state() {
+    let config = PipelineConfig { tool_parser: Some("hermes".into()), ..PipelineConfig::default() };
+    let mut a = ParserPipeline::new(plugins(), &config).expect("a");
+    let mut b = ParserPipeline::new(plugins(), &config).expect("b");
+    let mut ma = AssembledMessage::default();
+    let mut mb = AssembledMessage::default();
+    ma.extend(&a.feed("Hi <tool_call>{\"name\": \"f\", "));
+    mb.extend(&b.feed("Plain answer from b"));
+    ma.extend(&a.feed("\"arguments\": {\"x\": 1}}</tool_call>"));
+    mb.extend(&b.feed(" with more text."));
+    ma.extend(&a.finish());
+    mb.extend(&b.finish());
+    assert_eq!(ma.content, "Hi");
+    assert_eq!(ma.tool_calls.len(), 1);
+    assert_eq!(mb.content, "Plain answer from b with more text.");
+    assert!(mb.tool_calls.is_empty());
+}
