@@ -2,6 +2,7 @@
 //! `<invoke name="N"><parameter name="K">V</parameter>`, `<arg_key>K</arg_key>`).
 
 use crate::json::{ObjectBuilder, Tools};
+use crate::markers::find_first;
 use crate::tool_calls::Call;
 
 /// Strips one leading and one trailing newline: the templates put values on their own line.
@@ -34,12 +35,10 @@ pub fn function_blocks(text: &str, tools: &Tools) -> Result<Vec<Call>, String> {
             let key = after_p[..key_end].trim();
             let value_all = &after_p[key_end + 1..];
             // A missing </parameter> ends at the next parameter or the end of the body.
-            let (value, after_value) = match value_all.find("</parameter>") {
-                Some(end) => (&value_all[..end], &value_all[end + "</parameter>".len()..]),
-                None => match value_all.find("<parameter=") {
-                    Some(end) => (&value_all[..end], &value_all[end..]),
-                    None => (value_all, ""),
-                },
+            let (value, after_value) = match find_first(value_all, &["</parameter>", "<parameter="]) {
+                Some((end, 0)) => (&value_all[..end], &value_all[end + "</parameter>".len()..]),
+                Some((end, _)) => (&value_all[..end], &value_all[end..]),
+                None => (value_all, ""),
             };
             args.push(key, &tools.typed_value(name, key, strip_newlines(value)));
             params = after_value;
