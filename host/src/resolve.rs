@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::host_facts::HostFacts;
-use crate::plugins::bindings::alias_policy::exports::rapid::plugin::alias_policy as wit;
+use crate::plugins::bindings::policy as wit;
 use crate::plugins::{AliasPolicyPlugin, PluginError};
 use crate::registry::{AliasEntry, AliasRegistry, AliasSource, ModelFormat};
 

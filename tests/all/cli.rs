@@ -122,7 +122,7 @@ fn plugins_lists_kind_names_and_wit_version_and_reports_bad_files() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let row = text.lines().find(|l| l.starts_with("strict.wasm")).expect("strict row");
-    for cell in ["policy: strict", "alias-policy", "rapid:plugin@0.1.0"] {
+    for cell in ["policy: strict", "alias-policy", "rapid:plugin@0.2.0"] {
         assert!(row.contains(cell), "{row}");
     }
     assert!(text.lines().any(|l| l.starts_with("FAILED") && l.contains("broken.wasm")), "{text}");

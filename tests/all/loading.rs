@@ -24,7 +24,7 @@ fn the_shipped_plugins_directory_loads_every_policy_and_parser() {
     let kinds = |kind: PluginKind| set.plugins.iter().filter(|p| p.kind == kind).count();
     assert_eq!(kinds(PluginKind::AliasPolicy), 3);
     assert_eq!(kinds(PluginKind::OutputParser), 10);
-    assert!(set.plugins.iter().all(|p| p.wit_version == "0.1.0"));
+    assert!(set.plugins.iter().all(|p| p.wit_version == "0.2.0"));
     let tools = set.tool_parser_names();
     for name in [
         "hermes",

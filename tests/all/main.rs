@@ -11,3 +11,4 @@ mod registry;
 mod server;
 mod support;
 mod traps;
+mod versions;

@@ -11,7 +11,7 @@ pub mod pipeline;
 pub mod session;
 
 pub use message::AssembledMessage;
-pub use pipeline::{ParserPipeline, PipelineConfig};
+pub use pipeline::{ParserPipeline, PipelineConfig, tool_prompt};
 pub use session::ParserSession;
 
 /// What a parser produces, in host terms. Tool-call indices are per response.

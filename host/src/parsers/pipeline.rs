@@ -153,3 +153,29 @@ pub fn new_call_id() -> String {
     let b = state.hash_one(1u8);
     format!("call_{:016x}{:08x}", a, b as u32)
 }
+
+/// The tool-call parser's own system-prompt section for `tools_json` (WIT 0.2.0 and
+/// later), or `None` when the plugin predates it or has none to offer.
+pub fn tool_prompt(plugins: &PluginSet, parser: &str, tools_json: &str) -> Result<Option<String>, PipelineError> {
+    let plugin = plugins.tool_parser(parser).ok_or_else(|| PipelineError::UnknownParser {
+        kind: "tool-call",
+        name: parser.to_string(),
+        available: plugins.tool_parser_names().into_iter().collect::<Vec<_>>().join(", "),
+    })?;
+    let Some(index) = &plugin.exports.tool_prompt else { return Ok(None) };
+    let runtime = plugins.runtime();
+    let mut store = runtime.store();
+    let result = plugin.pre.instantiate(&mut store).and_then(|instance| {
+        let func = instance.get_typed_func::<(&str, &str), (Option<String>,)>(&mut store, index)?;
+        Ok(func.call(&mut store, (parser, tools_json))?.0)
+    });
+    result.map_err(|e| {
+        PipelineError::Plugin(crate::plugins::limits::classify(
+            e,
+            store.data().limiter.refused_memory,
+            &plugin.name,
+            "tool-prompt",
+            runtime.limits(),
+        ))
+    })
+}

@@ -1,12 +1,12 @@
 //! One parser session inside a wasm plugin.
 
 use wasmtime::Store;
-use wasmtime::component::ResourceAny;
+use wasmtime::component::{Instance, ResourceAny};
 
 use super::ParseEvent;
 use crate::plugins::PluginError;
-use crate::plugins::bindings::output_parser::OutputParserPlugin as Bindings;
-use crate::plugins::bindings::output_parser::exports::rapid::plugin::output_parser as wit;
+use crate::plugins::bindings::parser as wit;
+use crate::plugins::exports::OutputParserExports;
 use crate::plugins::limits::{PluginState, classify};
 use crate::plugins::loader::OutputParserPlugin;
 use crate::plugins::{PluginRuntime, SandboxLimits};
@@ -16,7 +16,8 @@ pub struct ParserSession {
     plugin: String,
     limits: SandboxLimits,
     store: Store<PluginState>,
-    bindings: Bindings,
+    instance: Instance,
+    exports: OutputParserExports,
     handle: ResourceAny,
 }
 
@@ -40,13 +41,18 @@ impl ParserSession {
         let fail = |e: wasmtime::Error, store: &Store<PluginState>| {
             classify(e, store.data().limiter.refused_memory, &plugin.name, "create", &limits)
         };
-        let bindings = match plugin.pre.instantiate(&mut store) {
-            Ok(b) => b,
+        let instance = match plugin.pre.instantiate(&mut store) {
+            Ok(i) => i,
             Err(e) => return Err(fail(e, &store)),
         };
         let config =
             wit::SessionConfig { parser: parser.to_string(), tools_json: tools_json.to_string(), reasoning_started };
-        let created = bindings.rapid_plugin_output_parser().session().call_create(&mut store, &config);
+        let created = instance
+            .get_typed_func::<(&wit::SessionConfig,), (Result<ResourceAny, String>,)>(
+                &mut store,
+                &plugin.exports.create,
+            )
+            .and_then(|f| Ok(f.call(&mut store, (&config,))?.0));
         let handle = match created {
             Ok(Ok(handle)) => handle,
             Ok(Err(message)) => {
@@ -54,7 +60,7 @@ impl ParserSession {
             }
             Err(e) => return Err(fail(e, &store)),
         };
-        Ok(Self { plugin: plugin.name.clone(), limits, store, bindings, handle })
+        Ok(Self { plugin: plugin.name.clone(), limits, store, instance, exports: plugin.exports.clone(), handle })
     }
 
     pub fn plugin(&self) -> &str {
@@ -64,14 +70,19 @@ impl ParserSession {
     pub fn feed(&mut self, delta: &str) -> Result<Vec<ParseEvent>, PluginError> {
         // Each call gets the full deadline, however long the session lives.
         self.store.set_epoch_deadline(deadline_ticks(&self.limits));
-        let result =
-            self.bindings.rapid_plugin_output_parser().session().call_feed(&mut self.store, self.handle, delta);
+        let result = self
+            .instance
+            .get_typed_func::<(ResourceAny, &str), (Vec<wit::Event>,)>(&mut self.store, &self.exports.feed)
+            .and_then(|f| Ok(f.call(&mut self.store, (self.handle, delta))?.0));
         self.convert(result, "feed")
     }
 
     pub fn finish(&mut self) -> Result<Vec<ParseEvent>, PluginError> {
         self.store.set_epoch_deadline(deadline_ticks(&self.limits));
-        let result = self.bindings.rapid_plugin_output_parser().session().call_finish(&mut self.store, self.handle);
+        let result = self
+            .instance
+            .get_typed_func::<(ResourceAny,), (Vec<wit::Event>,)>(&mut self.store, &self.exports.finish)
+            .and_then(|f| Ok(f.call(&mut self.store, (self.handle,))?.0));
         self.convert(result, "finish")
     }
 

@@ -5,14 +5,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 
-use super::bindings::alias_policy::AliasPolicyPluginPre;
-use super::bindings::alias_policy::rapid::plugin::types as wit_types;
-use super::bindings::output_parser::OutputParserPluginPre;
-use super::limits::classify;
+use super::bindings::types as wit_types;
+use super::exports::{self, AliasPolicyExports, Exported, OutputParserExports};
+use super::limits::{PluginState, classify};
 use super::policy::AliasPolicyPlugin;
-use super::{PluginError, PluginRuntime, SUPPORTED_WIT_VERSIONS, WIT_PACKAGE};
+use super::{PluginError, PluginRuntime};
 
 /// Imports a plugin may declare. Language runtimes declare WASI stdio and environment even
 /// when the plugin never uses them; they are linked to stubs that trap. Anything else
@@ -66,12 +65,14 @@ pub struct LoadFailure {
     pub error: PluginError,
 }
 
-/// Output-parser plugin, loaded and linked. Sessions arrive with the parser issue.
+/// An output-parser plugin, loaded and linked; sessions are started per response.
 #[derive(Clone)]
 pub struct OutputParserPlugin {
     pub name: String,
     pub file: PathBuf,
-    pub pre: OutputParserPluginPre<super::limits::PluginState>,
+    pub wit_version: String,
+    pub pre: InstancePre<PluginState>,
+    pub exports: OutputParserExports,
 }
 
 impl fmt::Debug for OutputParserPlugin {
@@ -139,33 +140,41 @@ impl PluginSet {
         let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read: {e}")))?;
         let (component, from_cache) =
             self.runtime.compile(&bytes).map_err(|e| fail(format!("not a valid WebAssembly component: {e}")))?;
-        let (kind, wit_version) = detect_kind(&self.runtime, &component).map_err(fail)?;
-        let imports = check_imports(&self.runtime, &component).map_err(fail)?;
+        let (exported, wit_version) = exports::detect(&component, self.runtime.engine()).map_err(&fail)?;
+        let imports = check_imports(&self.runtime, &component).map_err(&fail)?;
         let pre = self.runtime.instance_pre(&component).map_err(|e| fail(format!("cannot link: {e}")))?;
         let label = file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
 
-        let (info, policy, parser) = match kind {
-            PluginKind::AliasPolicy => {
-                let pre = AliasPolicyPluginPre::new(pre)
-                    .map_err(|e| fail(format!("does not match the alias-policy world: {e:#}")))?;
-                let mut plugin = AliasPolicyPlugin::new(label.clone(), file.to_path_buf(), pre, self.runtime.clone());
-                let info = plugin.info()?;
+        let (kind, info, policy, parser) = match exported {
+            Exported::AliasPolicy => {
+                let found = AliasPolicyExports::find(&component, &wit_version).map_err(&fail)?;
+                let mut plugin =
+                    AliasPolicyPlugin::new(label.clone(), file.to_path_buf(), pre, found, self.runtime.clone());
+                let info = convert_info(plugin.info()?);
                 plugin.set_label(&info.name);
-                (info, Some(plugin), None)
+                (PluginKind::AliasPolicy, info, Some(plugin), None)
             }
-            PluginKind::OutputParser => {
-                let pre = OutputParserPluginPre::new(pre)
-                    .map_err(|e| fail(format!("does not match the output-parser world: {e:#}")))?;
+            Exported::OutputParser => {
+                let found = OutputParserExports::find(&component, &wit_version).map_err(&fail)?;
                 let mut store = self.runtime.store();
                 let info = pre
                     .instantiate(&mut store)
-                    .and_then(|p| p.rapid_plugin_output_parser().call_info(&mut store))
+                    .and_then(|instance| {
+                        let func = instance.get_typed_func::<(), (wit_types::PluginInfo,)>(&mut store, &found.info)?;
+                        Ok(func.call(&mut store, ())?.0)
+                    })
                     .map_err(|e| {
                         classify(e, store.data().limiter.refused_memory, &label, "info", self.runtime.limits())
                     })?;
                 let info = convert_info(info);
-                let plugin = OutputParserPlugin { name: info.name.clone(), file: file.to_path_buf(), pre };
-                (info, None, Some(plugin))
+                let plugin = OutputParserPlugin {
+                    name: info.name.clone(),
+                    file: file.to_path_buf(),
+                    wit_version: wit_version.clone(),
+                    pre,
+                    exports: found,
+                };
+                (PluginKind::OutputParser, info, None, Some(plugin))
             }
         };
 
@@ -262,25 +271,7 @@ pub struct Info {
     pub provides: Vec<Provided>,
 }
 
-fn capability_kind(kind: wit_types::CapabilityKind) -> &'static str {
-    match kind {
-        wit_types::CapabilityKind::AliasPolicy => "alias-policy",
-        wit_types::CapabilityKind::ToolCallParser => "tool-call-parser",
-        wit_types::CapabilityKind::ReasoningParser => "reasoning-parser",
-    }
-}
-
-pub(crate) fn convert_policy_info(info: wit_types::PluginInfo) -> Info {
-    Info {
-        name: info.name,
-        version: info.version,
-        description: info.description,
-        provides: info.provides.into_iter().map(|c| Provided { kind: capability_kind(c.kind), name: c.name }).collect(),
-    }
-}
-
-fn convert_info(info: super::bindings::output_parser::rapid::plugin::types::PluginInfo) -> Info {
-    use super::bindings::output_parser::rapid::plugin::types::CapabilityKind as K;
+fn convert_info(info: wit_types::PluginInfo) -> Info {
     Info {
         name: info.name,
         version: info.version,
@@ -290,43 +281,14 @@ fn convert_info(info: super::bindings::output_parser::rapid::plugin::types::Plug
             .into_iter()
             .map(|c| Provided {
                 kind: match c.kind {
-                    K::AliasPolicy => "alias-policy",
-                    K::ToolCallParser => "tool-call-parser",
-                    K::ReasoningParser => "reasoning-parser",
+                    wit_types::CapabilityKind::AliasPolicy => "alias-policy",
+                    wit_types::CapabilityKind::ToolCallParser => "tool-call-parser",
+                    wit_types::CapabilityKind::ReasoningParser => "reasoning-parser",
                 },
                 name: c.name,
             })
             .collect(),
     }
-}
-
-/// The plugin kind and WIT version, from the exported interface names
-/// (`rapid:plugin/alias-policy@0.1.0`).
-fn detect_kind(runtime: &PluginRuntime, component: &Component) -> Result<(PluginKind, String), String> {
-    let ty = component.component_type();
-    let exports: Vec<&str> = ty.exports(runtime.engine()).map(|(name, _)| name).collect();
-    for name in &exports {
-        let Some(rest) = name.strip_prefix(WIT_PACKAGE).and_then(|r| r.strip_prefix('/')) else {
-            continue;
-        };
-        let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
-        let kind = match interface {
-            "alias-policy" => PluginKind::AliasPolicy,
-            "output-parser" => PluginKind::OutputParser,
-            _ => continue,
-        };
-        if !SUPPORTED_WIT_VERSIONS.contains(&version) {
-            return Err(format!(
-                "built against {WIT_PACKAGE}@{version}; this host supports {}",
-                SUPPORTED_WIT_VERSIONS.join(", ")
-            ));
-        }
-        return Ok((kind, version.to_string()));
-    }
-    Err(format!(
-        "exports neither {WIT_PACKAGE}/alias-policy nor {WIT_PACKAGE}/output-parser (exports: {})",
-        if exports.is_empty() { String::from("nothing") } else { exports.join(", ") }
-    ))
 }
 
 /// The component's imports, or an error naming the first one off the allow-list.

@@ -11,6 +11,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod exports;
 pub mod limits;
 pub mod loader;
 pub mod policy;
@@ -43,6 +44,7 @@ pub enum PluginError {
 }
 
 /// The WIT package versions this host can load.
-pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
+/// One per directory `wit/since_vX.Y.Z`; see `wit/README.md` for the policy.
+pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
 /// The WIT package namespace and name.
 pub const WIT_PACKAGE: &str = "rapid:plugin";

@@ -2,10 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use super::bindings::alias_policy::AliasPolicyPluginPre;
-use super::bindings::alias_policy::exports::rapid::plugin::alias_policy as wit;
+use wasmtime::component::{Instance, InstancePre};
+
+use super::bindings::policy as wit;
+use super::bindings::types::PluginInfo;
+use super::exports::AliasPolicyExports;
 use super::limits::{PluginState, classify};
-use super::loader::{Info, convert_policy_info};
 use super::{PluginError, PluginRuntime};
 
 /// An alias-policy plugin, ready to instantiate per call.
@@ -13,7 +15,8 @@ use super::{PluginError, PluginRuntime};
 pub struct AliasPolicyPlugin {
     label: String,
     file: PathBuf,
-    pre: AliasPolicyPluginPre<PluginState>,
+    pre: InstancePre<PluginState>,
+    exports: AliasPolicyExports,
     runtime: PluginRuntime,
 }
 
@@ -27,10 +30,11 @@ impl AliasPolicyPlugin {
     pub(crate) fn new(
         label: String,
         file: PathBuf,
-        pre: AliasPolicyPluginPre<PluginState>,
+        pre: InstancePre<PluginState>,
+        exports: AliasPolicyExports,
         runtime: PluginRuntime,
     ) -> Self {
-        Self { label, file, pre, runtime }
+        Self { label, file, pre, exports, runtime }
     }
 
     /// Names the plugin in errors by its own name once `info` has told it.
@@ -46,8 +50,11 @@ impl AliasPolicyPlugin {
         &self.file
     }
 
-    pub(crate) fn info(&self) -> Result<Info, PluginError> {
-        self.call("info", |plugin, store| plugin.rapid_plugin_alias_policy().call_info(store)).map(convert_policy_info)
+    pub(crate) fn info(&self) -> Result<PluginInfo, PluginError> {
+        self.call("info", |instance, store| {
+            let func = instance.get_typed_func::<(), (PluginInfo,)>(&mut *store, &self.exports.info)?;
+            Ok(func.call(&mut *store, ())?.0)
+        })
     }
 
     /// Asks the policy to resolve `request`. The outer error is the plugin failing (trap,
@@ -56,20 +63,24 @@ impl AliasPolicyPlugin {
         &self,
         request: &wit::ResolveRequest,
     ) -> Result<Result<wit::Resolution, wit::ResolveError>, PluginError> {
-        self.call("resolve", |plugin, store| plugin.rapid_plugin_alias_policy().call_resolve(store, request))
+        self.call("resolve", |instance, store| {
+            let func = instance
+                .get_typed_func::<(&wit::ResolveRequest,), (Result<wit::Resolution, wit::ResolveError>,)>(
+                    &mut *store,
+                    &self.exports.resolve,
+                )?;
+            Ok(func.call(&mut *store, (request,))?.0)
+        })
     }
 
     /// One call in a fresh store: whatever happens inside, nothing outlives it.
     fn call<R>(
         &self,
         name: &'static str,
-        f: impl FnOnce(
-            &super::bindings::alias_policy::AliasPolicyPlugin,
-            &mut wasmtime::Store<PluginState>,
-        ) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Instance, &mut wasmtime::Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let mut store = self.runtime.store();
-        let result = self.pre.instantiate(&mut store).and_then(|plugin| f(&plugin, &mut store));
+        let result = self.pre.instantiate(&mut store).and_then(|instance| f(&instance, &mut store));
         result.map_err(|e| classify(e, store.data().limiter.refused_memory, &self.label, name, self.runtime.limits()))
     }
 }

@@ -96,6 +96,22 @@ impl ParserPlugin for Hermes {
         }
         Ok(Box::new(ToolCallSplitter::new(HermesFormat, Tools::parse(&config.tools_json))))
     }
+
+    fn tool_prompt(_parser: &str, tools_json: &str) -> Option<String> {
+        let tools: Vec<Value> = serde_json::from_str(tools_json).ok()?;
+        if tools.is_empty() {
+            return None;
+        }
+        let listed: Vec<String> = tools.iter().map(Value::to_string).collect();
+        Some(format!(
+            "# Tools\n\nYou may call one or more functions to help with the user's request. \
+             The functions are described inside <tools></tools> tags:\n<tools>\n{}\n</tools>\n\n\
+             To call a function, answer with a JSON object holding its name and arguments inside \
+             <tool_call></tool_call> tags, one block per call:\n<tool_call>\n\
+             {{\"name\": <function-name>, \"arguments\": <arguments-json-object>}}\n</tool_call>",
+            listed.join("\n")
+        ))
+    }
 }
 
 type Component = Adapter<Hermes>;

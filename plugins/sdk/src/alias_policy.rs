@@ -7,7 +7,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "alias-policy-plugin",
-        path: "../../wit",
+        path: "../../wit/since_v0.2.0",
         default_bindings_module: "rapid_plugin_sdk::alias_policy::bindings",
         pub_export_macro: true,
         export_macro_name: "export_alias_policy",

@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "output-parser-plugin",
-        path: "../../wit",
+        path: "../../wit/since_v0.2.0",
         default_bindings_module: "rapid_plugin_sdk::output_parser::bindings",
         pub_export_macro: true,
         export_macro_name: "export_output_parser",
@@ -41,6 +41,12 @@ pub trait ParserPlugin: 'static {
 
     /// A Lark grammar for this parser's wire format, if the plugin offers one.
     fn tool_call_grammar(_parser: &str, _tools_json: &str) -> Option<String> {
+        None
+    }
+
+    /// A system-prompt section teaching a model this wire format for `tools_json`, for
+    /// models whose chat template ignores tools (since WIT 0.2.0).
+    fn tool_prompt(_parser: &str, _tools_json: &str) -> Option<String> {
         None
     }
 }
@@ -106,6 +112,10 @@ impl<P: ParserPlugin> wit::Guest for Adapter<P> {
 
     fn tool_call_grammar(parser: String, tools_json: String) -> Option<String> {
         P::tool_call_grammar(&parser, &tools_json)
+    }
+
+    fn tool_prompt(parser: String, tools_json: String) -> Option<String> {
+        P::tool_prompt(&parser, &tools_json)
     }
 }
 
