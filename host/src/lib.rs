@@ -6,4 +6,5 @@ pub mod parsers;
 pub mod plugins;
 pub mod registry;
 pub mod resolve;
+pub mod scaffold;
 pub mod server;

@@ -11,9 +11,10 @@ use std::io::Read;
 
 use rapid_host::host_facts::{ByteSize, HostFacts};
 use rapid_host::parsers::{AssembledMessage, ParserPipeline, PipelineConfig};
-use rapid_host::plugins::{PluginRuntime, PluginSet, SandboxLimits};
+use rapid_host::plugins::{PluginKind, PluginRuntime, PluginSet, SandboxLimits};
 use rapid_host::registry::{AliasEntry, AliasRegistry};
 use rapid_host::resolve::{ModelResolver, ResolveFailure, ResolvedModel, SourceKind};
+use rapid_host::scaffold::{ScaffoldKind, default_sdk_path, scaffold};
 use rapid_host::server::{AppState, router};
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
@@ -70,6 +71,11 @@ enum Command {
         #[arg(long)]
         reasoning_started: bool,
     },
+    /// Write and test plugins.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// List the plugins in a directory, their kind, names and WIT version.
     Plugins {
         #[command(flatten)]
@@ -77,6 +83,37 @@ enum Command {
         /// Print JSON only.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginAction {
+    /// Scaffold a plugin crate that builds with the SDK, with fixtures and a README.
+    New {
+        /// Plugin name (lowercase, digits, `-`); a parser plugin's parser name is it with `_`.
+        name: String,
+        #[arg(long, value_enum, default_value = "parser")]
+        kind: ScaffoldKind,
+        /// Source language of the plugin.
+        #[arg(long, default_value = "rust", value_parser = ["rust"])]
+        lang: String,
+        /// Directory to create the crate in.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+        /// The rapid-host SDK crate (default: the one this binary was built from).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+    /// Run a parser plugin against fixture files, whole and at several chunkings.
+    Test {
+        /// The plugin component to test.
+        wasm: PathBuf,
+        /// A fixture file or a directory of them (`*.json`, the corpus format).
+        #[arg(long, value_name = "DIR")]
+        fixtures: PathBuf,
+        /// Plugins that fixtures may also use (e.g. a reasoning parser to chain with).
+        #[arg(long, value_name = "DIR")]
+        with_plugins: Option<PathBuf>,
     },
 }
 
@@ -154,6 +191,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Serve(args) => serve(&registry, args),
+        Command::Plugin { action: PluginAction::New { name, kind, lang: _, dir, sdk } } => {
+            let sdk = sdk.unwrap_or_else(default_sdk_path);
+            let root = scaffold(&name, kind, &dir, &sdk)?;
+            println!("created {}", root.display());
+            println!("next: cd {} && cargo build --release && see README.md", root.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin { action: PluginAction::Test { wasm, fixtures, with_plugins } } => {
+            plugin_test(&wasm, &fixtures, with_plugins.as_deref())
+        }
         Command::Parse { tool_parser, reasoning_parser, plugins, tools, chunk, reasoning_started } => {
             let args = PluginArgs {
                 plugins,
@@ -447,6 +494,89 @@ fn print_plugins(set: &PluginSet, json: bool) -> anyhow::Result<()> {
     }
     println!("\n{} loaded, {} failed", set.plugins.len(), set.failures.len());
     Ok(())
+}
+
+/// `rapid-host plugin test`: every fixture case at every standard chunking; a table; exit 1
+/// if anything fails.
+fn plugin_test(wasm: &Path, fixture_path: &Path, with_plugins: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use rapid_host::parsers::fixtures::{self, standard_chunkings};
+
+    let runtime = PluginRuntime::new(SandboxLimits::default(), PluginRuntime::default_cache_dir())?;
+    let mut set = PluginSet::empty(runtime);
+    // The plugin under test first, so it wins over a same-named one among the companions.
+    set.load_file(wasm);
+    if let Some(failure) = set.failures.first() {
+        bail!("{}", failure.error);
+    }
+    if let Some(dir) = with_plugins {
+        set.load_dir_into(dir)?;
+    }
+    let summary = set.plugins.first().context("plugin did not register")?.clone();
+    if summary.kind != PluginKind::OutputParser {
+        bail!(
+            "{} is an alias-policy plugin; `plugin test` runs parser fixtures (try `rapid-host info`)",
+            wasm.display()
+        );
+    }
+    let own_tool: Vec<&str> =
+        summary.provides.iter().filter(|c| c.kind == "tool-call-parser").map(|c| c.name.as_str()).collect();
+    let own_reasoning: Vec<&str> =
+        summary.provides.iter().filter(|c| c.kind == "reasoning-parser").map(|c| c.name.as_str()).collect();
+    println!("{} ({} {}, rapid:plugin@{})", wasm.display(), summary.name, summary.version, summary.wit_version);
+
+    let chunkings = standard_chunkings();
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut problems = Vec::new();
+    let (mut passed, mut failed) = (0, 0);
+    for file in fixtures::load(fixture_path)? {
+        let file_label = file_name(&file.path);
+        for case in &file.cases {
+            let mut config = file.config(case);
+            // Fixtures that name no parser use the plugin's own (when it has exactly one).
+            if config.tool_parser.is_none() && config.reasoning_parser.is_none() {
+                match (own_tool.as_slice(), own_reasoning.as_slice()) {
+                    ([tool], _) => config.tool_parser = Some((*tool).to_string()),
+                    ([], [reasoning]) => config.reasoning_parser = Some((*reasoning).to_string()),
+                    _ => {}
+                }
+            }
+            let mut marks = Vec::new();
+            let mut ok = true;
+            for chunking in &chunkings {
+                let outcome = fixtures::run(&set, &config, &case.raw, chunking)
+                    .map_err(|e| e.to_string())
+                    .and_then(|run| fixtures::check(&case.expect, &run));
+                match outcome {
+                    Ok(()) => marks.push(String::from("ok")),
+                    Err(diff) => {
+                        marks.push(String::from("FAIL"));
+                        if ok {
+                            problems.push(format!("{file_label} / {}, chunks {chunking}: {diff}", case.name));
+                        }
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                passed += 1
+            } else {
+                failed += 1
+            }
+            rows.push([
+                file_label.clone(),
+                case.name.clone(),
+                marks.join(" "),
+                String::from(if ok { "pass" } else { "FAIL" }),
+            ]);
+        }
+    }
+    let chunk_header = format!("CHUNKS ({})", chunkings.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
+    print_table(&["FIXTURE", "CASE", chunk_header.as_str(), "RESULT"], &rows);
+    for problem in &problems {
+        println!("  {problem}");
+    }
+    println!("\n{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn file_name(path: &Path) -> String {

@@ -2,6 +2,7 @@
 //! plugin components built by `scripts/build-plugins` (the README's test command builds
 //! them first).
 
+mod authoring;
 mod cli;
 mod limits;
 mod loading;

@@ -2,12 +2,11 @@
 //! case whole, at chunk sizes 1, 2, 3 and 7, and at random chunkings, must assemble to the
 //! expected message.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use rapid_host::parsers::fixtures::{self, Chunking, FixtureCase, FixtureFile};
 use rapid_host::parsers::{AssembledMessage, ParseEvent, ParserPipeline, PipelineConfig};
 use rapid_host::plugins::{PluginRuntime, PluginSet};
-use serde_json::Value;
 
 use crate::support::{plugins_dir, repo_root, test_limits};
 
@@ -22,99 +21,26 @@ fn plugins() -> &'static PluginSet {
     })
 }
 
-struct Case {
-    file: String,
-    name: String,
-    config: PipelineConfig,
-    raw: String,
-    expect: Value,
-}
-
-fn corpus() -> Vec<Case> {
-    let dir = repo_root().join("tests/parsers");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("corpus dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    let mut cases = Vec::new();
-    for path in files {
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("corpus JSON");
-        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        for case in doc["cases"].as_array().expect("cases") {
-            let pick = |key: &str| case.get(key).or_else(|| doc.get(key)).and_then(Value::as_str).map(str::to_string);
-            cases.push(Case {
-                file: file.clone(),
-                name: case["name"].as_str().expect("name").to_string(),
-                config: PipelineConfig {
-                    tool_parser: pick("tool_parser"),
-                    reasoning_parser: pick("reasoning_parser"),
-                    tools_json: case.get("tools").map_or_else(|| String::from("[]"), Value::to_string),
-                    reasoning_started: case.get("reasoning_started").and_then(Value::as_bool).unwrap_or(false),
-                },
-                raw: case["raw"].as_str().expect("raw").to_string(),
-                expect: case["expect"].clone(),
-            });
-        }
-    }
+/// Every corpus case with its file's defaults applied.
+fn corpus() -> Vec<(FixtureFile, FixtureCase)> {
+    let files = fixtures::load(&repo_root().join("tests/parsers")).expect("corpus loads");
+    let cases: Vec<(FixtureFile, FixtureCase)> =
+        files.iter().flat_map(|f| f.cases.iter().map(move |c| (f.clone(), c.clone()))).collect();
     assert!(cases.len() >= 60, "corpus has {} cases", cases.len());
     cases
 }
 
-/// Feeds `raw` in pieces of the given character lengths (cycled) and assembles the result.
-fn run(case: &Case, sizes: &[usize]) -> (AssembledMessage, Vec<ParseEvent>) {
-    let mut pipeline = ParserPipeline::new(plugins(), &case.config).expect("pipeline");
-    let chars: Vec<char> = case.raw.chars().collect();
-    let mut events = Vec::new();
-    let mut at = 0;
-    let mut i = 0;
-    while at < chars.len() {
-        let n = sizes[i % sizes.len()].max(1).min(chars.len() - at);
-        events.extend(pipeline.feed(&chars[at..at + n].iter().collect::<String>()));
-        at += n;
-        i += 1;
-    }
-    events.extend(pipeline.finish());
-    assert!(pipeline.failures.is_empty(), "{}: {:?}", case.name, pipeline.failures);
-    let mut message = AssembledMessage::default();
-    message.extend(&events);
-    (message, events)
+fn run(file: &FixtureFile, case: &FixtureCase, chunking: &Chunking) -> fixtures::Run {
+    let run = fixtures::run(plugins(), &file.config(case), &case.raw, chunking).expect("pipeline");
+    assert!(run.failures.is_empty(), "{}: {:?}", case.name, run.failures);
+    run
 }
 
-/// The parts of a message the corpus pins: ids vary per run except where the format
-/// carries one.
-fn observed(message: &AssembledMessage) -> Value {
-    let text = |s: &str| if s.is_empty() { Value::Null } else { Value::String(s.to_string()) };
-    serde_json::json!({
-        "content": text(&message.content),
-        "reasoning_content": text(&message.reasoning),
-        "tool_calls": message.tool_calls.iter().map(|c| serde_json::json!({"name": c.name, "arguments": c.arguments})).collect::<Vec<_>>(),
-        "malformed": message.malformed.len(),
-    })
-}
-
-fn expected(case: &Case) -> Value {
-    let mut e = case.expect.clone();
-    if let Some(calls) = e["tool_calls"].as_array_mut() {
-        for call in calls {
-            if let Some(obj) = call.as_object_mut() {
-                obj.remove("id");
-            }
-        }
-    }
-    e
-}
-
-fn check_invariants(case: &Case, message: &AssembledMessage, events: &[ParseEvent]) {
-    // Ids: present, unique, `call_…` unless the format carries its own.
+/// What holds for every run, beyond matching the expectation.
+fn check_invariants(case: &FixtureCase, message: &AssembledMessage, events: &[ParseEvent]) {
     let mut ids: Vec<&str> = message.tool_calls.iter().map(|c| c.id.as_str()).collect();
-    for (call, want) in message.tool_calls.iter().zip(case.expect["tool_calls"].as_array().into_iter().flatten()) {
-        match want.get("id").and_then(Value::as_str) {
-            Some(id) => assert_eq!(call.id, id, "{}", case.name),
-            None => assert!(call.id.starts_with("call_") && call.id.len() == 29, "{}: id {}", case.name, call.id),
-        }
-        serde_json::from_str::<serde_json::Map<String, Value>>(&call.arguments)
+    for call in &message.tool_calls {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&call.arguments)
             .unwrap_or_else(|e| panic!("{}: arguments not a JSON object string: {e}", case.name));
     }
     ids.sort_unstable();
@@ -131,15 +57,12 @@ fn check_invariants(case: &Case, message: &AssembledMessage, events: &[ParseEven
 #[test]
 fn corpus_cases_parse_identically_whole_and_at_every_chunk_size() {
     let mut failures = Vec::new();
-    for case in corpus() {
-        let want = expected(&case);
-        for sizes in [&[usize::MAX][..], &[1], &[2], &[3], &[7]] {
-            let (message, events) = run(&case, sizes);
-            check_invariants(&case, &message, &events);
-            let got = observed(&message);
-            if got != want {
-                failures
-                    .push(format!("{} / {} at chunks {:?}:\n  got  {got}\n  want {want}", case.file, case.name, sizes));
+    for (file, case) in corpus() {
+        for chunking in fixtures::standard_chunkings() {
+            let run = run(&file, &case, &chunking);
+            check_invariants(&case, &run.message, &run.events);
+            if let Err(diff) = fixtures::check(&case.expect, &run) {
+                failures.push(format!("{} / {} at {chunking}: {diff}", file.path.display(), case.name));
                 break;
             }
         }
@@ -165,15 +88,19 @@ impl Rng {
 
 #[test]
 fn random_chunkings_give_one_answer() {
-    for (n, case) in corpus().iter().enumerate() {
-        let (reference, _) = run(case, &[usize::MAX]);
-        let want = observed(&reference);
+    for (n, (file, case)) in corpus().iter().enumerate() {
+        let reference = run(file, case, &Chunking::Whole).message;
+        let strip_ids = |m: &AssembledMessage| {
+            let mut m = m.clone();
+            m.tool_calls.iter_mut().for_each(|c| c.id.clear());
+            m
+        };
         for seed in 1..=12u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(n as u64));
             let sizes: Vec<usize> = (0..64).map(|_| 1 + rng.below(12) as usize).collect();
-            let (message, events) = run(case, &sizes);
-            check_invariants(case, &message, &events);
-            assert_eq!(observed(&message), want, "{} / {}: chunking seed {seed} {sizes:?}", case.file, case.name);
+            let got = run(file, case, &Chunking::Sizes(sizes.clone()));
+            check_invariants(case, &got.message, &got.events);
+            assert_eq!(strip_ids(&got.message), strip_ids(&reference), "{}: chunking seed {seed} {sizes:?}", case.name);
         }
     }
 }
@@ -203,8 +130,8 @@ fn markers_never_leak_into_well_formed_output() {
         "<function=",
         "<|python_tag|>",
     ];
-    for case in corpus().iter().filter(|c| c.expect["malformed"] == 0) {
-        let (message, _) = run(case, &[1]);
+    for (file, case) in corpus().iter().filter(|(_, c)| c.expect.malformed == 0) {
+        let message = run(file, case, &Chunking::Sizes(vec![1])).message;
         for marker in MARKERS {
             assert!(!message.content.contains(marker), "{}: content leaks {marker}: {:?}", case.name, message.content);
             assert!(!message.reasoning.contains(marker), "{}: reasoning leaks {marker}", case.name);

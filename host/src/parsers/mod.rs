@@ -6,6 +6,7 @@
 //!   indices and ids are assigned here, once per response.
 //! - [`message`]: assembles the OpenAI `message` a client would build from the stream.
 
+pub mod fixtures;
 pub mod message;
 pub mod pipeline;
 pub mod session;

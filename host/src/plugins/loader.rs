@@ -124,6 +124,15 @@ impl PluginSet {
         Ok(set)
     }
 
+    /// Adds the plugins of `dir` to this set; names already taken stay with their owner.
+    pub fn load_dir_into(&mut self, dir: &Path) -> Result<(), PluginError> {
+        let other = Self::load_dir(self.runtime.clone(), dir)?;
+        for summary in other.plugins {
+            self.load_file(&summary.file);
+        }
+        Ok(())
+    }
+
     /// Loads one component; on failure records it and leaves the set as it was.
     pub fn load_file(&mut self, file: &Path) {
         match self.try_load(file) {
