@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -11,7 +12,7 @@ use std::io::Read;
 
 use rapid_host::host_facts::{ByteSize, HostFacts};
 use rapid_host::parsers::{AssembledMessage, ParserPipeline, PipelineConfig};
-use rapid_host::plugins::{PluginKind, PluginRuntime, PluginSet, SandboxLimits};
+use rapid_host::plugins::{PluginHub, PluginKind, PluginRuntime, PluginSet, SandboxLimits};
 use rapid_host::registry::{AliasEntry, AliasRegistry};
 use rapid_host::resolve::{ModelResolver, ResolveFailure, ResolvedModel, SourceKind};
 use rapid_host::scaffold::{ScaffoldKind, default_sdk_path, scaffold};
@@ -146,6 +147,9 @@ struct ServeArgs {
     host: String,
     #[arg(long, default_value_t = 8000)]
     port: u16,
+    /// Reload plugins when files in the plugin directory are added, removed or rebuilt.
+    #[arg(long)]
+    watch: bool,
 }
 
 fn main() -> ExitCode {
@@ -264,7 +268,7 @@ fn parse_text(
     Ok(message)
 }
 
-fn load_plugins(args: &PluginArgs) -> anyhow::Result<PluginSet> {
+fn plugin_runtime(args: &PluginArgs) -> anyhow::Result<PluginRuntime> {
     if !args.plugins.is_dir() {
         bail!(
             "plugin directory {} not found (build the bundled plugins with scripts/build-plugins)",
@@ -273,8 +277,11 @@ fn load_plugins(args: &PluginArgs) -> anyhow::Result<PluginSet> {
     }
     let cache =
         if args.no_plugin_cache { None } else { args.plugin_cache.clone().or_else(PluginRuntime::default_cache_dir) };
-    let runtime = PluginRuntime::new(SandboxLimits::default(), cache)?;
-    Ok(PluginSet::load_dir(runtime, &args.plugins)?)
+    Ok(PluginRuntime::new(SandboxLimits::default(), cache)?)
+}
+
+fn load_plugins(args: &PluginArgs) -> anyhow::Result<PluginSet> {
+    Ok(PluginSet::load_dir(plugin_runtime(args)?, &args.plugins)?)
 }
 
 /// Resolves `model`; on refusal prints the error with suggestions and returns exit code 1.
@@ -584,7 +591,11 @@ fn file_name(path: &Path) -> String {
 }
 
 fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let set = load_plugins(&args.plugins)?;
+    let hub = PluginHub::load(plugin_runtime(&args.plugins)?, &args.plugins.plugins)?;
+    if args.watch {
+        hub.watch(std::time::Duration::from_millis(500)).context("cannot start the plugin watcher")?;
+    }
+    let set = hub.current();
     for failure in &set.failures {
         tracing::warn!("skipped {}: {}", failure.file.display(), failure.error);
     }
@@ -597,7 +608,7 @@ fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> 
         .parse()
         .with_context(|| format!("`{}:{}` is not a valid listen address", args.host, args.port))?;
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let state = AppState { model: resolved.clone(), created };
+    let state = AppState { model: resolved.clone(), created, plugins: Arc::clone(&hub) };
 
     eprintln!("rapid-host {}", env!("CARGO_PKG_VERSION"));
     eprintln!("  model    {} -> {}", state.model_id(), resolved.hf_path);
@@ -605,10 +616,11 @@ fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> 
         eprintln!("  note     {note}");
     }
     eprintln!(
-        "  plugins  {} loaded from {} ({} failed)",
+        "  plugins  {} loaded from {} ({} failed){}",
         set.plugins.len(),
         args.plugins.plugins.display(),
-        set.failures.len()
+        set.failures.len(),
+        if args.watch { ", watching for changes" } else { "" }
     );
     eprintln!("  MISSING  the inference engine is not built yet: /v1/chat/completions and /v1/completions");
     eprintln!("           answer 503 in OpenAI's error format; /health, /v1/models work.");

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::plugins::PluginHub;
 use crate::resolve::ResolvedModel;
 
 /// What the server serves.
@@ -17,6 +18,8 @@ use crate::resolve::ResolvedModel;
 pub struct AppState {
     pub model: ResolvedModel,
     pub created: u64,
+    /// The live plugins; each request takes a snapshot.
+    pub plugins: Arc<PluginHub>,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
+        .route("/v1/plugins", get(list_plugins))
         .route(
             "/v1/chat/completions",
             post(|| async { Err::<(), _>(AppError::EngineUnavailable { route: "/v1/chat/completions" }) }),
@@ -107,6 +111,14 @@ fn model_object(state: &AppState) -> serde_json::Value {
         "hf_path": state.model.hf_path,
         "ready": false,
     })
+}
+
+/// rapid-host extension: the plugins serving requests right now.
+async fn list_plugins(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let set = state.plugins.current();
+    let failures: Vec<serde_json::Value> =
+        set.failures.iter().map(|f| json!({ "file": f.file, "error": f.error.to_string() })).collect();
+    Json(json!({ "object": "list", "dir": state.plugins.dir(), "data": set.plugins, "failures": failures }))
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

@@ -9,6 +9,7 @@ mod loading;
 mod parsers;
 mod policies;
 mod registry;
+mod reload;
 mod server;
 mod support;
 mod traps;

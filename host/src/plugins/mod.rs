@@ -12,11 +12,13 @@
 pub mod bindings;
 pub mod cache;
 pub mod exports;
+pub mod hub;
 pub mod limits;
 pub mod loader;
 pub mod policy;
 pub mod runtime;
 
+pub use hub::PluginHub;
 pub use limits::SandboxLimits;
 pub use loader::{LoadFailure, PluginKind, PluginSet, PluginSummary};
 pub use policy::AliasPolicyPlugin;
