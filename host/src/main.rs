@@ -519,17 +519,14 @@ fn plugin_test(wasm: &Path, fixture_path: &Path, with_plugins: Option<&Path>) ->
         set.load_dir_into(dir)?;
     }
     let summary = set.plugins.first().context("plugin did not register")?.clone();
-    if summary.kind != PluginKind::OutputParser {
-        bail!(
-            "{} is an alias-policy plugin; `plugin test` runs parser fixtures (try `rapid-host info`)",
-            wasm.display()
-        );
+    println!("{} ({} {}, rapid:plugin@{})", wasm.display(), summary.name, summary.version, summary.wit_version);
+    if summary.kind == PluginKind::AliasPolicy {
+        return policy_test(&set, &summary.name, fixture_path);
     }
     let own_tool: Vec<&str> =
         summary.provides.iter().filter(|c| c.kind == "tool-call-parser").map(|c| c.name.as_str()).collect();
     let own_reasoning: Vec<&str> =
         summary.provides.iter().filter(|c| c.kind == "reasoning-parser").map(|c| c.name.as_str()).collect();
-    println!("{} ({} {}, rapid:plugin@{})", wasm.display(), summary.name, summary.version, summary.wit_version);
 
     let chunkings = standard_chunkings();
     let mut rows: Vec<[String; 4]> = Vec::new();
@@ -579,6 +576,44 @@ fn plugin_test(wasm: &Path, fixture_path: &Path, with_plugins: Option<&Path>) ->
     }
     let chunk_header = format!("CHUNKS ({})", chunkings.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
     print_table(&["FIXTURE", "CASE", chunk_header.as_str(), "RESULT"], &rows);
+    for problem in &problems {
+        println!("  {problem}");
+    }
+    println!("\n{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Alias-policy fixtures: model name (and free memory) → expected resolution or refusal.
+fn policy_test(set: &PluginSet, policy_name: &str, fixture_path: &Path) -> anyhow::Result<ExitCode> {
+    use rapid_host::resolve::PolicyFixtures;
+
+    let registry = AliasRegistry::builtin()?;
+    let policy = set.policy(policy_name).context("policy did not register")?;
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    let mut problems = Vec::new();
+    let (mut passed, mut failed) = (0, 0);
+    for (path, fixtures) in PolicyFixtures::load(fixture_path)? {
+        for case in &fixtures.cases {
+            let mut facts = HostFacts::detect("cpu");
+            if let Some(free) = &case.free_memory {
+                facts.free_memory_bytes = free.parse::<ByteSize>().map_err(anyhow::Error::msg)?.0;
+            }
+            let outcome = ModelResolver::new(&registry, policy, facts).resolve(&case.model);
+            let result = match case.check(&outcome) {
+                Ok(()) => {
+                    passed += 1;
+                    "pass"
+                }
+                Err(diff) => {
+                    failed += 1;
+                    problems.push(format!("{} / {}: {diff}", file_name(&path), case.name));
+                    "FAIL"
+                }
+            };
+            rows.push([file_name(&path), case.name.clone(), String::from(result)]);
+        }
+    }
+    print_table(&["FIXTURE", "CASE", "RESULT"], &rows);
     for problem in &problems {
         println!("  {problem}");
     }

@@ -166,3 +166,91 @@ fn to_wit_entry(name: &str, e: &AliasEntry) -> wit::AliasEntry {
         loadable: e.loadable(),
     }
 }
+
+/// Fixtures for alias-policy plugins (`rapid-host plugin test`): a model name, optionally
+/// the free memory to report, and the expected alias / repository or refusal.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFixtures {
+    #[serde(default)]
+    pub about: Option<String>,
+    pub cases: Vec<PolicyCase>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCase {
+    pub name: String,
+    pub model: String,
+    /// Free memory handed to the policy, e.g. `16GiB`.
+    #[serde(default)]
+    pub free_memory: Option<String>,
+    pub expect: PolicyExpect,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyExpect {
+    #[serde(default)]
+    pub alias: Option<String>,
+    #[serde(default)]
+    pub hf_path: Option<String>,
+    /// The policy refuses, with a message containing this text.
+    #[serde(default)]
+    pub error_contains: Option<String>,
+    /// Suggestions that must be offered (in this order, at the start of the list).
+    #[serde(default)]
+    pub suggestions: Vec<String>,
+}
+
+impl PolicyFixtures {
+    /// One `.json` file or every `*.json` in a directory.
+    pub fn load(path: &Path) -> Result<Vec<(std::path::PathBuf, Self)>, std::io::Error> {
+        let mut files: Vec<std::path::PathBuf> = if path.is_dir() {
+            std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        } else {
+            vec![path.to_path_buf()]
+        };
+        files.sort();
+        files
+            .into_iter()
+            .map(|file| {
+                let text = std::fs::read_to_string(&file)?;
+                let parsed = serde_json::from_str(&text).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", file.display()))
+                })?;
+                Ok((file, parsed))
+            })
+            .collect()
+    }
+}
+
+impl PolicyCase {
+    pub fn check(&self, outcome: &Result<ResolvedModel, ResolveFailure>) -> Result<(), String> {
+        match (outcome, &self.expect.error_contains) {
+            (Ok(r), None) => {
+                if self.expect.alias.is_some() && r.alias != self.expect.alias {
+                    return Err(format!("alias {:?}, want {:?}", r.alias, self.expect.alias));
+                }
+                match &self.expect.hf_path {
+                    Some(want) if *want != r.hf_path => Err(format!("hf_path {}, want {want}", r.hf_path)),
+                    _ => Ok(()),
+                }
+            }
+            (Ok(r), Some(want)) => Err(format!("resolved to {} but should fail with {want:?}", r.hf_path)),
+            (Err(ResolveFailure::Unknown { message, suggestions }), Some(want)) => {
+                if !message.contains(want.as_str()) {
+                    return Err(format!("error {message:?} does not contain {want:?}"));
+                }
+                if !suggestions.starts_with(&self.expect.suggestions) {
+                    return Err(format!("suggestions {suggestions:?}, want {:?} first", self.expect.suggestions));
+                }
+                Ok(())
+            }
+            (Err(e), _) => Err(format!("failed: {e}")),
+        }
+    }
+}

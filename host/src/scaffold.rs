@@ -64,6 +64,7 @@ pub fn scaffold(name: &str, kind: ScaffoldKind, dir: &Path, sdk: &Path) -> Resul
             ("Cargo.toml", include_str!("../templates/alias-policy/Cargo.toml")),
             (".cargo/config.toml", include_str!("../templates/alias-policy/config.toml")),
             ("src/lib.rs", include_str!("../templates/alias-policy/lib.rs")),
+            ("fixtures/basic.json", include_str!("../templates/alias-policy/basic.json")),
             ("README.md", include_str!("../templates/alias-policy/README.md")),
         ],
     };

@@ -63,7 +63,13 @@ fn a_scaffolded_alias_policy_builds_and_resolves() {
     let out =
         rapid_host(&["plugin", "new", "acme-policy", "--kind", "alias-policy", "--dir", &dir.path().to_string_lossy()]);
     assert!(out.status.success(), "{}", text(&out));
-    let wasm = build(&dir.path().join("acme-policy"), "acme_policy.wasm");
+    let root = dir.path().join("acme-policy");
+    let wasm = build(&root, "acme_policy.wasm");
+    let fixtures = root.join("fixtures");
+    let out = rapid_host(&["plugin", "test", &wasm.to_string_lossy(), "--fixtures", &fixtures.to_string_lossy()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("3 passed, 0 failed"), "{}", text(&out));
+
     let plugins = tempfile::tempdir().expect("tempdir");
     std::fs::copy(&wasm, plugins.path().join("acme-policy.wasm")).expect("copy");
     let out = rapid_host(&[

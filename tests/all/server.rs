@@ -189,3 +189,16 @@ fn serve_watch_picks_up_added_and_removed_plugins() {
     let gone = wait_for(port, "\"hermes\"", false);
     assert!(!gone.contains("\"hermes\"") && gone.contains("\"strict\""), "removed plugin still listed: {gone}");
 }
+
+#[test]
+fn serve_loads_the_javascript_plugin() {
+    let wasm = crate::support::repo_root().join("examples/plugins/mistral-js/mistral.wasm");
+    assert!(wasm.is_file(), "{} missing: scripts/build-plugins builds it", wasm.display());
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(plugin_file("policy-strict.wasm"), dir.path().join("policy-strict.wasm")).expect("copy");
+    std::fs::copy(&wasm, dir.path().join("mistral-js.wasm")).expect("copy");
+    let (_server, port, banner) = start_server(dir.path(), &[]);
+    assert!(banner.contains("2 loaded") && banner.contains("(0 failed)"), "{banner}");
+    let listing = http_get(port, "/v1/plugins").expect("plugins answers");
+    assert!(listing.contains("\"mistral-js\"") && listing.contains("\"mistral\""), "{listing}");
+}
