@@ -1,6 +1,7 @@
 //! rapid-host: an OpenAI-compatible LLM server whose output parsers and alias policies are
 //! sandboxed WebAssembly plugins.
 
+pub mod engine;
 pub mod host_facts;
 pub mod parsers;
 pub mod plugins;

@@ -72,6 +72,8 @@ enum Command {
         #[arg(long)]
         reasoning_started: bool,
     },
+    /// Generate text from MODEL: streams it, then prints token counts and speeds.
+    Generate(GenerateArgs),
     /// Write and test plugins.
     Plugin {
         #[command(subcommand)]
@@ -85,6 +87,56 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// Alias, `org/repo` id, or local path (default: the registry's default alias).
+    model: Option<String>,
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System message (with --chat).
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop string (repeatable); never printed.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// cpu, or metal / cuda when built with those features.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print the prompt's token ids and pieces to stderr before generating.
+    #[arg(long)]
+    show_tokens: bool,
+    /// Directory holding downloaded model files (pip-sourced aliases live here).
+    #[arg(long, env = "RAPID_HOST_MODELS", default_value = "models", value_name = "DIR")]
+    models_dir: PathBuf,
+    #[command(flatten)]
+    plugins: PluginArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Serve(args) => serve(&registry, args),
+        Command::Generate(args) => generate(&registry, args),
         Command::Plugin { action: PluginAction::New { name, kind, lang: _, dir, sdk } } => {
             let sdk = sdk.unwrap_or_else(default_sdk_path);
             let root = scaffold(&name, kind, &dir, &sdk)?;
@@ -619,6 +672,111 @@ fn policy_test(set: &PluginSet, policy_name: &str, fixture_path: &Path) -> anyho
     }
     println!("\n{passed} passed, {failed} failed");
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The GGUF file behind a resolution, on this machine.
+fn model_file(resolved: &ResolvedModel, models_dir: &Path) -> anyhow::Result<PathBuf> {
+    match resolved.source {
+        SourceKind::LocalFile => Ok(PathBuf::from(&resolved.hf_path)),
+        SourceKind::LocalDir => {
+            let dir = Path::new(&resolved.hf_path);
+            let mut ggufs: Vec<PathBuf> = std::fs::read_dir(dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+                .collect();
+            ggufs.sort();
+            ggufs.into_iter().next().with_context(|| format!("no .gguf file in {}", dir.display()))
+        }
+        SourceKind::PipPackage => {
+            let file = resolved.file.as_deref().context("pip alias without a file")?;
+            let path = models_dir.join(file);
+            if !path.is_file() {
+                bail!("{} is not downloaded yet: run scripts/fetch_models.py (or scripts/setup)", path.display());
+            }
+            Ok(path)
+        }
+        SourceKind::HubRepo => bail!(
+            "{} is a hub repository; downloading (`rapid-host pull`) and MLX checkpoints are not supported by this build yet",
+            resolved.hf_path
+        ),
+    }
+}
+
+fn generate(registry: &AliasRegistry, args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::ops::ControlFlow;
+
+    use rapid_host::engine::generate::generate as run_generation;
+    use rapid_host::engine::{Engine, GenerationEvent, GenerationRequest, SamplingParams};
+
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("cannot set threads")?;
+    }
+    let set = load_plugins(&args.plugins)?;
+    let model = args.model.clone().unwrap_or_else(|| registry.default_alias().to_string());
+    let resolved = match resolve(registry, &set, &args.plugins, &model)? {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let path = model_file(&resolved, &args.models_dir)?;
+    let device = rapid_host::engine::device(&args.device)?;
+    let engine = Engine::load(&path, device, true)?;
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        presence_penalty: args.presence_penalty,
+        frequency_penalty: args.frequency_penalty,
+        seed: args.seed,
+    };
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    let prompt_tokens = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(serde_json::json!({"role": "system", "content": system}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": args.prompt}));
+        let text = engine.template.render(&serde_json::Value::Array(messages), None, true, &serde_json::Map::new())?;
+        engine.tokenizer.encode(&text, false)?
+    } else {
+        engine.tokenizer.encode(&args.prompt, engine.tokenizer.add_bos)?
+    };
+    if args.show_tokens {
+        let pieces: Vec<String> =
+            prompt_tokens.iter().map(|&id| format!("{id}:{:?}", engine.tokenizer.token(id).unwrap_or("?"))).collect();
+        eprintln!("prompt tokens ({}): {}", prompt_tokens.len(), pieces.join(" "));
+    }
+    let request = GenerationRequest {
+        prompt_tokens,
+        max_tokens: args.max_tokens,
+        sampling,
+        stop: args.stop.clone(),
+        logprobs: None,
+    };
+    let mut stdout = std::io::stdout().lock();
+    run_generation(&engine, &request, |event| {
+        match event {
+            GenerationEvent::Text { text, .. } => {
+                let _ = write!(stdout, "{text}");
+                let _ = stdout.flush();
+            }
+            GenerationEvent::Done { finish, usage, timings } => {
+                let _ = writeln!(stdout);
+                eprintln!(
+                    "[{} prompt tokens, {} generated tokens, prefill {:.1} tok/s, decode {:.1} tok/s, finish: {}]",
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    timings.prefill_tps,
+                    timings.decode_tps,
+                    finish.as_openai()
+                );
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn file_name(path: &Path) -> String {

@@ -1,0 +1,61 @@
+//! Keys and values of one sequence, owned by the engine rather than the model layers, so a
+//! scheduler can hold many sequences, batch them, and reuse a shared prompt prefix.
+
+use candle_core::{Result, Tensor};
+
+/// Per-layer keys and values, `[1, kv_heads, len, head_dim]` each.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+    /// Longest sequence the model supports.
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(layers: usize, capacity: usize) -> Self {
+        Self { layers: vec![None; layers], len: 0, capacity }
+    }
+
+    /// Tokens cached so far: the position of the next token.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Appends this step's keys and values for `layer`; returns everything cached for it.
+    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let slot = &mut self.layers[layer];
+        let (k, v) = match slot.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, k], 2)?, Tensor::cat(&[&pv, v], 2)?),
+            None => (k.clone(), v.clone()),
+        };
+        *slot = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+
+    /// Marks `n` more tokens as cached (after every layer appended them).
+    pub fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// Keeps only the first `len` positions: the shared prefix of a new request.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, 0, len)?;
+            *v = v.narrow(2, 0, len)?;
+        }
+        self.len = len;
+        Ok(())
+    }
+}

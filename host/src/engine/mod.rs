@@ -1,0 +1,103 @@
+//! The inference engine: GGUF weights through Candle, with the KV cache owned per sequence.
+//!
+//! - [`gguf`]: the file, its metadata and tensors.
+//! - [`tokenizer`]: a `tokenizers::Tokenizer` built from GGUF metadata, and incremental
+//!   detokenization that never splits a UTF-8 character.
+//! - [`template`]: the model's Jinja chat template (or a built-in one) via minijinja.
+//! - [`models`]: one file per architecture, `forward(tokens, cache)`.
+//! - [`kv_cache`]: per-sequence keys and values, outside the model layers.
+//! - [`sampling`]: temperature, top-k/p, min-p, penalties, seed.
+//! - [`generate`]: the token loop, stop strings, streaming events, cancellation.
+
+pub mod generate;
+pub mod gguf;
+pub mod kv_cache;
+pub mod models;
+pub mod sampling;
+pub mod template;
+pub mod tokenizer;
+
+pub use generate::{FinishReason, GenerationEvent, GenerationRequest, Usage};
+pub use kv_cache::KvCache;
+pub use sampling::SamplingParams;
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use self::gguf::GgufFile;
+use self::models::CausalLm;
+use self::template::ChatTemplate;
+use self::tokenizer::ModelTokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot open model {path}: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("{path} is not a GGUF model: {message}")]
+    NotGguf { path: String, message: String },
+    #[error("model metadata: {0}")]
+    Metadata(String),
+    #[error("architecture `{0}` is not supported by this build (supported: llama, gemma3)")]
+    UnsupportedArch(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template `{name}`: {message}")]
+    Template { name: String, message: String },
+    #[error("prompt has {prompt} tokens but the context holds {context}")]
+    PromptTooLong { prompt: usize, context: usize },
+    #[error("inference: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("device `{0}` is not available in this build (built-in: cpu{1})")]
+    Device(String, &'static str),
+}
+
+/// Which Candle backend to run on.
+pub fn device(name: &str) -> Result<Device, EngineError> {
+    let extra = if cfg!(feature = "cuda") {
+        ", cuda"
+    } else if cfg!(feature = "metal") {
+        ", metal"
+    } else {
+        ""
+    };
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::new_cuda(0)?),
+        #[cfg(feature = "metal")]
+        "metal" => Ok(Device::new_metal(0)?),
+        other => Err(EngineError::Device(other.to_string(), extra)),
+    }
+}
+
+/// A loaded model: weights, tokenizer, chat template.
+pub struct Engine {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: ModelTokenizer,
+    pub template: ChatTemplate,
+    pub arch: String,
+    pub device: Device,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("arch", &self.arch).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads a GGUF file, showing progress on stderr when `progress` is set.
+    pub fn load(path: &Path, device: Device, progress: bool) -> Result<Self, EngineError> {
+        let mut gguf = GgufFile::open(path)?;
+        let arch = gguf.architecture()?;
+        let tokenizer = ModelTokenizer::from_gguf(&gguf)?;
+        let template = ChatTemplate::from_gguf(&gguf, &arch, &tokenizer)?;
+        let model = models::load(&arch, &mut gguf, &device, progress)?;
+        Ok(Self { model, tokenizer, template, arch, device })
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.model.context_length()
+    }
+}

@@ -1,0 +1,245 @@
+//! Gemma 3 text models from GGUF (gemma-3-270m and up).
+//!
+//! Differences from Llama that matter here: embeddings scaled by sqrt(hidden), RMS norms
+//! around both attention and feed-forward (the GGUF stores norm weights with Gemma's `+1`
+//! already added), per-head Q/K norms, GELU gating, half-rotation RoPE, and five local
+//! (sliding-window, RoPE base 10k) layers for every global one.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+use super::{CausalLm, layer_progress};
+use crate::engine::gguf::GgufFile;
+use crate::engine::{EngineError, KvCache};
+
+/// Every `SWA_PATTERN`-th layer attends globally; the others use the sliding window.
+const SWA_PATTERN: usize = 6;
+const LOCAL_ROPE_BASE: f32 = 10_000.0;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f64,
+    pub context_length: usize,
+    pub sliding_window: usize,
+}
+
+impl Config {
+    pub fn from_gguf(gguf: &GgufFile) -> std::result::Result<Self, EngineError> {
+        let heads = gguf.u32("gemma3.attention.head_count")? as usize;
+        let hidden = gguf.u32("gemma3.embedding_length")? as usize;
+        Ok(Self {
+            layers: gguf.u32("gemma3.block_count")? as usize,
+            hidden,
+            heads,
+            kv_heads: gguf.u32_or("gemma3.attention.head_count_kv", heads as u32) as usize,
+            head_dim: gguf.u32_or("gemma3.attention.key_length", (hidden / heads) as u32) as usize,
+            rope_theta: gguf.f32_or("gemma3.rope.freq_base", 1_000_000.0),
+            rms_eps: f64::from(gguf.f32_or("gemma3.attention.layer_norm_rms_epsilon", 1e-6)),
+            context_length: gguf.u32_or("gemma3.context_length", 32_768) as usize,
+            sliding_window: gguf.u32_or("gemma3.attention.sliding_window", 512) as usize,
+        })
+    }
+
+    fn is_local(&self, layer: usize) -> bool {
+        !(layer + 1).is_multiple_of(SWA_PATTERN)
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    q_norm: Tensor,
+    k_norm: Tensor,
+    post_attn_norm: Tensor,
+    ffn_norm: Tensor,
+    w_gate: QMatMul,
+    w_up: QMatMul,
+    w_down: QMatMul,
+    post_ffn_norm: Tensor,
+}
+
+/// RoPE tables, computed for positions as they are reached (not 131k up front).
+struct Rope {
+    inv_freq: Tensor,
+}
+
+impl Rope {
+    fn new(head_dim: usize, base: f32, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect();
+        Ok(Self { inv_freq: Tensor::from_vec(inv, (1, half), device)? })
+    }
+
+    fn tables(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let positions = Tensor::arange(start as u32, (start + len) as u32, self.inv_freq.device())?
+            .to_dtype(DType::F32)?
+            .reshape((len, 1))?;
+        let freqs = positions.matmul(&self.inv_freq)?;
+        Ok((freqs.cos()?, freqs.sin()?))
+    }
+}
+
+#[allow(missing_debug_implementations)]
+pub struct Gemma3 {
+    cfg: Config,
+    embeddings: QTensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QMatMul,
+    global_rope: Rope,
+    local_rope: Rope,
+}
+
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    candle_nn::ops::rms_norm(x, weight, eps as f32)
+}
+
+impl Gemma3 {
+    pub fn load(gguf: &mut GgufFile, device: &Device, progress: bool) -> std::result::Result<Self, EngineError> {
+        let cfg = Config::from_gguf(gguf)?;
+        let dense = |gguf: &mut GgufFile, name: &str| -> std::result::Result<Tensor, EngineError> {
+            Ok(gguf.tensor(name, device)?.dequantize(device)?)
+        };
+        let embeddings = gguf.tensor("token_embd.weight", device)?;
+        let output = if gguf.has_tensor("output.weight") {
+            QMatMul::from_qtensor(gguf.tensor("output.weight", device)?)?
+        } else {
+            QMatMul::from_qtensor(gguf.tensor("token_embd.weight", device)?)?
+        };
+        let norm = dense(gguf, "output_norm.weight")?;
+        let bar = layer_progress(progress, cfg.layers, "gemma3");
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let mut q = |name: &str| -> std::result::Result<QMatMul, EngineError> {
+                Ok(QMatMul::from_qtensor(gguf.tensor(&format!("blk.{i}.{name}.weight"), device)?)?)
+            };
+            let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
+            let (w_gate, w_up, w_down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);
+            let mut n = |name: &str| dense(gguf, &format!("blk.{i}.{name}.weight"));
+            layers.push(Layer {
+                attn_norm: n("attn_norm")?,
+                q_norm: n("attn_q_norm")?,
+                k_norm: n("attn_k_norm")?,
+                post_attn_norm: n("post_attention_norm")?,
+                ffn_norm: n("ffn_norm")?,
+                post_ffn_norm: n("post_ffw_norm")?,
+                wq,
+                wk,
+                wv,
+                wo,
+                w_gate,
+                w_up,
+                w_down,
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let global_rope = Rope::new(cfg.head_dim, cfg.rope_theta, device)?;
+        let local_rope = Rope::new(cfg.head_dim, LOCAL_ROPE_BASE, device)?;
+        Ok(Self { cfg, embeddings, layers, norm, output, global_rope, local_rope })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        index: usize,
+        x: &Tensor,
+        cache: &mut KvCache,
+        rope: (&Tensor, &Tensor),
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let q = layer.wq.forward(x)?.reshape((b, t, cfg.heads, cfg.head_dim))?;
+        let k = layer.wk.forward(x)?.reshape((b, t, cfg.kv_heads, cfg.head_dim))?;
+        let v = layer.wv.forward(x)?.reshape((b, t, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let q = rms_norm(&q, &layer.q_norm, cfg.rms_eps)?.transpose(1, 2)?.contiguous()?;
+        let k = rms_norm(&k, &layer.k_norm, cfg.rms_eps)?.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, rope.0, rope.1)?;
+        let k = candle_nn::rotary_emb::rope(&k, rope.0, rope.1)?;
+        let (k, v) = cache.append(index, &k, &v)?;
+        let group = cfg.heads / cfg.kv_heads;
+        let k = repeat_kv(&k, group)?;
+        let v = repeat_kv(&v, group)?;
+        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, cfg.heads * cfg.head_dim))?;
+        layer.wo.forward(&out)
+    }
+}
+
+fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, group, t, d))?.reshape((b, h * group, t, d))
+}
+
+/// `[t, past + t]`: causal, and with a window, only the last `window` positions.
+fn mask(t: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            let pos = past + i;
+            (0..past + t).map(move |j| {
+                let visible = j <= pos && window.is_none_or(|w| pos - j < w);
+                if visible { 0.0 } else { f32::NEG_INFINITY }
+            })
+        })
+        .collect();
+    Tensor::from_vec(data, (t, past + t), device)
+}
+
+impl CausalLm for Gemma3 {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let device = self.norm.device();
+        let cfg = &self.cfg;
+        let t = tokens.len();
+        let past = cache.len();
+        if past + t > cfg.context_length {
+            candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, cfg.context_length);
+        }
+        let ids = Tensor::new(tokens, device)?;
+        let mut x = (self.embeddings.embedding(&ids)?.unsqueeze(0)? * (cfg.hidden as f64).sqrt())?;
+        let global = self.global_rope.tables(past, t)?;
+        let local = self.local_rope.tables(past, t)?;
+        let global_mask = mask(t, past, None, device)?;
+        let local_mask = mask(t, past, Some(cfg.sliding_window), device)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let (rope, m) = if cfg.is_local(index) {
+                ((&local.0, &local.1), &local_mask)
+            } else {
+                ((&global.0, &global.1), &global_mask)
+            };
+            let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
+            let h = self.attention(layer, index, &h, cache, rope, m)?;
+            x = (x + rms_norm(&h, &layer.post_attn_norm, cfg.rms_eps)?)?;
+            let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
+            let gate = layer.w_gate.forward(&h)?.gelu()?;
+            let h = layer.w_down.forward(&(gate * layer.w_up.forward(&h)?)?)?;
+            x = (x + rms_norm(&h, &layer.post_ffn_norm, cfg.rms_eps)?)?;
+        }
+        cache.advance(t);
+        let last = rms_norm(&x.narrow(1, t - 1, 1)?, &self.norm, cfg.rms_eps)?;
+        self.output.forward(&last)?.flatten_all()?.to_dtype(DType::F32)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.layers, self.cfg.context_length)
+    }
+
+    fn context_length(&self) -> usize {
+        self.cfg.context_length
+    }
+}

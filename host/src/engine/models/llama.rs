@@ -1,0 +1,207 @@
+//! Llama-architecture models from GGUF (SmolLM2, Llama 3.x, ...).
+//!
+//! GGUF stores Q and K permuted for llama.cpp's interleaved rotary embedding, so this
+//! file rotates adjacent pairs (`rope_i`), as llama.cpp does.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+use super::{CausalLm, layer_progress};
+use crate::engine::gguf::GgufFile;
+use crate::engine::{EngineError, KvCache};
+
+/// Hyper-parameters, from the GGUF metadata (`llama.*`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f64,
+    pub context_length: usize,
+}
+
+impl Config {
+    pub fn from_gguf(gguf: &GgufFile) -> std::result::Result<Self, EngineError> {
+        let heads = gguf.u32("llama.attention.head_count")? as usize;
+        let hidden = gguf.u32("llama.embedding_length")? as usize;
+        Ok(Self {
+            layers: gguf.u32("llama.block_count")? as usize,
+            hidden,
+            heads,
+            kv_heads: gguf.u32_or("llama.attention.head_count_kv", heads as u32) as usize,
+            head_dim: gguf.u32_or("llama.rope.dimension_count", (hidden / heads) as u32) as usize,
+            rope_theta: gguf.f32_or("llama.rope.freq_base", 10_000.0),
+            rms_eps: f64::from(gguf.f32_or("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            context_length: gguf.u32_or("llama.context_length", 4096) as usize,
+        })
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    w_gate: QMatMul,
+    w_up: QMatMul,
+    w_down: QMatMul,
+}
+
+#[allow(missing_debug_implementations)]
+pub struct Llama {
+    cfg: Config,
+    embeddings: QTensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    candle_nn::ops::rms_norm(x, weight, eps as f32)
+}
+
+impl Llama {
+    pub fn load(gguf: &mut GgufFile, device: &Device, progress: bool) -> std::result::Result<Self, EngineError> {
+        let cfg = Config::from_gguf(gguf)?;
+        let dense = |gguf: &mut GgufFile, name: &str| -> std::result::Result<Tensor, EngineError> {
+            Ok(gguf.tensor(name, device)?.dequantize(device)?)
+        };
+        let embeddings = gguf.tensor("token_embd.weight", device)?;
+        let norm = dense(gguf, "output_norm.weight")?;
+        // Tied embeddings: the output projection reuses the (quantized) embedding table.
+        let output = if gguf.has_tensor("output.weight") {
+            QMatMul::from_qtensor(gguf.tensor("output.weight", device)?)?
+        } else {
+            QMatMul::from_qtensor(gguf.tensor("token_embd.weight", device)?)?
+        };
+        let bar = layer_progress(progress, cfg.layers, "llama");
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let mut q = |name: &str| -> std::result::Result<QMatMul, EngineError> {
+                Ok(QMatMul::from_qtensor(gguf.tensor(&format!("blk.{i}.{name}.weight"), device)?)?)
+            };
+            let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
+            let (w_gate, w_up, w_down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);
+            layers.push(Layer {
+                attn_norm: dense(gguf, &format!("blk.{i}.attn_norm.weight"))?,
+                wq,
+                wk,
+                wv,
+                wo,
+                ffn_norm: dense(gguf, &format!("blk.{i}.ffn_norm.weight"))?,
+                w_gate,
+                w_up,
+                w_down,
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let (cos, sin) = rope_tables(&cfg, device)?;
+        Ok(Self { cfg, embeddings, layers, norm, output, cos, sin })
+    }
+
+    fn attention(
+        &self,
+        layer: &Layer,
+        index: usize,
+        x: &Tensor,
+        cache: &mut KvCache,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let pos = cache.len();
+        let q = layer.wq.forward(x)?.reshape((b, t, cfg.heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let k = layer.wk.forward(x)?.reshape((b, t, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let v = layer.wv.forward(x)?.reshape((b, t, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+        let (k, v) = cache.append(index, &k, &v)?;
+        let group = cfg.heads / cfg.kv_heads;
+        let k = repeat_kv(&k, group)?;
+        let v = repeat_kv(&v, group)?;
+        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v.contiguous()?)?;
+        let out = out.transpose(1, 2)?.reshape((b, t, cfg.heads * cfg.head_dim))?;
+        layer.wo.forward(&out)
+    }
+}
+
+/// `[kv_heads]` → `[kv_heads * group]` for grouped-query attention.
+fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, group, t, d))?.reshape((b, h * group, t, d))
+}
+
+/// Causal mask for `t` new tokens after `past` cached ones: `[t, past + t]`.
+fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> =
+        (0..t).flat_map(|i| (0..past + t).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(data, (t, past + t), device)
+}
+
+fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let inv_freq: Vec<f32> =
+        (0..half).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32)).collect();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+    let positions = Tensor::arange(0u32, cfg.context_length as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((cfg.context_length, 1))?;
+    let freqs = positions.matmul(&inv_freq)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+impl CausalLm for Llama {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let device = self.norm.device();
+        let t = tokens.len();
+        let past = cache.len();
+        if past + t > self.cfg.context_length {
+            candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, self.cfg.context_length);
+        }
+        let ids = Tensor::new(tokens, device)?;
+        let mut x = self.embeddings.embedding(&ids)?.unsqueeze(0)?;
+        let mask = if t > 1 { Some(causal_mask(t, past, device)?) } else { None };
+        for (index, layer) in self.layers.iter().enumerate() {
+            let residual = x.clone();
+            let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
+            let h = self.attention(layer, index, &h, cache, mask.as_ref())?;
+            x = (residual + h)?;
+            let residual = x.clone();
+            let h = rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
+            let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
+            let h = layer.w_down.forward(&(gate * layer.w_up.forward(&h)?)?)?;
+            x = (residual + h)?;
+        }
+        cache.advance(t);
+        let last = x.narrow(1, t - 1, 1)?;
+        let last = rms_norm(&last, &self.norm, self.cfg.rms_eps)?;
+        self.output.forward(&last)?.flatten_all()?.to_dtype(DType::F32)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.layers, self.cfg.context_length)
+    }
+
+    fn context_length(&self) -> usize {
+        self.cfg.context_length
+    }
+}

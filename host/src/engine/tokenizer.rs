@@ -1,0 +1,211 @@
+//! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), and incremental
+//! detokenization for streaming.
+
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, Tokenizer};
+
+use super::EngineError;
+use super::gguf::GgufFile;
+
+/// GGUF token types (llama.cpp `llama_token_type`).
+const TOKEN_CONTROL: i32 = 3;
+const TOKEN_USER_DEFINED: i32 = 4;
+
+/// A model's tokenizer with the ids the engine needs.
+pub struct ModelTokenizer {
+    pub inner: Tokenizer,
+    pub bos: Option<u32>,
+    /// Tokens that end generation (end of sequence, end of turn).
+    pub stop_ids: Vec<u32>,
+    pub add_bos: bool,
+    tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for ModelTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelTokenizer")
+            .field("vocab", &self.tokens.len())
+            .field("bos", &self.bos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Tokenizer(e.to_string())
+}
+
+impl ModelTokenizer {
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self, EngineError> {
+        let model = gguf.string("tokenizer.ggml.model")?;
+        let tokens = gguf.strings("tokenizer.ggml.tokens")?;
+        let types = gguf.i32s("tokenizer.ggml.token_type").unwrap_or_default();
+        let mut inner = match model.as_str() {
+            "gpt2" => {
+                let merges = gguf.strings("tokenizer.ggml.merges")?;
+                let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+                let merges: Vec<(String, String)> = merges
+                    .iter()
+                    .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+                    .collect();
+                let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(err)?;
+                let mut tokenizer = Tokenizer::new(bpe);
+                let byte_level = ByteLevel::new(false, true, true);
+                // llama.cpp's pre-tokenizer per model family; SmolLM splits digits one by one.
+                let pre = gguf.string("tokenizer.ggml.pre").unwrap_or_default();
+                let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
+                    "smollm" => Sequence::new(vec![
+                        PreTokenizerWrapper::Digits(Digits::new(true)),
+                        PreTokenizerWrapper::ByteLevel(byte_level),
+                    ])
+                    .into(),
+                    _ => byte_level.into(),
+                };
+                tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+                tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)));
+                tokenizer
+            }
+            "llama" => sentencepiece_bpe(gguf, &tokens, &types)?,
+            other => return Err(EngineError::Tokenizer(format!("tokenizer model `{other}` is not supported yet"))),
+        };
+        // Control and user-defined tokens (`<|im_start|>`, `<tool_call>`) are matched whole in
+        // text and kept when decoding, so parsers see the markers.
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types.iter().chain(std::iter::repeat(&1)))
+            .filter(|(_, t)| **t == TOKEN_CONTROL || **t == TOKEN_USER_DEFINED)
+            .map(|(tok, t)| AddedToken::from(tok.clone(), *t == TOKEN_CONTROL))
+            .collect();
+        inner.add_special_tokens(specials).map_err(err)?;
+
+        let bos = gguf.u32("tokenizer.ggml.bos_token_id").ok();
+        let mut stop_ids = Vec::new();
+        for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
+            if let Ok(id) = gguf.u32(key) {
+                stop_ids.push(id);
+            }
+        }
+        // Chat models end a turn with a token the metadata does not always name.
+        for marker in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"] {
+            if let Some(id) = tokens.iter().position(|t| t == marker) {
+                stop_ids.push(id as u32);
+            }
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        let add_bos = gguf.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+        Ok(Self { inner, bos, stop_ids, add_bos, tokens })
+    }
+
+    /// Token ids of `text`; control tokens written in the text are recognized.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, EngineError> {
+        let encoding = self.inner.encode(text, false).map_err(err)?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        if add_bos && let Some(bos) = self.bos {
+            ids.push(bos);
+        }
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.inner.decode(ids, false).map_err(err)
+    }
+
+    pub fn token(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// SentencePiece BPE (Gemma, Llama 2) as a `tokenizers` BPE: merges are recovered from the
+/// vocabulary by splitting every piece in two, ranked by the merged piece's score, which is
+/// how SentencePiece picks merges; unknown characters fall back to `<0xXX>` byte tokens.
+fn sentencepiece_bpe(gguf: &GgufFile, tokens: &[String], types: &[i32]) -> Result<Tokenizer, EngineError> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::normalizers::{Prepend, Replace};
+    use tokenizers::{NormalizerWrapper, normalizers};
+
+    const NORMAL: i32 = 1;
+    let scores = gguf.f32s("tokenizer.ggml.scores")?;
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let mut ranked: Vec<(f32, u32, String, String)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if types.get(id).copied().unwrap_or(NORMAL) != NORMAL || piece.chars().nth(1).is_none() {
+            continue;
+        }
+        for (split, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(split);
+            if vocab.contains_key(left) && vocab.contains_key(right) {
+                ranked.push((scores.get(id).copied().unwrap_or(0.0), id as u32, left.to_string(), right.to_string()));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    if let Ok(unk) = gguf.u32("tokenizer.ggml.unknown_token_id")
+        && let Some(token) = tokens.get(unk as usize)
+    {
+        builder = builder.unk_token(token.clone());
+    }
+    let mut tokenizer = Tokenizer::new(builder.build().map_err(err)?);
+    let replace = Replace::new(" ", "\u{2581}").map_err(err)?;
+    let add_prefix = gguf.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
+    let normalizer: NormalizerWrapper = if add_prefix {
+        normalizers::Sequence::new(vec![Prepend::new("\u{2581}".into()).into(), replace.into()]).into()
+    } else {
+        replace.into()
+    };
+    tokenizer.with_normalizer(Some(normalizer)).map_err(err)?;
+    let decoder = DecoderSequence::new(vec![
+        tokenizers::decoders::DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(err)?),
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+    ]);
+    tokenizer.with_decoder(Some(decoder));
+    Ok(tokenizer)
+}
+
+/// Streams text from tokens without ever splitting a UTF-8 character: text is released
+/// only once the decoded tail no longer ends in a replacement character.
+#[derive(Debug, Default)]
+pub struct Detokenizer {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl Detokenizer {
+    /// Adds a token; returns the text it completes, if any.
+    pub fn push(&mut self, tokenizer: &ModelTokenizer, id: u32) -> Result<String, EngineError> {
+        self.ids.push(id);
+        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+            let delta = full[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(delta)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Whatever is left at the end (an incomplete character becomes U+FFFD).
+    pub fn finish(&mut self, tokenizer: &ModelTokenizer) -> Result<String, EngineError> {
+        let prefix = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let full = tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(full.get(prefix.len()..).unwrap_or_default().to_string())
+    }
+}
