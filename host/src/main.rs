@@ -50,6 +50,9 @@ enum Command {
         /// Print JSON only.
         #[arg(long)]
         json: bool,
+        /// Directory holding downloaded model files.
+        #[arg(long, env = "RAPID_HOST_MODELS", default_value = "models", value_name = "DIR")]
+        models_dir: PathBuf,
     },
     /// Parse raw model output from stdin with parser plugins; print the assembled message.
     Parse {
@@ -129,6 +132,9 @@ struct GenerateArgs {
     /// cpu, or metal / cuda when built with those features.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Keep generating past end-of-sequence tokens (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Print the prompt's token ids and pieces to stderr before generating.
     #[arg(long)]
     show_tokens: bool,
@@ -202,6 +208,30 @@ struct ServeArgs {
     /// Reload plugins when files in the plugin directory are added, removed or rebuilt.
     #[arg(long)]
     watch: bool,
+    /// Tool-call parser instead of the alias's (`none` turns tool parsing off).
+    #[arg(long, value_name = "NAME")]
+    tool_call_parser: Option<String>,
+    /// Reasoning parser instead of the alias's (`none` turns it off).
+    #[arg(long, value_name = "NAME")]
+    reasoning_parser: Option<String>,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_request_bytes: usize,
+    /// Requests generating or queued at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 16)]
+    max_concurrent_requests: usize,
+    /// `max_tokens` for requests that give none.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: usize,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// cpu, or metal / cuda when built with those features.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Directory holding downloaded model files.
+    #[arg(long, env = "RAPID_HOST_MODELS", default_value = "models", value_name = "DIR")]
+    models_dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -236,11 +266,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_plugins(&set, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Info { model, plugins, json } => {
+        Command::Info { model, plugins, json, models_dir } => {
             let set = load_plugins(&plugins)?;
             match resolve(&registry, &set, &plugins, &model)? {
                 Ok(resolved) => {
-                    print_info(&resolved, &plugins.alias_policy, json)?;
+                    let facts = model_file(&resolved, &models_dir)
+                        .ok()
+                        .and_then(|path| rapid_host::engine::describe(&path).ok().map(|f| (path, f)));
+                    print_info(&resolved, &plugins.alias_policy, facts.as_ref(), json)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(code) => Ok(code),
@@ -457,9 +490,18 @@ fn source_label(source: SourceKind) -> &'static str {
     }
 }
 
-fn print_info(resolved: &ResolvedModel, policy: &str, json: bool) -> anyhow::Result<()> {
+fn print_info(
+    resolved: &ResolvedModel,
+    policy: &str,
+    local: Option<&(PathBuf, rapid_host::engine::ModelFacts)>,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "policy": policy, "resolution": resolved }))?);
+        let file = local.map(|(path, facts)| json!({ "path": path, "facts": facts }));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "policy": policy, "resolution": resolved, "local": file }))?
+        );
         return Ok(());
     }
     let display_name = resolved.alias.as_deref().unwrap_or(&resolved.requested);
@@ -476,6 +518,18 @@ fn print_info(resolved: &ResolvedModel, policy: &str, json: bool) -> anyhow::Res
     match &resolved.profile {
         Some(e) => rows.extend(profile_rows(e)),
         None => rows.push(("profile", String::from("none (not an alias; parsers are chosen when the model loads)"))),
+    }
+    match local {
+        Some((path, facts)) => {
+            rows.push(("local file", path.display().to_string()));
+            rows.push(("context", facts.context_length.map_or_else(|| "-".into(), |c| format!("{c} tokens"))));
+            let template = match facts.chat_template {
+                "gguf" => String::from("from the GGUF file"),
+                builtin => format!("{builtin} (the file carries none)"),
+            };
+            rows.push(("chat template", template));
+        }
+        None => rows.push(("local file", String::from("not downloaded"))),
     }
     for (key, value) in rows {
         println!("  {key:<18}{value}");
@@ -754,6 +808,7 @@ fn generate(registry: &AliasRegistry, args: GenerateArgs) -> anyhow::Result<Exit
         sampling,
         stop: args.stop.clone(),
         logprobs: None,
+        ignore_eos: args.ignore_eos,
     };
     let mut stdout = std::io::stdout().lock();
     run_generation(&engine, &request, |event| {
@@ -784,6 +839,14 @@ fn file_name(path: &Path) -> String {
 }
 
 fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use rapid_host::engine::Engine;
+    use rapid_host::server::ServerLimits;
+    use rapid_host::server::metrics::Metrics;
+    use rapid_host::server::run::Runner;
+
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("cannot set threads")?;
+    }
     let hub = PluginHub::load(plugin_runtime(&args.plugins)?, &args.plugins.plugins)?;
     if args.watch {
         hub.watch(std::time::Duration::from_millis(500)).context("cannot start the plugin watcher")?;
@@ -800,14 +863,65 @@ fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("`{}:{}` is not a valid listen address", args.host, args.port))?;
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let state = AppState { model: resolved.clone(), created, plugins: Arc::clone(&hub) };
+    // Parsers: the alias's, unless overridden; `none` turns one off.
+    let pick = |flag: &Option<String>, from_alias: Option<&String>| match flag.as_deref() {
+        Some("none") => None,
+        Some(name) => Some(name.to_string()),
+        None => from_alias.cloned(),
+    };
+    let profile = resolved.profile.as_ref();
+    let tool_parser = pick(&args.tool_call_parser, profile.and_then(|p| p.tool_call_parser.as_ref()));
+    let reasoning_parser = pick(&args.reasoning_parser, profile.and_then(|p| p.reasoning_parser.as_ref()));
+    for (kind, name, known) in [
+        ("tool-call", &tool_parser, set.tool_parser_names()),
+        ("reasoning", &reasoning_parser, set.reasoning_parser_names()),
+    ] {
+        if let Some(name) = name
+            && !known.contains(name)
+        {
+            bail!("the {kind} parser `{name}` is not among the plugins in {}", args.plugins.plugins.display());
+        }
+    }
 
+    let path = model_file(&resolved, &args.models_dir)?;
+    let device = rapid_host::engine::device(&args.device)?;
     eprintln!("rapid-host {}", env!("CARGO_PKG_VERSION"));
-    eprintln!("  model    {} -> {}", state.model_id(), resolved.hf_path);
+    eprintln!(
+        "  model    {} -> {} ({})",
+        resolved.alias.as_deref().unwrap_or(&resolved.requested),
+        resolved.hf_path,
+        path.display()
+    );
+    let engine = Arc::new(Engine::load(&path, device, true)?);
+    // Warm-up: the first forward pass pays for allocations; do it before taking traffic.
+    let mut cache = engine.model.new_cache();
+    engine.model.forward(&[engine.tokenizer.bos.unwrap_or(0)], &mut cache).context("warm-up failed")?;
+    drop(cache);
+    let limits = ServerLimits {
+        max_request_bytes: args.max_request_bytes,
+        max_concurrent_requests: args.max_concurrent_requests,
+        default_max_tokens: args.max_tokens,
+    };
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let state = AppState {
+        model: resolved.clone(),
+        created,
+        plugins: Arc::clone(&hub),
+        runner: Arc::new(Runner::new(Arc::clone(&engine), limits.max_concurrent_requests)),
+        engine,
+        tool_parser: tool_parser.clone(),
+        reasoning_parser: reasoning_parser.clone(),
+        limits,
+        metrics: Arc::new(Metrics::default()),
+    };
     for note in &resolved.notes {
         eprintln!("  note     {note}");
     }
+    eprintln!(
+        "  parsers  tool calls: {}, reasoning: {}",
+        tool_parser.as_deref().unwrap_or("none"),
+        reasoning_parser.as_deref().unwrap_or("none")
+    );
     eprintln!(
         "  plugins  {} loaded from {} ({} failed){}",
         set.plugins.len(),
@@ -815,19 +929,35 @@ fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> 
         set.failures.len(),
         if args.watch { ", watching for changes" } else { "" }
     );
-    eprintln!("  MISSING  the inference engine is not built yet: /v1/chat/completions and /v1/completions");
-    eprintln!("           answer 503 in OpenAI's error format; /health, /v1/models work.");
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!("  listening on http://{addr}/v1");
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("server failed")
+        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("server failed")
     })?;
+    eprintln!("rapid-host stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM: stop accepting; in-flight streams finish (or end with the process).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }

@@ -116,8 +116,7 @@ pub struct AliasEntry {
 }
 
 impl AliasEntry {
-    /// Whether this build's engine can load the entry. No engine is built in yet, so
-    /// nothing is loadable; the engine fills [`LOADABLE`] as architectures land.
+    /// Whether this build's engine can load the entry ([`LOADABLE`]).
     pub fn loadable(&self) -> bool {
         self.arch.as_deref().is_some_and(|arch| LOADABLE.iter().any(|(f, a)| *f == self.format && *a == arch))
     }
@@ -128,8 +127,8 @@ impl AliasEntry {
     }
 }
 
-/// (format, architecture) pairs the engine in this build can run.
-pub const LOADABLE: &[(ModelFormat, &str)] = &[];
+/// (format, architecture) pairs the engine in this build can run (`engine::models::load`).
+pub const LOADABLE: &[(ModelFormat, &str)] = &[(ModelFormat::Gguf, "llama"), (ModelFormat::Gguf, "gemma3")];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

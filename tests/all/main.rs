@@ -6,6 +6,8 @@ mod authoring;
 mod cli;
 mod limits;
 mod loading;
+mod openai_sdk;
+mod parity;
 mod parsers;
 mod policies;
 mod registry;

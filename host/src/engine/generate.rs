@@ -19,6 +19,8 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// `Some(n)`: report each token's log-probability and the `n` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// Generate `max_tokens` whatever the model says (benchmarks).
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +140,7 @@ pub fn generate(
         if let Some(top_n) = request.logprobs {
             logprobs.push(token_logprob(engine, &logits, token, top_n));
         }
-        if engine.tokenizer.stop_ids.contains(&token) {
+        if !request.ignore_eos && engine.tokenizer.stop_ids.contains(&token) {
             finish = FinishReason::Stop;
             break;
         }

@@ -71,6 +71,27 @@ pub fn device(name: &str) -> Result<Device, EngineError> {
     }
 }
 
+/// What a model file says about itself, read from the header without loading weights.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelFacts {
+    pub arch: String,
+    pub context_length: Option<u32>,
+    pub tensors: usize,
+    /// `gguf`, or `built-in:<family>` when the file carries no chat template.
+    pub chat_template: &'static str,
+}
+
+pub fn describe(path: &Path) -> Result<ModelFacts, EngineError> {
+    let gguf = GgufFile::open(path)?;
+    let arch = gguf.architecture()?;
+    Ok(ModelFacts {
+        context_length: gguf.u32(&format!("{arch}.context_length")).ok(),
+        tensors: gguf.content.tensor_infos.len(),
+        chat_template: template::template_source(&gguf, &arch).0,
+        arch,
+    })
+}
+
 /// A loaded model: weights, tokenizer, chat template.
 pub struct Engine {
     pub model: Box<dyn CausalLm>,

@@ -19,6 +19,18 @@ const GEMMA: &str = "{{ bos_token }}{% for message in messages %}\
 const CHATML: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}\
 {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
+/// Where a file's chat template comes from: `("gguf", None)` when it carries one, else the
+/// built-in template for its family.
+pub fn template_source(gguf: &GgufFile, arch: &str) -> (&'static str, Option<&'static str>) {
+    if gguf.get("tokenizer.chat_template").is_some() {
+        ("gguf", None)
+    } else if arch.starts_with("gemma") {
+        ("built-in:gemma", Some(GEMMA))
+    } else {
+        ("built-in:chatml", Some(CHATML))
+    }
+}
+
 pub struct ChatTemplate {
     /// Where the template came from: `gguf` or `built-in:<family>`.
     pub source: String,
@@ -54,10 +66,10 @@ impl ChatTemplate {
         let name = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or_default().to_string();
         let bos = name(tokenizer.bos);
         let eos = name(gguf.u32("tokenizer.ggml.eos_token_id").ok());
-        match gguf.string("tokenizer.chat_template") {
-            Ok(template) => Self::new("gguf", &template, bos, eos),
-            Err(_) if arch.starts_with("gemma") => Self::new("built-in:gemma", GEMMA, bos, eos),
-            Err(_) => Self::new("built-in:chatml", CHATML, bos, eos),
+        let (source, builtin) = template_source(gguf, arch);
+        match builtin {
+            Some(template) => Self::new(source, template, bos, eos),
+            None => Self::new(source, &gguf.string("tokenizer.chat_template")?, bos, eos),
         }
     }
 

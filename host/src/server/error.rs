@@ -1,0 +1,62 @@
+//! Errors in OpenAI's envelope: `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("The model `{requested}` does not exist. Available: {available}")]
+    ModelNotFound { requested: String, available: String },
+    #[error("{message}")]
+    BadRequest { message: String, param: Option<&'static str>, code: &'static str },
+    #[error("request body is larger than the {limit}-byte limit (--max-request-bytes)")]
+    TooLarge { limit: usize },
+    #[error("the server is at its limit of {limit} concurrent requests; retry shortly")]
+    Overloaded { limit: usize },
+    #[error("Unknown route {0}")]
+    RouteNotFound(String),
+    #[error("generation failed: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn bad(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self::BadRequest { message: message.into(), param, code: "invalid_request" }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::ModelNotFound { .. } | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> (&'static str, Option<&'static str>, &'static str) {
+        match self {
+            Self::ModelNotFound { .. } => ("invalid_request_error", Some("model"), "model_not_found"),
+            Self::BadRequest { param, code, .. } => ("invalid_request_error", *param, code),
+            Self::TooLarge { .. } => ("invalid_request_error", None, "request_too_large"),
+            Self::Overloaded { .. } => ("server_error", None, "overloaded"),
+            Self::RouteNotFound(_) => ("invalid_request_error", None, "not_found"),
+            Self::Internal(_) => ("server_error", None, "internal_error"),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (kind, param, code) = self.kind();
+        let status = self.status();
+        let body = json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } });
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, Self::Overloaded { .. }) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,175 @@
+//! The OpenAI-compatible HTTP gateway on axum.
+//!
+//! - [`error`]: OpenAI's error envelope with the right status for every failure.
+//! - [`chat`]: `/v1/chat/completions`, streamed (SSE) or not, through the parser plugins.
+//! - [`completions`]: the `/v1/completions` endpoint.
+//! - [`run`]: bridges the blocking engine to async handlers, with admission control and
+//!   cancellation when the client goes away.
+//! - [`metrics`]: Prometheus counters.
+
+pub mod chat;
+pub mod completions;
+pub mod error;
+pub mod metrics;
+pub mod run;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+pub use error::AppError;
+
+use crate::engine::Engine;
+use crate::plugins::PluginHub;
+use crate::resolve::ResolvedModel;
+
+/// Limits of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub max_request_bytes: usize,
+    /// Requests generating or waiting at once; more get 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// `max_tokens` when a request gives none.
+    pub default_max_tokens: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self { max_request_bytes: 8 << 20, max_concurrent_requests: 16, default_max_tokens: 1024 }
+    }
+}
+
+/// What the server serves.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub model: ResolvedModel,
+    pub created: u64,
+    /// The live plugins; each request takes a snapshot.
+    pub plugins: Arc<PluginHub>,
+    pub engine: Arc<Engine>,
+    pub tool_parser: Option<String>,
+    pub reasoning_parser: Option<String>,
+    pub limits: ServerLimits,
+    pub runner: Arc<run::Runner>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl AppState {
+    /// The id clients use: the alias when there is one, else what the user asked for.
+    pub fn model_id(&self) -> &str {
+        self.model.alias.as_deref().unwrap_or(&self.model.requested)
+    }
+
+    fn serves(&self, id: &str) -> bool {
+        id == "default" || id == self.model_id() || id == self.model.hf_path
+    }
+
+    /// Checks a request's `model` (absent means the served one).
+    pub fn check_model(&self, requested: Option<&str>) -> Result<(), AppError> {
+        match requested {
+            None => Ok(()),
+            Some("") => Err(AppError::bad("`model` must not be empty", Some("model"))),
+            Some(id) if self.serves(id) => Ok(()),
+            Some(id) => Err(AppError::ModelNotFound {
+                requested: id.to_string(),
+                available: format!("{} (also `{}` or `default`)", self.model_id(), self.model.hf_path),
+            }),
+        }
+    }
+}
+
+/// A JSON body with OpenAI-format errors: 413 over the size limit, 400 when malformed.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(usize::MAX, |l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::TooLarge { limit }
+            } else {
+                AppError::bad(format!("cannot read the request body: {rejection}"), None)
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| AppError::BadRequest {
+            message: format!("invalid JSON body: {e}"),
+            param: None,
+            code: "invalid_json",
+        })
+    }
+}
+
+/// The body limit, visible to [`JsonBody`] for its error message.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.limits.max_request_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .route("/v1/plugins", get(list_plugins))
+        .route("/v1/chat/completions", post(chat::handle))
+        .route("/v1/completions", post(completions::handle))
+        .fallback(|uri: axum::http::Uri| async move { AppError::RouteNotFound(uri.path().to_string()) })
+        .layer(axum::middleware::from_fn(move |mut req: Request, next: axum::middleware::Next| async move {
+            req.extensions_mut().insert(BodyLimit(limit));
+            next.run(req).await
+        }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(Arc::new(state))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready once the model is loaded and warmed (the server starts listening only then).
+async fn ready(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "status": "ready", "model": state.model_id() }))
+}
+
+fn model_object(state: &AppState) -> serde_json::Value {
+    json!({
+        "id": state.model_id(),
+        "object": "model",
+        "created": state.created,
+        "owned_by": "rapid-host",
+        "hf_path": state.model.hf_path,
+        "context_window": state.engine.context_length(),
+        "tool_call_parser": state.tool_parser,
+        "reasoning_parser": state.reasoning_parser,
+    })
+}
+
+/// rapid-host extension: the plugins serving requests right now.
+async fn list_plugins(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let set = state.plugins.current();
+    let failures: Vec<serde_json::Value> =
+        set.failures.iter().map(|f| json!({ "file": f.file, "error": f.error.to_string() })).collect();
+    Json(json!({ "object": "list", "dir": state.plugins.dir(), "data": set.plugins, "failures": failures }))
+}
+
+async fn list_models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "object": "list", "data": [model_object(&state)] }))
+}
+
+async fn get_model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    state.check_model(Some(&id))?;
+    Ok(Json(model_object(&state)))
+}
