@@ -206,16 +206,7 @@ pub struct PolicyExpect {
 impl PolicyFixtures {
     /// One `.json` file or every `*.json` in a directory.
     pub fn load(path: &Path) -> Result<Vec<(std::path::PathBuf, Self)>, std::io::Error> {
-        let mut files: Vec<std::path::PathBuf> = if path.is_dir() {
-            std::fs::read_dir(path)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .collect()
-        } else {
-            vec![path.to_path_buf()]
-        };
-        files.sort();
-        files
+        crate::parsers::fixtures::json_files(path)?
             .into_iter()
             .map(|file| {
                 let text = std::fs::read_to_string(&file)?;

@@ -74,19 +74,22 @@ pub enum FixtureError {
     Empty(PathBuf),
 }
 
+/// `path` itself, or every `*.json` directly in it when it is a directory, in name order.
+pub fn json_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Loads one `.json` file, or every `*.json` in a directory (name order).
 pub fn load(path: &Path) -> Result<Vec<FixtureFile>, FixtureError> {
-    let read_err = |source| FixtureError::Read { path: path.to_path_buf(), source };
-    let mut files: Vec<PathBuf> = if path.is_dir() {
-        std::fs::read_dir(path)
-            .map_err(read_err)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect()
-    } else {
-        vec![path.to_path_buf()]
-    };
-    files.sort();
+    let files = json_files(path).map_err(|source| FixtureError::Read { path: path.to_path_buf(), source })?;
     if files.is_empty() {
         return Err(FixtureError::Empty(path.to_path_buf()));
     }

@@ -15,21 +15,6 @@ pub use message::AssembledMessage;
 pub use pipeline::{ParserPipeline, PipelineConfig, tool_prompt};
 pub use session::ParserSession;
 
-/// What a parser produces, in host terms. Tool-call indices are per response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParseEvent {
-    Content(String),
-    Reasoning(String),
-    ToolCallBegin {
-        index: u32,
-        id: String,
-        name: String,
-    },
-    ToolCallArguments {
-        index: u32,
-        fragment: String,
-    },
-    ToolCallEnd(u32),
-    /// A call that did not parse (its text went out as content); for metrics and logs.
-    Malformed(String),
-}
+/// What a parser produces: the SDK's event type, shared by guests and host. Tool-call
+/// indices are per response once they leave the [`ParserPipeline`].
+pub use rapid_plugin_sdk::tool_calls::Event as ParseEvent;

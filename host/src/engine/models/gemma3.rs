@@ -8,7 +8,7 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::{CausalLm, layer_progress};
+use super::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -99,10 +99,6 @@ pub struct Gemma3 {
     local_rope: Rope,
 }
 
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    candle_nn::ops::rms_norm(x, weight, eps as f32)
-}
-
 impl Gemma3 {
     pub fn load(gguf: &mut GgufFile, device: &Device, progress: bool) -> std::result::Result<Self, EngineError> {
         let cfg = Config::from_gguf(gguf)?;
@@ -179,28 +175,6 @@ impl Gemma3 {
     }
 }
 
-fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
-    if group == 1 {
-        return Ok(x.clone());
-    }
-    let (b, h, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, h, group, t, d))?.reshape((b, h * group, t, d))
-}
-
-/// `[t, past + t]`: causal, and with a window, only the last `window` positions.
-fn mask(t: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            let pos = past + i;
-            (0..past + t).map(move |j| {
-                let visible = j <= pos && window.is_none_or(|w| pos - j < w);
-                if visible { 0.0 } else { f32::NEG_INFINITY }
-            })
-        })
-        .collect();
-    Tensor::from_vec(data, (t, past + t), device)
-}
-
 impl CausalLm for Gemma3 {
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let device = self.norm.device();
@@ -214,8 +188,8 @@ impl CausalLm for Gemma3 {
         let mut x = (self.embeddings.embedding(&ids)?.unsqueeze(0)? * (cfg.hidden as f64).sqrt())?;
         let global = self.global_rope.tables(past, t)?;
         let local = self.local_rope.tables(past, t)?;
-        let global_mask = mask(t, past, None, device)?;
-        let local_mask = mask(t, past, Some(cfg.sliding_window), device)?;
+        let global_mask = attention_mask(t, past, None, device)?;
+        let local_mask = attention_mask(t, past, Some(cfg.sliding_window), device)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let (rope, m) = if cfg.is_local(index) {
                 ((&local.0, &local.1), &local_mask)

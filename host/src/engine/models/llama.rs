@@ -6,7 +6,7 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::{CausalLm, layer_progress};
+use super::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -61,10 +61,6 @@ pub struct Llama {
     output: QMatMul,
     cos: Tensor,
     sin: Tensor,
-}
-
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    candle_nn::ops::rms_norm(x, weight, eps as f32)
 }
 
 impl Llama {
@@ -141,22 +137,6 @@ impl Llama {
     }
 }
 
-/// `[kv_heads]` → `[kv_heads * group]` for grouped-query attention.
-fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
-    if group == 1 {
-        return Ok(x.clone());
-    }
-    let (b, h, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, h, group, t, d))?.reshape((b, h * group, t, d))
-}
-
-/// Causal mask for `t` new tokens after `past` cached ones: `[t, past + t]`.
-fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
-    let data: Vec<f32> =
-        (0..t).flat_map(|i| (0..past + t).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Tensor::from_vec(data, (t, past + t), device)
-}
-
 fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
     let inv_freq: Vec<f32> =
@@ -179,7 +159,7 @@ impl CausalLm for Llama {
         }
         let ids = Tensor::new(tokens, device)?;
         let mut x = self.embeddings.embedding(&ids)?.unsqueeze(0)?;
-        let mask = if t > 1 { Some(causal_mask(t, past, device)?) } else { None };
+        let mask = if t > 1 { Some(attention_mask(t, past, None, device)?) } else { None };
         for (index, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;

@@ -33,6 +33,35 @@ pub fn load(
     }
 }
 
+/// RMS normalization over the last dimension.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    candle_nn::ops::rms_norm(x, weight, eps as f32)
+}
+
+/// `[kv_heads]` → `[kv_heads * group]` for grouped-query attention.
+pub fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, group, t, d))?.reshape((b, h * group, t, d))
+}
+
+/// `[t, past + t]` additive mask: causal, and with a window only the last `window`
+/// positions are visible.
+pub fn attention_mask(t: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            let pos = past + i;
+            (0..past + t).map(move |j| {
+                let visible = j <= pos && window.is_none_or(|w| pos - j < w);
+                if visible { 0.0 } else { f32::NEG_INFINITY }
+            })
+        })
+        .collect();
+    Tensor::from_vec(data, (t, past + t), device)
+}
+
 /// A progress bar over layers while loading, on stderr.
 pub fn layer_progress(enabled: bool, layers: usize, what: &str) -> indicatif::ProgressBar {
     if !enabled {
