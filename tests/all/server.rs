@@ -289,6 +289,31 @@ async fn oversized_bodies_get_413_and_overload_gets_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_client_that_disconnects_cancels_its_generation() {
+    let state = state();
+    let (runner, metrics) = (Arc::clone(&state.runner), Arc::clone(&state.metrics));
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"messages":[{"role":"user","content":"Tell a long story"}],"max_tokens":4000,"stream":true}"#,
+        ))
+        .expect("request");
+    let response = router(state).oneshot(request).await.expect("response");
+    let mut body = response.into_body();
+    let first = body.frame().await.expect("a first chunk").expect("no error");
+    assert!(first.data_ref().is_some_and(|d| String::from_utf8_lossy(d).contains("\"role\":\"assistant\"")));
+    drop(body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while runner.in_flight() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(runner.in_flight(), 0, "generation still running after the client left");
+    assert_eq!(metrics.cancelled.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
 async fn metrics_count_requests_and_tokens() {
     let app = router(state());
     let (status, _, _) =
