@@ -31,6 +31,12 @@ fn engine() -> Arc<Engine> {
     }))
 }
 
+/// The shipped plugins, compiled once for all router tests.
+fn hub() -> Arc<PluginHub> {
+    static HUB: OnceLock<Arc<PluginHub>> = OnceLock::new();
+    Arc::clone(HUB.get_or_init(|| PluginHub::load(runtime(), &plugins_dir()).expect("plugins")))
+}
+
 fn state_with(limits: ServerLimits) -> AppState {
     let engine = engine();
     AppState {
@@ -44,7 +50,7 @@ fn state_with(limits: ServerLimits) -> AppState {
             profile: None,
         },
         created: 1,
-        plugins: PluginHub::load(runtime(), &plugins_dir()).expect("plugins"),
+        plugins: hub(),
         runner: Arc::new(Runner::new(Arc::clone(&engine), limits.max_concurrent_requests)),
         engine,
         tool_parser: Some("hermes".into()),

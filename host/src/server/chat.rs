@@ -196,7 +196,6 @@ fn template_messages(messages: &[Value]) -> Result<Vec<Value>, AppError> {
 struct Prepared {
     prompt_tokens: Vec<u32>,
     pipeline: Option<ParserPipeline>,
-    max_tokens: usize,
 }
 
 fn prepare(state: &AppState, req: &ChatRequest) -> Result<(Prepared, GenerationRequest), AppError> {
@@ -329,7 +328,7 @@ fn prepare(state: &AppState, req: &ChatRequest) -> Result<(Prepared, GenerationR
         logprobs: top_logprobs,
         ignore_eos: false,
     };
-    Ok((Prepared { prompt_tokens, pipeline, max_tokens }, generation))
+    Ok((Prepared { prompt_tokens, pipeline }, generation))
 }
 
 pub fn completion_id(prefix: &str) -> String {
@@ -454,7 +453,6 @@ async fn collect(
     if !message.tool_calls.is_empty() {
         finish = "tool_calls";
     }
-    let _ = prepared.max_tokens;
     Ok((message, finish, usage_json(prepared.prompt_tokens.len(), completion), logprobs))
 }
 
