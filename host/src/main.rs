@@ -232,6 +232,9 @@ struct ServeArgs {
     /// Directory holding downloaded model files.
     #[arg(long, env = "RAPID_HOST_MODELS", default_value = "models", value_name = "DIR")]
     models_dir: PathBuf,
+    /// Require `Authorization: Bearer KEY` on /v1 routes (health and metrics stay open).
+    #[arg(long, env = "RAPID_HOST_API_KEY", value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -809,6 +812,7 @@ fn generate(registry: &AliasRegistry, args: GenerateArgs) -> anyhow::Result<Exit
         stop: args.stop.clone(),
         logprobs: None,
         ignore_eos: args.ignore_eos,
+        constraint: None,
     };
     let mut stdout = std::io::stdout().lock();
     run_generation(&engine, &request, |event| {
@@ -903,16 +907,18 @@ fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> 
         default_max_tokens: args.max_tokens,
     };
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let metrics = Arc::new(Metrics::default());
     let state = AppState {
         model: resolved.clone(),
         created,
         plugins: Arc::clone(&hub),
-        runner: Arc::new(Runner::new(Arc::clone(&engine), limits.max_concurrent_requests)),
+        runner: Arc::new(Runner::new(Arc::clone(&engine), limits.max_concurrent_requests, Arc::clone(&metrics))),
         engine,
         tool_parser: tool_parser.clone(),
         reasoning_parser: reasoning_parser.clone(),
         limits,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
     };
     for note in &resolved.notes {
         eprintln!("  note     {note}");

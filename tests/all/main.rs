@@ -2,10 +2,12 @@
 //! plugin components built by `scripts/build-plugins` (the README's test command builds
 //! them first).
 
+mod auth;
 mod authoring;
 mod cli;
 mod limits;
 mod loading;
+mod mlx_parity;
 mod openai_sdk;
 mod parity;
 mod parsers;
@@ -13,6 +15,7 @@ mod policies;
 mod registry;
 mod reload;
 mod server;
+mod structured;
 mod support;
 mod traps;
 mod versions;

@@ -128,6 +128,7 @@ fn streamed_generation_equals_the_greedy_tokens_and_stops_cleanly() {
         stop: Vec::new(),
         logprobs: None,
         ignore_eos: false,
+        constraint: None,
     };
     let mut text = String::new();
     let mut done = None;

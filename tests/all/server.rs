@@ -37,8 +37,9 @@ fn hub() -> Arc<PluginHub> {
     Arc::clone(HUB.get_or_init(|| PluginHub::load(runtime(), &plugins_dir()).expect("plugins")))
 }
 
-fn state_with(limits: ServerLimits) -> AppState {
+pub(crate) fn state_with(limits: ServerLimits) -> AppState {
     let engine = engine();
+    let metrics = Arc::new(Metrics::default());
     AppState {
         model: ResolvedModel {
             requested: "smollm2-135m-q4_1".into(),
@@ -51,20 +52,26 @@ fn state_with(limits: ServerLimits) -> AppState {
         },
         created: 1,
         plugins: hub(),
-        runner: Arc::new(Runner::new(Arc::clone(&engine), limits.max_concurrent_requests)),
+        runner: Arc::new(Runner::new(Arc::clone(&engine), limits.max_concurrent_requests, Arc::clone(&metrics))),
         engine,
         tool_parser: Some("hermes".into()),
         reasoning_parser: None,
         limits,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
+        api_key: None,
     }
 }
 
-fn state() -> AppState {
+pub(crate) fn state() -> AppState {
     state_with(ServerLimits::default())
 }
 
-async fn send(router: Router, method: &str, uri: &str, body: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+pub(crate) async fn send(
+    router: Router,
+    method: &str,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, String) {
     let request = Request::builder()
         .method(method)
         .uri(uri)
@@ -78,12 +85,12 @@ async fn send(router: Router, method: &str, uri: &str, body: &str) -> (StatusCod
     (status, headers, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-async fn call(method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+pub(crate) async fn call(method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
     let (status, _, text) = send(router(state()), method, uri, body).await;
     (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON body ({e}): {text}")))
 }
 
-fn assert_openai_error(body: &Value, code: &str) {
+pub(crate) fn assert_openai_error(body: &Value, code: &str) {
     let error = &body["error"];
     assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert!(error["type"].is_string(), "{body}");

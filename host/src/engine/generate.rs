@@ -3,6 +3,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use super::constraint::Constraint;
 use super::sampling::{Sampler, SamplingParams, log_softmax};
 use super::tokenizer::Detokenizer;
 use super::{Engine, EngineError};
@@ -21,6 +22,8 @@ pub struct GenerationRequest {
     pub logprobs: Option<usize>,
     /// Generate `max_tokens` whatever the model says (benchmarks).
     pub ignore_eos: bool,
+    /// A compiled grammar the output must follow (structured output, forced tool calls).
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +136,15 @@ pub fn generate(
     let mut finish = FinishReason::Length;
     let mut logprobs = Vec::new();
     let max_tokens = request.max_tokens.min(context - prompt.len());
+    let mut constraint = request.constraint.clone();
     while usage.completion_tokens < max_tokens {
+        if let Some(constraint) = &mut constraint {
+            if constraint.is_finished() {
+                finish = FinishReason::Stop;
+                break;
+            }
+            constraint.mask(&mut logits)?;
+        }
         sampler.penalize(&mut logits);
         let token = sampler.sample(&logits);
         usage.completion_tokens += 1;
@@ -143,6 +154,9 @@ pub fn generate(
         if !request.ignore_eos && engine.tokenizer.stop_ids.contains(&token) {
             finish = FinishReason::Stop;
             break;
+        }
+        if let Some(constraint) = &mut constraint {
+            constraint.accept(token)?;
         }
         sampler.observe(token);
         pending.push_str(&detok.push(&engine.tokenizer, token)?);
@@ -183,7 +197,8 @@ pub fn generate(
 fn token_logprob(engine: &Engine, logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
     let lp = log_softmax(logits);
     let text = |id: u32| engine.tokenizer.decode(&[id]).unwrap_or_default();
-    let mut order: Vec<u32> = (0..lp.len() as u32).collect();
+    // Tokens a grammar ruled out are not alternatives.
+    let mut order: Vec<u32> = (0..lp.len() as u32).filter(|&id| lp[id as usize].is_finite()).collect();
     let n = top_n.min(order.len());
     if n > 0 {
         order.select_nth_unstable_by(n - 1, |a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));

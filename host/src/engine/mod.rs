@@ -9,9 +9,11 @@
 //! - [`sampling`]: temperature, top-k/p, min-p, penalties, seed.
 //! - [`generate`]: the token loop, stop strings, streaming events, cancellation.
 
+pub mod constraint;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
+pub mod mlx;
 pub mod models;
 pub mod sampling;
 pub mod template;
@@ -48,6 +50,8 @@ pub enum EngineError {
     PromptTooLong { prompt: usize, context: usize },
     #[error("inference: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Constraint(#[from] constraint::ConstraintError),
     #[error("device `{0}` is not available in this build (built-in: cpu{1})")]
     Device(String, &'static str),
 }
@@ -99,6 +103,8 @@ pub struct Engine {
     pub template: ChatTemplate,
     pub arch: String,
     pub device: Device,
+    /// Built on first use: the token trie costs a moment and most servers never need it.
+    grammar: std::sync::OnceLock<Result<constraint::GrammarCompiler, String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -108,14 +114,36 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Loads a GGUF file, showing progress on stderr when `progress` is set.
+    /// Loads a GGUF file or an MLX checkpoint directory, showing progress on stderr when
+    /// `progress` is set.
     pub fn load(path: &Path, device: Device, progress: bool) -> Result<Self, EngineError> {
+        if mlx::is_checkpoint_dir(path) {
+            return Self::load_mlx(path, device, progress);
+        }
         let mut gguf = GgufFile::open(path)?;
         let arch = gguf.architecture()?;
         let tokenizer = ModelTokenizer::from_gguf(&gguf)?;
         let template = ChatTemplate::from_gguf(&gguf, &arch, &tokenizer)?;
         let model = models::load(&arch, &mut gguf, &device, progress)?;
-        Ok(Self { model, tokenizer, template, arch, device })
+        Ok(Self { model, tokenizer, template, arch, device, grammar: std::sync::OnceLock::new() })
+    }
+
+    /// The grammar compiler for this model's vocabulary.
+    pub fn grammar(&self) -> Result<&constraint::GrammarCompiler, EngineError> {
+        self.grammar
+            .get_or_init(|| constraint::GrammarCompiler::new(&self.tokenizer).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| EngineError::Constraint(constraint::ConstraintError::Setup(e.clone())))
+    }
+
+    fn load_mlx(dir: &Path, device: Device, progress: bool) -> Result<Self, EngineError> {
+        let ckpt = mlx::Checkpoint::open(dir)?;
+        let arch = ckpt.model_type()?;
+        let tokenizer = ModelTokenizer::from_dir(dir, &ckpt.config)?;
+        let template = ChatTemplate::from_dir(dir, &tokenizer)?;
+        let spec = mlx::archs::dense_spec(&arch, &ckpt.config)?;
+        let model = Box::new(mlx::dense::DenseDecoder::load(&ckpt, spec, &device, progress)?);
+        Ok(Self { model, tokenizer, template, arch, device, grammar: std::sync::OnceLock::new() })
     }
 
     pub fn context_length(&self) -> usize {

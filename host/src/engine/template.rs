@@ -73,6 +73,33 @@ impl ChatTemplate {
         }
     }
 
+    /// The template of a checkpoint directory: `chat_template.jinja`, else
+    /// `tokenizer_config.json`'s `chat_template` (a string, or a list of named templates of
+    /// which `default` is used), else built-in ChatML.
+    pub fn from_dir(dir: &std::path::Path, tokenizer: &ModelTokenizer) -> Result<Self, EngineError> {
+        let name = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or_default().to_string();
+        let bos = name(tokenizer.bos);
+        let eos = name(tokenizer.stop_ids.first().copied());
+        if let Ok(template) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+            return Self::new("chat_template.jinja", &template, bos, eos);
+        }
+        let config: Option<serde_json::Value> =
+            std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let template = match config.as_ref().and_then(|c| c.get("chat_template")) {
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            Some(serde_json::Value::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template").and_then(|t| t.as_str()))
+                .map(str::to_string),
+            _ => None,
+        };
+        match template {
+            Some(t) => Self::new("tokenizer_config.json", &t, bos, eos),
+            None => Self::new("built-in:chatml", CHATML, bos, eos),
+        }
+    }
+
     /// Renders `messages` (OpenAI format) with `tools`, the generation prompt and
     /// `chat_template_kwargs` such as `enable_thinking`.
     pub fn render(

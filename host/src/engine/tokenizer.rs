@@ -22,6 +22,17 @@ pub struct ModelTokenizer {
     pub stop_ids: Vec<u32>,
     pub add_bos: bool,
     tokens: Vec<String>,
+    types: Vec<i32>,
+    kind: VocabKind,
+}
+
+/// How vocabulary strings spell bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VocabKind {
+    /// GPT-2 byte-level: every byte is a printable stand-in character.
+    ByteLevel,
+    /// SentencePiece: `▁` is a space, `<0xXX>` a raw byte.
+    SentencePiece,
 }
 
 impl std::fmt::Debug for ModelTokenizer {
@@ -42,6 +53,7 @@ impl ModelTokenizer {
         let model = gguf.string("tokenizer.ggml.model")?;
         let tokens = gguf.strings("tokenizer.ggml.tokens")?;
         let types = gguf.i32s("tokenizer.ggml.token_type").unwrap_or_default();
+        let kind = if model == "gpt2" { VocabKind::ByteLevel } else { VocabKind::SentencePiece };
         let mut inner = match model.as_str() {
             "gpt2" => {
                 let merges = gguf.strings("tokenizer.ggml.merges")?;
@@ -96,7 +108,51 @@ impl ModelTokenizer {
         stop_ids.sort_unstable();
         stop_ids.dedup();
         let add_bos = gguf.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
-        Ok(Self { inner, bos, stop_ids, add_bos, tokens })
+        Ok(Self { inner, bos, stop_ids, add_bos, tokens, types, kind })
+    }
+
+    /// A `tokenizer.json` (with `tokenizer_config.json` and `config.json` beside it, for the
+    /// special tokens), as Hugging Face and MLX checkpoints ship it.
+    pub fn from_dir(dir: &std::path::Path, config: &serde_json::Value) -> Result<Self, EngineError> {
+        use serde_json::Value;
+        let inner = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(err)?;
+        let tk_config: Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let size = inner.get_vocab_size(true);
+        let tokens: Vec<String> = (0..size as u32).map(|id| inner.id_to_token(id).unwrap_or_default()).collect();
+        let mut types = vec![1; size];
+        for (id, added) in inner.get_added_tokens_decoder() {
+            if let Some(slot) = types.get_mut(id as usize) {
+                *slot = if added.special { TOKEN_CONTROL } else { TOKEN_USER_DEFINED };
+            }
+        }
+        let kind = match inner.get_decoder() {
+            Some(DecoderWrapper::ByteLevel(_)) => VocabKind::ByteLevel,
+            _ => VocabKind::SentencePiece,
+        };
+        // `bos_token` / `eos_token` are strings or `{"content": ...}` objects.
+        let named = |key: &str| -> Option<u32> {
+            let v = tk_config.get(key)?;
+            let text = v.as_str().or_else(|| v.get("content").and_then(Value::as_str))?;
+            inner.token_to_id(text)
+        };
+        let bos = named("bos_token").or_else(|| config.get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32));
+        let mut stop_ids: Vec<u32> = named("eos_token").into_iter().collect();
+        for source in [config.get("eos_token_id"), config.pointer("/text_config/eos_token_id")].into_iter().flatten() {
+            match source {
+                Value::Array(ids) => stop_ids.extend(ids.iter().filter_map(Value::as_u64).map(|v| v as u32)),
+                other => stop_ids.extend(other.as_u64().map(|v| v as u32)),
+            }
+        }
+        for marker in ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"] {
+            stop_ids.extend(inner.token_to_id(marker));
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        let add_bos = tk_config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+        Ok(Self { inner, bos, stop_ids, add_bos, tokens, types, kind })
     }
 
     /// Token ids of `text`; control tokens written in the text are recognized.
@@ -122,6 +178,51 @@ impl ModelTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }
+
+    /// The bytes each token stands for, as constrained decoding needs them: control tokens
+    /// are prefixed with 0xFF so no grammar literal can produce them by accident.
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let byte_of = byte_level_decoder();
+        self.tokens
+            .iter()
+            .enumerate()
+            .map(|(id, token)| match self.types.get(id).copied() {
+                Some(TOKEN_CONTROL) => [&[0xFF_u8][..], token.as_bytes()].concat(),
+                Some(TOKEN_USER_DEFINED) => token.as_bytes().to_vec(),
+                _ => match self.kind {
+                    VocabKind::ByteLevel => token.chars().map(|c| byte_of.get(&c).copied().unwrap_or(b'?')).collect(),
+                    VocabKind::SentencePiece => sentencepiece_bytes(token),
+                },
+            })
+            .collect()
+    }
+}
+
+/// The inverse of GPT-2's byte-to-character table.
+fn byte_level_decoder() -> std::collections::HashMap<char, u8> {
+    let mut map = std::collections::HashMap::with_capacity(256);
+    let mut shifted = 0u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let c = if printable {
+            char::from(b)
+        } else {
+            shifted += 1;
+            char::from_u32(255 + shifted).unwrap_or('?')
+        };
+        map.insert(c, b);
+    }
+    map
+}
+
+fn sentencepiece_bytes(piece: &str) -> Vec<u8> {
+    if piece.len() == 6
+        && let Some(hex) = piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>'))
+        && let Ok(byte) = u8::from_str_radix(hex, 16)
+    {
+        return vec![byte];
+    }
+    piece.replace('\u{2581}', " ").into_bytes()
 }
 
 /// SentencePiece BPE (Gemma, Llama 2) as a `tokenizers` BPE: merges are recovered from the

@@ -12,7 +12,7 @@ pub mod pipeline;
 pub mod session;
 
 pub use message::AssembledMessage;
-pub use pipeline::{ParserPipeline, PipelineConfig, tool_prompt};
+pub use pipeline::{ParserPipeline, PipelineConfig, tool_call_grammar, tool_prompt};
 pub use session::ParserSession;
 
 /// What a parser produces: the SDK's event type, shared by guests and host. Tool-call

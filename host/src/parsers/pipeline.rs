@@ -157,12 +157,36 @@ pub fn new_call_id() -> String {
 /// The tool-call parser's own system-prompt section for `tools_json` (WIT 0.2.0 and
 /// later), or `None` when the plugin predates it or has none to offer.
 pub fn tool_prompt(plugins: &PluginSet, parser: &str, tools_json: &str) -> Result<Option<String>, PipelineError> {
-    let plugin = plugins.tool_parser(parser).ok_or_else(|| PipelineError::UnknownParser {
+    let plugin = find_tool_parser(plugins, parser)?;
+    let Some(index) = &plugin.exports.tool_prompt else { return Ok(None) };
+    call_text_export(plugins, plugin, index, "tool-prompt", parser, tools_json)
+}
+
+/// The tool-call parser's Lark grammar for calls to `tools_json`, or `None` when the plugin
+/// leaves it to the host.
+pub fn tool_call_grammar(plugins: &PluginSet, parser: &str, tools_json: &str) -> Result<Option<String>, PipelineError> {
+    let plugin = find_tool_parser(plugins, parser)?;
+    call_text_export(plugins, plugin, &plugin.exports.tool_call_grammar, "tool-call-grammar", parser, tools_json)
+}
+
+fn find_tool_parser<'a>(plugins: &'a PluginSet, parser: &str) -> Result<&'a OutputParserPlugin, PipelineError> {
+    plugins.tool_parser(parser).ok_or_else(|| PipelineError::UnknownParser {
         kind: "tool-call",
         name: parser.to_string(),
         available: plugins.tool_parser_names().into_iter().collect::<Vec<_>>().join(", "),
-    })?;
-    let Some(index) = &plugin.exports.tool_prompt else { return Ok(None) };
+    })
+}
+
+/// Calls an exported `func(parser: string, tools-json: string) -> option<string>` in a
+/// fresh sandboxed instance.
+fn call_text_export(
+    plugins: &PluginSet,
+    plugin: &OutputParserPlugin,
+    index: &wasmtime::component::ComponentExportIndex,
+    what: &'static str,
+    parser: &str,
+    tools_json: &str,
+) -> Result<Option<String>, PipelineError> {
     let runtime = plugins.runtime();
     let mut store = runtime.store();
     let result = plugin.pre.instantiate(&mut store).and_then(|instance| {
@@ -174,7 +198,7 @@ pub fn tool_prompt(plugins: &PluginSet, parser: &str, tools_json: &str) -> Resul
             e,
             store.data().limiter.refused_memory,
             &plugin.name,
-            "tool-prompt",
+            what,
             runtime.limits(),
         ))
     })

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
 use super::run::RunEvent;
+use super::structured::{self, HostCalls};
 use super::{AppError, AppState, JsonBody};
 use crate::engine::generate::TokenLogprob;
 use crate::engine::{GenerationEvent, GenerationRequest, SamplingParams};
@@ -196,6 +197,47 @@ fn template_messages(messages: &[Value]) -> Result<Vec<Value>, AppError> {
 struct Prepared {
     prompt_tokens: Vec<u32>,
     pipeline: Option<ParserPipeline>,
+    /// Set when a forced tool call is a bare JSON object the host reads itself.
+    host_calls: Option<HostCalls>,
+    /// `parallel_tool_calls: false`: calls after the first are dropped.
+    single_call: bool,
+}
+
+impl Prepared {
+    /// Feeds generated text through the parsers (or passes it through).
+    fn parse(&mut self, text: &str) -> Vec<ParseEvent> {
+        let events = match (&mut self.host_calls, &mut self.pipeline) {
+            (Some(calls), _) => {
+                calls.feed(text);
+                Vec::new()
+            }
+            (None, Some(p)) => p.feed(text),
+            (None, None) if text.is_empty() => Vec::new(),
+            (None, None) => vec![ParseEvent::Content(text.to_string())],
+        };
+        self.limit_calls(events)
+    }
+
+    fn finish_parsing(&mut self, metrics: &Metrics) -> Vec<ParseEvent> {
+        let mut events = self.host_calls.as_mut().map(HostCalls::finish).unwrap_or_default();
+        if let Some(p) = &mut self.pipeline {
+            events.extend(p.finish());
+            Metrics::add(&metrics.parser_failures, p.failures.len() as u64);
+        }
+        self.limit_calls(events)
+    }
+
+    fn limit_calls(&self, mut events: Vec<ParseEvent>) -> Vec<ParseEvent> {
+        if self.single_call {
+            events.retain(|e| match e {
+                ParseEvent::ToolCallBegin { index, .. }
+                | ParseEvent::ToolCallArguments { index, .. }
+                | ParseEvent::ToolCallEnd(index) => *index == 0,
+                _ => true,
+            });
+        }
+        events
+    }
 }
 
 fn prepare(state: &AppState, req: &ChatRequest) -> Result<(Prepared, GenerationRequest), AppError> {
@@ -203,18 +245,7 @@ fn prepare(state: &AppState, req: &ChatRequest) -> Result<(Prepared, GenerationR
     if req.n.is_some_and(|n| n != 1) {
         return Err(AppError::bad("only `n` = 1 is supported", Some("n")));
     }
-    if let Some(format) = &req.response_format {
-        let kind = format.get("type").and_then(Value::as_str).unwrap_or("text");
-        if kind != "text" {
-            return Err(AppError::BadRequest {
-                message: format!(
-                    "response_format `{kind}` needs constrained decoding, which this build does not have yet"
-                ),
-                param: Some("response_format"),
-                code: "unsupported_response_format",
-            });
-        }
-    }
+    let json_schema = structured::response_format_schema(req.response_format.as_ref())?;
     let top_logprobs = match (req.logprobs, req.top_logprobs) {
         (_, Some(n)) if n > 20 => return Err(AppError::bad("`top_logprobs` must be at most 20", Some("top_logprobs"))),
         (false, Some(_)) => return Err(AppError::bad("`top_logprobs` needs `logprobs: true`", Some("top_logprobs"))),
@@ -224,6 +255,9 @@ fn prepare(state: &AppState, req: &ChatRequest) -> Result<(Prepared, GenerationR
     let sampling = req.sampling.to_params()?;
     let tools = req.tools.clone().unwrap_or_default();
     let choice = tool_choice(req.tool_choice.as_ref(), !tools.is_empty())?;
+    if choice == ToolChoice::Required && tools.is_empty() {
+        return Err(AppError::bad("`tool_choice` `required` needs a non-empty `tools` list", Some("tool_choice")));
+    }
     let tools: Vec<Value> = match &choice {
         ToolChoice::None => Vec::new(),
         ToolChoice::Named(name) => {
@@ -301,9 +335,18 @@ fn prepare(state: &AppState, req: &ChatRequest) -> Result<(Prepared, GenerationR
     }
     let max_tokens = asked.unwrap_or(state.limits.default_max_tokens).min(room);
 
+    let output = match (&choice, &json_schema) {
+        (ToolChoice::Required | ToolChoice::Named(_), _) => {
+            Some(structured::forced_tool_calls(state, &snapshot, &tools)?)
+        }
+        (_, Some(schema)) => Some(structured::json_output(state, schema)?),
+        _ => None,
+    };
+    let host_calls = output.as_ref().is_some_and(|o| o.host_calls);
     let config = PipelineConfig {
-        tool_parser: if tools.is_empty() { None } else { state.tool_parser.clone() },
-        reasoning_parser: state.reasoning_parser.clone(),
+        tool_parser: if tools.is_empty() || host_calls { None } else { state.tool_parser.clone() },
+        // A grammar leaves no room for a reasoning block.
+        reasoning_parser: if output.is_some() { None } else { state.reasoning_parser.clone() },
         tools_json,
         reasoning_started,
     };
@@ -327,8 +370,15 @@ fn prepare(state: &AppState, req: &ChatRequest) -> Result<(Prepared, GenerationR
         stop: req.stop.clone().map(Stop::into_vec).unwrap_or_default(),
         logprobs: top_logprobs,
         ignore_eos: false,
+        constraint: output.map(|o| o.constraint),
     };
-    Ok((Prepared { prompt_tokens, pipeline }, generation))
+    let prepared = Prepared {
+        prompt_tokens,
+        pipeline,
+        host_calls: host_calls.then(HostCalls::default),
+        single_call: req.parallel_tool_calls == Some(false),
+    };
+    Ok((prepared, generation))
 }
 
 pub fn completion_id(prefix: &str) -> String {
@@ -352,26 +402,6 @@ fn logprob_entries(items: &[TokenLogprob]) -> Vec<Value> {
             })
         })
         .collect()
-}
-
-/// Feeds generated text through the parsers (or passes it through).
-fn parse(pipeline: &mut Option<ParserPipeline>, text: &str) -> Vec<ParseEvent> {
-    match pipeline {
-        Some(p) => p.feed(text),
-        None if text.is_empty() => Vec::new(),
-        None => vec![ParseEvent::Content(text.to_string())],
-    }
-}
-
-fn finish_parsing(pipeline: &mut Option<ParserPipeline>, metrics: &Metrics) -> Vec<ParseEvent> {
-    match pipeline {
-        Some(p) => {
-            let events = p.finish();
-            Metrics::add(&metrics.parser_failures, p.failures.len() as u64);
-            events
-        }
-        None => Vec::new(),
-    }
 }
 
 pub async fn handle(State(state): State<Arc<AppState>>, JsonBody(req): JsonBody<ChatRequest>) -> Response {
@@ -434,7 +464,7 @@ async fn collect(
     while let Some(event) = rx.recv().await {
         match event {
             RunEvent::Event(GenerationEvent::Text { text, logprobs: lp }) => {
-                message.extend(&parse(&mut prepared.pipeline, &text));
+                message.extend(&prepared.parse(&text));
                 if !lp.is_empty() {
                     logprobs.get_or_insert_with(Vec::new).extend(lp);
                 }
@@ -446,7 +476,7 @@ async fn collect(
             RunEvent::Failed(e) => return Err(AppError::Internal(e)),
         }
     }
-    message.extend(&finish_parsing(&mut prepared.pipeline, &state.metrics));
+    message.extend(&prepared.finish_parsing(&state.metrics));
     Metrics::add(&state.metrics.malformed_tool_calls, message.malformed.len() as u64);
     Metrics::add(&state.metrics.prompt_tokens, prepared.prompt_tokens.len() as u64);
     Metrics::add(&state.metrics.completion_tokens, completion as u64);
@@ -511,7 +541,7 @@ async fn stream_chat(
         let parsed = match event {
             RunEvent::Event(GenerationEvent::Text { text, logprobs }) => {
                 pending_logprobs.extend(logprobs);
-                parse(&mut prepared.pipeline, &text)
+                prepared.parse(&text)
             }
             RunEvent::Event(GenerationEvent::Done { finish: f, usage, .. }) => {
                 finish = f.as_openai();
@@ -537,7 +567,7 @@ async fn stream_chat(
             }
         }
     }
-    for event in finish_parsing(&mut prepared.pipeline, &state.metrics) {
+    for event in prepared.finish_parsing(&state.metrics) {
         saw_tool_call |= matches!(event, ParseEvent::ToolCallBegin { .. });
         malformed += u64::from(matches!(event, ParseEvent::Malformed(_)));
         if let Some(delta) = delta_of(&event)

@@ -105,6 +105,7 @@ fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Vec<Job>, AppErr
                     stop: req.stop.clone().map(Stop::into_vec).unwrap_or_default(),
                     logprobs: req.logprobs,
                     ignore_eos: false,
+                    constraint: None,
                 },
             })
         })

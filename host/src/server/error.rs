@@ -15,6 +15,8 @@ pub enum AppError {
     TooLarge { limit: usize },
     #[error("the server is at its limit of {limit} concurrent requests; retry shortly")]
     Overloaded { limit: usize },
+    #[error("{0}")]
+    Unauthorized(&'static str),
     #[error("Unknown route {0}")]
     RouteNotFound(String),
     #[error("generation failed: {0}")]
@@ -30,6 +32,7 @@ impl AppError {
         match self {
             Self::ModelNotFound { .. } | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -42,6 +45,7 @@ impl AppError {
             Self::BadRequest { param, code, .. } => ("invalid_request_error", *param, code),
             Self::TooLarge { .. } => ("invalid_request_error", None, "request_too_large"),
             Self::Overloaded { .. } => ("server_error", None, "overloaded"),
+            Self::Unauthorized(_) => ("invalid_request_error", None, "invalid_api_key"),
             Self::RouteNotFound(_) => ("invalid_request_error", None, "not_found"),
             Self::Internal(_) => ("server_error", None, "internal_error"),
         }
@@ -56,6 +60,9 @@ impl IntoResponse for AppError {
         let mut response = (status, Json(body)).into_response();
         if matches!(self, Self::Overloaded { .. }) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::Unauthorized(_)) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

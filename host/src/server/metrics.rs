@@ -1,4 +1,5 @@
-//! Prometheus metrics: requests by route and status, tokens, parser failures, queue depth.
+//! Prometheus metrics: requests by route and status, tokens, parser failures, queue depth,
+//! and latency histograms (time to first token, decode time, time per output token).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,58 @@ use axum::extract::State;
 
 use super::AppState;
 
-#[derive(Debug, Default)]
+/// A Prometheus histogram with fixed buckets (seconds).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    state: Mutex<HistogramState>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct HistogramState {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub const fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, state: Mutex::new(HistogramState { counts: Vec::new(), sum: 0.0, count: 0 }) }
+    }
+
+    pub fn observe(&self, value: f64) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.counts.len() != self.bounds.len() {
+                s.counts = vec![0; self.bounds.len()];
+            }
+            for (slot, bound) in s.counts.iter_mut().zip(self.bounds) {
+                if value <= *bound {
+                    *slot += 1;
+                }
+            }
+            s.sum += value;
+            s.count += 1;
+        }
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let s = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        for (i, bound) in self.bounds.iter().enumerate() {
+            let n = s.counts.get(i).copied().unwrap_or(0);
+            out.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {n}\n"));
+        }
+        out.push_str(&format!(
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}\n",
+            s.count, s.sum, s.count
+        ));
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+const PER_TOKEN_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28];
+
+#[derive(Debug)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     pub prompt_tokens: AtomicU64,
@@ -18,6 +70,30 @@ pub struct Metrics {
     pub parser_failures: AtomicU64,
     pub malformed_tool_calls: AtomicU64,
     pub cancelled: AtomicU64,
+    pub constrained: AtomicU64,
+    /// From admission (queue wait included) to the first generated token.
+    pub time_to_first_token: Histogram,
+    /// From the first generated token to the last.
+    pub decode_time: Histogram,
+    pub time_per_output_token: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::default(),
+            prompt_tokens: AtomicU64::default(),
+            completion_tokens: AtomicU64::default(),
+            parser_sessions: AtomicU64::default(),
+            parser_failures: AtomicU64::default(),
+            malformed_tool_calls: AtomicU64::default(),
+            cancelled: AtomicU64::default(),
+            constrained: AtomicU64::default(),
+            time_to_first_token: Histogram::new(LATENCY_BUCKETS),
+            decode_time: Histogram::new(LATENCY_BUCKETS),
+            time_per_output_token: Histogram::new(PER_TOKEN_BUCKETS),
+        }
+    }
 }
 
 impl Metrics {
@@ -48,6 +124,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> String {
         ("rapid_host_parser_failures_total", &m.parser_failures),
         ("rapid_host_malformed_tool_calls_total", &m.malformed_tool_calls),
         ("rapid_host_cancelled_generations_total", &m.cancelled),
+        ("rapid_host_constrained_generations_total", &m.constrained),
     ];
     for (name, value) in counters {
         out.push_str(&format!("# TYPE {name} counter\n{name} {}\n", value.load(Ordering::Relaxed)));
@@ -56,5 +133,16 @@ pub async fn render(State(state): State<Arc<AppState>>) -> String {
         "# TYPE rapid_host_queue_depth gauge\nrapid_host_queue_depth {}\n",
         state.runner.in_flight()
     ));
+    m.time_to_first_token.render(
+        "rapid_host_time_to_first_token_seconds",
+        "Admission (queue wait included) to the first generated token.",
+        &mut out,
+    );
+    m.decode_time.render("rapid_host_decode_seconds", "First generated token to the last.", &mut out);
+    m.time_per_output_token.render(
+        "rapid_host_time_per_output_token_seconds",
+        "Decode time divided by the tokens after the first.",
+        &mut out,
+    );
     out
 }

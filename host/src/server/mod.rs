@@ -5,13 +5,15 @@
 //! - [`completions`]: the `/v1/completions` endpoint.
 //! - [`run`]: bridges the blocking engine to async handlers, with admission control and
 //!   cancellation when the client goes away.
-//! - [`metrics`]: Prometheus counters.
+//! - [`structured`]: `response_format` and forced tool calls as grammars (llguidance).
+//! - [`metrics`]: Prometheus counters and histograms.
 
 pub mod chat;
 pub mod completions;
 pub mod error;
 pub mod metrics;
 pub mod run;
+pub mod structured;
 
 use std::sync::Arc;
 
@@ -58,6 +60,8 @@ pub struct AppState {
     pub limits: ServerLimits,
     pub runner: Arc<run::Runner>,
     pub metrics: Arc<metrics::Metrics>,
+    /// When set, `/v1` routes need `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
 }
 
 impl AppState {
@@ -112,8 +116,49 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 #[derive(Debug, Clone, Copy)]
 struct BodyLimit(usize);
 
+/// Checks `Authorization: Bearer` on `/v1` routes; health and metrics stay open so probes
+/// and scrapers need no secret.
+async fn authorize(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(key) = &state.api_key
+        && req.uri().path().starts_with("/v1")
+    {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let error = match given {
+            None => Some("Missing API key: send `Authorization: Bearer <key>` (the server runs with --api-key)"),
+            Some(given) if !same_secret(given.as_bytes(), key.as_bytes()) => Some("Incorrect API key provided"),
+            Some(_) => None,
+        };
+        if let Some(message) = error {
+            let response = AppError::Unauthorized(message).into_response();
+            state.metrics.request("unauthorized", response.status().as_u16());
+            return response;
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without an early exit, so timing does not reveal how much of the key matched.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
 pub fn router(state: AppState) -> Router {
     let limit = state.limits.max_request_bytes;
+    let state = Arc::new(state);
     Router::new()
         .route("/health", get(health))
         .route("/health/ready", get(ready))
@@ -129,7 +174,8 @@ pub fn router(state: AppState) -> Router {
             next.run(req).await
         }))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(Arc::new(state))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authorize))
+        .with_state(state)
 }
 
 async fn health() -> Json<serde_json::Value> {

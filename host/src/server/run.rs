@@ -4,10 +4,12 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use tokio::sync::{Semaphore, mpsc};
 
 use super::AppError;
+use super::metrics::Metrics;
 use crate::engine::generate::generate;
 use crate::engine::{Engine, GenerationEvent, GenerationRequest};
 
@@ -25,11 +27,13 @@ pub struct Runner {
     /// The engine runs one sequence at a time until continuous batching lands.
     busy: std::sync::Mutex<()>,
     in_flight: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 impl Runner {
-    pub fn new(engine: Arc<Engine>, limit: usize) -> Self {
+    pub fn new(engine: Arc<Engine>, limit: usize, metrics: Arc<Metrics>) -> Self {
         Self {
+            metrics,
             engine,
             slots: Arc::new(Semaphore::new(limit.max(1))),
             limit: limit.max(1),
@@ -50,6 +54,7 @@ impl Runner {
             Arc::clone(&self.slots).try_acquire_owned().map_err(|_| AppError::Overloaded { limit: self.limit })?;
         let (tx, rx) = mpsc::channel(256);
         let runner = Arc::clone(self);
+        let admitted = Instant::now();
         runner.in_flight.fetch_add(1, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -59,7 +64,28 @@ impl Runner {
                 if tx.is_closed() {
                     Ok(())
                 } else {
+                    if request.constraint.is_some() {
+                        Metrics::add(&runner.metrics.constrained, 1);
+                    }
+                    let mut first_token: Option<Instant> = None;
                     generate(&runner.engine, &request, |event| {
+                        match &event {
+                            GenerationEvent::Text { .. } if first_token.is_none() => {
+                                first_token = Some(Instant::now());
+                                runner.metrics.time_to_first_token.observe(admitted.elapsed().as_secs_f64());
+                            }
+                            GenerationEvent::Done { usage, .. } => {
+                                if let Some(first) = first_token {
+                                    let decode = first.elapsed().as_secs_f64();
+                                    runner.metrics.decode_time.observe(decode);
+                                    if usage.completion_tokens > 1 {
+                                        let per_token = decode / (usage.completion_tokens - 1) as f64;
+                                        runner.metrics.time_per_output_token.observe(per_token);
+                                    }
+                                }
+                            }
+                            GenerationEvent::Text { .. } => {}
+                        }
                         if tx.blocking_send(RunEvent::Event(event)).is_err() {
                             ControlFlow::Break(())
                         } else {

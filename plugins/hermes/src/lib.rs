@@ -4,6 +4,7 @@
 //! `"arguments"`, arguments double-encoded as a JSON string, a missing `</tool_call>` at
 //! the end of output, and the Qwen3-Coder XML body (`<function=NAME>…`) inside the tags.
 
+use rapid_plugin_sdk::grammar;
 use rapid_plugin_sdk::json::{self, Tools};
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
@@ -95,6 +96,10 @@ impl ParserPlugin for Hermes {
             return Err(unknown_parser(config, &["hermes"]));
         }
         Ok(Box::new(ToolCallSplitter::new(HermesFormat, Tools::parse(&config.tools_json))))
+    }
+
+    fn tool_call_grammar(_parser: &str, tools_json: &str) -> Option<String> {
+        grammar::json_calls_in_markers(tools_json, "<tool_call>\n", "\n</tool_call>", "\n", "name", "arguments")
     }
 
     fn tool_prompt(_parser: &str, tools_json: &str) -> Option<String> {

@@ -3,6 +3,7 @@
 //! Several JSON calls may follow each other, separated by `;` or whitespace. A bare JSON
 //! answer that is not a call (no `name`) stays content.
 
+use rapid_plugin_sdk::grammar;
 use rapid_plugin_sdk::json::{self, Tools};
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
@@ -128,6 +129,11 @@ impl ParserPlugin for Llama {
             return Err(unknown_parser(config, &["llama"]));
         }
         Ok(Box::new(ToolCallSplitter::new(LlamaFormat, Tools::parse(&config.tools_json))))
+    }
+
+    /// The bare-JSON form: `<|python_tag|>` is a control token that grammar text cannot produce.
+    fn tool_call_grammar(_parser: &str, tools_json: &str) -> Option<String> {
+        grammar::json_calls_in_markers(tools_json, "", "", "; ", "name", "parameters")
     }
 }
 

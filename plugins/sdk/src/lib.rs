@@ -6,6 +6,7 @@
 //! (marker matching across chunks, hold-back, JSON and schema-typed values), testable
 //! natively. With the default `guest` feature it also generates the component bindings.
 
+pub mod grammar;
 pub mod json;
 pub mod markers;
 pub mod naming;

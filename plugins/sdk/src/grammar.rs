@@ -1,0 +1,117 @@
+//! Grammars (Lark, llguidance dialect) that constrain decoding to a tool-call wire format.
+//!
+//! The host asks a parser plugin for `tool-call-grammar(parser, tools-json)` when a request
+//! forces a tool call (`tool_choice` `required` or a named function). The grammar's `start`
+//! rule must match a whole answer made of one or more calls; `tools-json` already holds only
+//! the tools the model may call. JSON payloads are written with `%json { schema }`.
+
+use serde_json::{Value, json};
+
+/// `x-guidance` options for compact JSON: small models otherwise spend tokens on blank lines.
+pub fn compact_json_options() -> Value {
+    json!({ "whitespace_flexible": false, "item_separator": ", ", "key_separator": ": " })
+}
+
+/// A tool's parameters schema (an object schema when the tool gives none).
+pub fn parameters_schema(tool: &Value) -> Value {
+    let function = tool.get("function").unwrap_or(tool);
+    match function.get("parameters") {
+        Some(p @ Value::Object(_)) => p.clone(),
+        _ => json!({ "type": "object" }),
+    }
+}
+
+/// Function names in `tools_json`, in order.
+pub fn tool_names(tools: &[Value]) -> Vec<String> {
+    tools
+        .iter()
+        .filter_map(|t| t.get("function").unwrap_or(t).get("name").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// JSON schema of one call object `{"<name_key>": NAME, "<arguments_key>": ARGS}` for any of
+/// `tools`, with the name first, as the model writes it.
+pub fn call_object_schema(tools: &[Value], name_key: &str, arguments_key: &str) -> Option<Value> {
+    let variants: Vec<Value> = tools
+        .iter()
+        .filter_map(|tool| {
+            let name = tool.get("function").unwrap_or(tool).get("name").and_then(Value::as_str)?;
+            Some(json!({
+                "type": "object",
+                "properties": { name_key: { "const": name }, arguments_key: parameters_schema(tool) },
+                "required": [name_key, arguments_key],
+                "additionalProperties": false,
+            }))
+        })
+        .collect();
+    if variants.is_empty() {
+        return None;
+    }
+    let mut schema = if variants.len() == 1 { variants[0].clone() } else { json!({ "anyOf": variants }) };
+    schema["x-guidance"] = compact_json_options();
+    Some(schema)
+}
+
+/// A Lark string literal for `text`.
+pub fn literal(text: &str) -> String {
+    Value::String(text.to_string()).to_string()
+}
+
+/// Calls written as `OPEN` JSON-object `CLOSE`, joined by `separator`:
+/// `start: tool_call (SEP tool_call)*`.
+pub fn json_calls_in_markers(
+    tools_json: &str,
+    open: &str,
+    close: &str,
+    separator: &str,
+    name_key: &str,
+    arguments_key: &str,
+) -> Option<String> {
+    let tools: Vec<Value> = serde_json::from_str(tools_json).ok()?;
+    let schema = call_object_schema(&tools, name_key, arguments_key)?;
+    // Lark has no empty literal: an empty marker is simply left out.
+    let lit = |text: &str| if text.is_empty() { String::new() } else { literal(text) };
+    Some(format!(
+        "start: tool_call ({sep} tool_call)*\ntool_call: {open} payload {close}\npayload: %json {schema}\n",
+        sep = lit(separator),
+        open = lit(open),
+        close = lit(close),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_schema_pins_names_and_keeps_parameters() {
+        let tools = json!([
+            {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+            {"type": "function", "function": {"name": "now"}}
+        ]);
+        let schema = call_object_schema(tools.as_array().expect("array"), "name", "arguments").expect("schema");
+        let variants = schema["anyOf"].as_array().expect("anyOf");
+        assert_eq!(variants.len(), 2);
+        assert_eq!(variants[0]["properties"]["name"]["const"], "get_weather");
+        assert_eq!(variants[0]["properties"]["arguments"]["required"][0], "city");
+        assert_eq!(variants[1]["properties"]["arguments"], json!({"type": "object"}));
+        assert_eq!(schema["x-guidance"]["whitespace_flexible"], false);
+    }
+
+    #[test]
+    fn markers_become_escaped_literals() {
+        let tools = r#"[{"type":"function","function":{"name":"f"}}]"#;
+        let lark = json_calls_in_markers(tools, "<tool_call>\n", "\n</tool_call>", "\n", "name", "arguments")
+            .expect("grammar");
+        assert!(lark.starts_with("start: tool_call (\"\\n\" tool_call)*\n"), "{lark}");
+        assert!(lark.contains("tool_call: \"<tool_call>\\n\" payload \"\\n</tool_call>\""), "{lark}");
+        assert!(lark.contains("payload: %json {"), "{lark}");
+    }
+
+    #[test]
+    fn no_tools_no_grammar() {
+        assert_eq!(json_calls_in_markers("[]", "<a>", "</a>", "", "name", "arguments"), None);
+        assert_eq!(json_calls_in_markers("not json", "<a>", "</a>", "", "name", "arguments"), None);
+    }
+}
