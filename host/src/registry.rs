@@ -116,9 +116,15 @@ pub struct AliasEntry {
 }
 
 impl AliasEntry {
-    /// Whether this build's engine can load the entry ([`LOADABLE`]).
+    /// Whether this build's engine can load the entry: its format and architecture are
+    /// ones whose parity tests pass ([`parity_reference`]).
     pub fn loadable(&self) -> bool {
-        self.arch.as_deref().is_some_and(|arch| LOADABLE.iter().any(|(f, a)| *f == self.format && *a == arch))
+        self.parity_reference().is_some()
+    }
+
+    /// What this entry's architecture is tested against in this build, if anything.
+    pub fn parity_reference(&self) -> Option<&'static str> {
+        self.arch.as_deref().and_then(|arch| parity_reference(self.format, arch))
     }
 
     /// The unique source of the weights: repository plus file.
@@ -129,6 +135,16 @@ impl AliasEntry {
 
 /// (format, architecture) pairs the engine in this build can run (`engine::models::load`).
 pub const LOADABLE: &[(ModelFormat, &str)] = &[(ModelFormat::Gguf, "llama"), (ModelFormat::Gguf, "gemma3")];
+
+/// The implementation a format and architecture are held to by the parity tests:
+/// `llama.cpp` for GGUF ([`LOADABLE`], `tests/all/parity.rs`), `mlx-lm` for MLX
+/// checkpoints (`engine::mlx::archs::SUPPORTED`, `tests/all/mlx_parity.rs`).
+pub fn parity_reference(format: ModelFormat, arch: &str) -> Option<&'static str> {
+    if LOADABLE.iter().any(|(f, a)| *f == format && *a == arch) {
+        return Some("llama.cpp");
+    }
+    (format == ModelFormat::Mlx && crate::engine::mlx::archs::SUPPORTED.contains(&arch)).then_some("mlx-lm")
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

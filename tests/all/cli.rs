@@ -42,11 +42,22 @@ fn models_json_is_pure_json_listing_every_alias() {
     assert_eq!(gemma["quant"], "4bit");
     assert_eq!(gemma["tool_call_parser"], "gemma4");
     assert_eq!(gemma["reasoning_parser"], "gemma4");
-    assert_eq!(gemma["loadable"], false, "MLX checkpoints are not loadable yet");
+    assert_eq!(gemma["loadable"], false, "gemma4 has no parity-tested engine yet");
     assert_eq!(doc["default"], "smollm2-135m-q4_1");
     let loadable: Vec<&str> =
         models.iter().filter(|m| m["loadable"] == true).filter_map(|m| m["alias"].as_str()).collect();
-    assert_eq!(loadable, ["gemma3-270m-q4_k_m", "smollm2-135m-q4_1"]);
+    for alias in ["gemma3-270m-q4_k_m", "smollm2-135m-q4_1"] {
+        assert!(loadable.contains(&alias), "{alias} in {loadable:?}");
+    }
+    // Every loadable MLX alias names an architecture that passes tests/all/mlx_parity.rs.
+    for m in models.iter().filter(|m| m["format"] == "mlx") {
+        let arch = m["arch"].as_str().unwrap_or("");
+        let supported = rapid_host::engine::mlx::archs::SUPPORTED.contains(&arch);
+        assert_eq!(m["loadable"], supported, "{m}");
+        assert_eq!(m["parity"], if supported { Value::from("mlx-lm") } else { Value::Null }, "{m}");
+    }
+    let phi = models.iter().find(|m| m["arch"] == "phi3").expect("a phi3 alias");
+    assert_eq!(phi["loadable"], true, "{phi}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod auth;
 mod authoring;
 mod cli;
+mod hub;
 mod limits;
 mod loading;
 mod mlx_parity;

@@ -81,11 +81,15 @@ pub struct ModelFacts {
     pub arch: String,
     pub context_length: Option<u32>,
     pub tensors: usize,
-    /// `gguf`, or `built-in:<family>` when the file carries no chat template.
+    /// `gguf`, `chat_template.jinja`, `tokenizer_config.json`, or `built-in:<family>` when
+    /// the model carries no chat template.
     pub chat_template: &'static str,
 }
 
 pub fn describe(path: &Path) -> Result<ModelFacts, EngineError> {
+    if mlx::is_checkpoint_dir(path) {
+        return mlx::describe(path);
+    }
     let gguf = GgufFile::open(path)?;
     let arch = gguf.architecture()?;
     Ok(ModelFacts {

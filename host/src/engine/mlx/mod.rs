@@ -49,6 +49,37 @@ pub fn is_checkpoint_dir(path: &Path) -> bool {
     path.is_dir() && path.join("config.json").is_file()
 }
 
+/// What a checkpoint directory says about itself, without loading weights.
+pub fn describe(dir: &Path) -> Result<super::ModelFacts, EngineError> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let config: Value = read("config.json")
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| meta(format!("{}: unreadable config.json", dir.display())))?;
+    let context = config
+        .get("max_position_embeddings")
+        .or_else(|| config.pointer("/text_config/max_position_embeddings"))
+        .and_then(Value::as_u64)
+        .map(|c| c as u32);
+    let tensors = read("model.safetensors.index.json")
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["weight_map"].as_object().map(serde_json::Map::len))
+        .unwrap_or(0);
+    let has_template = read("tokenizer_config.json").is_some_and(|t| t.contains("\"chat_template\""));
+    let chat_template = if dir.join("chat_template.jinja").is_file() {
+        "chat_template.jinja"
+    } else if has_template {
+        "tokenizer_config.json"
+    } else {
+        "built-in:chatml"
+    };
+    Ok(super::ModelFacts {
+        arch: config["model_type"].as_str().unwrap_or("?").to_string(),
+        context_length: context,
+        tensors,
+        chat_template,
+    })
+}
+
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self, EngineError> {
         let read = |name: &str| {
