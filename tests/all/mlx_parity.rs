@@ -100,6 +100,41 @@ fn every_mlx_bit_width_matches_mlx_lm() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Hybrid models carry a convolution window and a delta-rule state in the cache; a prompt
+/// fed in chunks (one shorter than the convolution window) must end where one pass does.
+#[test]
+fn recurrent_state_carries_across_chunked_prefill() {
+    for name in ["qwen3_5", "qwen3_next"] {
+        let dir = fixture(name);
+        let reference: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"))
+                .expect("json");
+        let prompt: Vec<u32> = reference["prompt_ids"]
+            .as_array()
+            .expect("prompt")
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect();
+        let expected: Vec<f32> = reference["f32"]["last_logits"]
+            .as_array()
+            .expect("logits")
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .map(|v| v as f32)
+            .collect();
+        let engine = Engine::load(&dir, Device::Cpu, false).expect("loads");
+        let mut cache = engine.model.new_cache();
+        let mut logits = Vec::new();
+        for chunk in [&prompt[..1], &prompt[1..3], &prompt[3..]] {
+            logits = engine.model.forward(chunk, &mut cache).and_then(|t| t.to_vec1::<f32>()).expect("forward");
+        }
+        assert_eq!(cache.len(), prompt.len());
+        let worst = logits.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= LOGIT_TOLERANCE, "{name}: chunked prefill differs by {worst}");
+    }
+}
+
 #[test]
 fn the_chat_template_and_tokenizer_come_from_the_checkpoint() {
     let engine = Engine::load(&fixture("qwen3"), Device::Cpu, false).expect("loads");
@@ -127,8 +162,6 @@ not_yet!(qwen3_moe, "qwen3_moe", "MoE (SwitchGLU experts, 8-bit router) not impl
 not_yet!(gpt_oss, "gpt_oss", "gpt-oss (mxfp4 experts, attention sinks, yarn) not implemented yet");
 not_yet!(gemma4, "gemma4", "gemma4 (per-layer inputs, KV sharing) not implemented yet");
 not_yet!(gemma4_moe, "gemma4-moe", "gemma4 MoE not implemented yet");
-not_yet!(qwen3_5, "qwen3_5", "qwen3_5 hybrid (gated delta-net) not implemented yet");
-not_yet!(qwen3_next, "qwen3_next", "qwen3_next hybrid (gated delta-net + MoE) not implemented yet");
 not_yet!(glm4_moe, "glm4_moe", "glm4_moe not implemented yet");
 not_yet!(deepseek_v3, "deepseek_v3", "deepseek_v3 (MLA, MoE) not implemented yet");
 not_yet!(minimax, "minimax", "minimax not implemented yet");

@@ -56,7 +56,7 @@ impl RopeSpec {
     }
 
     /// Rotates `x` `[b, heads, t, head_dim]` at positions `start..start + t`.
-    fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+    pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let (_, _, t, head_dim) = x.dims4()?;
         let (cos, sin) = self.cos_sin(start, t, x.device())?;
         let rotated = if self.dims == head_dim { x.clone() } else { x.narrow(D::Minus1, 0, self.dims)? };

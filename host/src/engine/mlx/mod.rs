@@ -4,6 +4,8 @@
 //! - [`quant`]: MLX affine (2/3/4/5/6/8-bit) and mxfp4 packing, unpacked to f32.
 //! - [`dense`]: the dense decoder shared by the Llama-like architectures.
 //! - [`archs`]: one `Config` per architecture, read from its own `config.json` names.
+//! - [`qwen3_next`], [`qwen3_5`]: the hybrid decoder with gated delta-net layers
+//!   ([`gated_delta`]) whose recurrent state lives in the engine's [`KvCache`](super::KvCache).
 //!
 //! Weights are dequantized to f32 at load time. That is exact (bit for bit what
 //! `mx.dequantize` gives) and lets the parity tests hold mlx-lm's f32 logits to 1e-3,
@@ -13,7 +15,10 @@
 
 pub mod archs;
 pub mod dense;
+pub mod gated_delta;
 pub mod quant;
+pub mod qwen3_5;
+pub mod qwen3_next;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use super::EngineError;
+use super::models::CausalLm;
 
 /// How one module's weight is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +35,26 @@ pub struct QuantSpec {
     pub bits: usize,
     pub group_size: usize,
     pub mxfp4: bool,
+}
+
+/// The model for the checkpoint's `model_type`: a hybrid decoder of its own, else the dense
+/// decoder with the architecture's [`dense::DenseSpec`].
+pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dyn CausalLm>, EngineError> {
+    let arch = ckpt.model_type()?;
+    match arch.as_str() {
+        "qwen3_next" => {
+            let spec = qwen3_next::Config::from_json(&ckpt.config)?.spec()?;
+            Ok(Box::new(qwen3_next::Qwen3Next::load(ckpt, spec, device, progress)?))
+        }
+        "qwen3_5" | "qwen3_5_moe" => {
+            let spec = qwen3_5::Config::from_json(&ckpt.config)?.spec(&arch, ckpt)?;
+            Ok(Box::new(qwen3_next::Qwen3Next::load(ckpt, spec, device, progress)?))
+        }
+        _ => {
+            let spec = archs::dense_spec(&arch, &ckpt.config)?;
+            Ok(Box::new(dense::DenseDecoder::load(ckpt, spec, device, progress)?))
+        }
+    }
 }
 
 /// An MLX checkpoint directory, loaded.
