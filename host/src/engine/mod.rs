@@ -141,8 +141,7 @@ impl Engine {
         let arch = ckpt.model_type()?;
         let tokenizer = ModelTokenizer::from_dir(dir, &ckpt.config)?;
         let template = ChatTemplate::from_dir(dir, &tokenizer)?;
-        let spec = mlx::archs::dense_spec(&arch, &ckpt.config)?;
-        let model = Box::new(mlx::dense::DenseDecoder::load(&ckpt, spec, &device, progress)?);
+        let model = mlx::load(&ckpt, &device, progress)?;
         Ok(Self { model, tokenizer, template, arch, device, grammar: std::sync::OnceLock::new() })
     }
 

@@ -4,6 +4,10 @@
 //! - [`quant`]: MLX affine (2/3/4/5/6/8-bit) and mxfp4 packing, unpacked to f32.
 //! - [`dense`]: the dense decoder shared by the Llama-like architectures.
 //! - [`archs`]: one `Config` per architecture, read from its own `config.json` names.
+//! - [`qwen3_moe`]: an architecture with its own file; [`switch`]: the stacked experts of
+//!   the MoE ones.
+//!
+//! [`load`] picks the model for a checkpoint's `model_type`.
 //!
 //! Weights are dequantized to f32 at load time. That is exact (bit for bit what
 //! `mx.dequantize` gives) and lets the parity tests hold mlx-lm's f32 logits to 1e-3,
@@ -14,6 +18,8 @@
 pub mod archs;
 pub mod dense;
 pub mod quant;
+pub mod qwen3_moe;
+pub mod switch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +28,20 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use super::EngineError;
+use super::models::CausalLm;
+
+/// The model of `ckpt`'s `model_type`: an architecture with its own file, else the dense
+/// decoder with the spec [`archs::dense_spec`] gives.
+pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dyn CausalLm>, EngineError> {
+    let arch = ckpt.model_type()?;
+    match arch.as_str() {
+        "qwen3_moe" => Ok(Box::new(qwen3_moe::load(ckpt, device, progress)?)),
+        _ => {
+            let spec = archs::dense_spec(&arch, &ckpt.config)?;
+            Ok(Box::new(dense::DenseDecoder::load(ckpt, spec, device, progress)?))
+        }
+    }
+}
 
 /// How one module's weight is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
