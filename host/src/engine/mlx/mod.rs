@@ -4,8 +4,8 @@
 //! - [`quant`]: MLX affine (2/3/4/5/6/8-bit) and mxfp4 packing, unpacked to f32.
 //! - [`dense`]: the dense decoder shared by the Llama-like architectures.
 //! - [`archs`]: one `Config` per architecture, read from its own `config.json` names.
-//! - [`qwen3_moe`]: an architecture with its own file; [`switch`]: the stacked experts of
-//!   the MoE ones.
+//! - [`qwen3_moe`], [`gemma4`]: architectures with their own files; [`switch`]: the
+//!   stacked experts of the MoE ones.
 //!
 //! [`load`] picks the model for a checkpoint's `model_type`.
 //!
@@ -17,6 +17,7 @@
 
 pub mod archs;
 pub mod dense;
+pub mod gemma4;
 pub mod quant;
 pub mod qwen3_moe;
 pub mod switch;
@@ -36,6 +37,7 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
     let arch = ckpt.model_type()?;
     match arch.as_str() {
         "qwen3_moe" => Ok(Box::new(qwen3_moe::load(ckpt, device, progress)?)),
+        "gemma4" | "gemma4_text" => Ok(Box::new(gemma4::Gemma4::load(ckpt, device, progress)?)),
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;
             Ok(Box::new(dense::DenseDecoder::load(ckpt, spec, device, progress)?))
