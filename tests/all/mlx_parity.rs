@@ -148,6 +148,12 @@ fn the_chat_template_and_tokenizer_come_from_the_checkpoint() {
     assert_eq!(engine.tokenizer.decode(&ids).expect("decodes"), prompt);
 }
 
+/// `gemma4-moe` has model_type `gemma4`, so `SUPPORTED` reaches it only through this test.
+#[test]
+fn gemma4_moe() {
+    check("gemma4-moe").unwrap_or_else(|e| panic!("{e}"));
+}
+
 macro_rules! not_yet {
     ($name:ident, $fixture:literal, $why:literal) => {
         #[test]
@@ -158,12 +164,30 @@ macro_rules! not_yet {
     };
 }
 
-not_yet!(qwen3_moe, "qwen3_moe", "MoE (SwitchGLU experts, 8-bit router) not implemented yet");
 not_yet!(gpt_oss, "gpt_oss", "gpt-oss (mxfp4 experts, attention sinks, yarn) not implemented yet");
-not_yet!(gemma4, "gemma4", "gemma4 (per-layer inputs, KV sharing) not implemented yet");
-not_yet!(gemma4_moe, "gemma4-moe", "gemma4 MoE not implemented yet");
 not_yet!(glm4_moe, "glm4_moe", "glm4_moe not implemented yet");
 not_yet!(deepseek_v3, "deepseek_v3", "deepseek_v3 (MLA, MoE) not implemented yet");
 not_yet!(minimax, "minimax", "minimax not implemented yet");
 not_yet!(nemotron_h, "nemotron_h", "nemotron_h (Mamba-2 hybrid) not implemented yet");
 not_yet!(granitemoehybrid, "granitemoehybrid", "granitemoehybrid (Mamba-2 + MoE) not implemented yet");
+
+/// Prefix reuse on models whose layers read other layers' cache entries (Gemma 4's KV
+/// sharing, sliding windows): truncating the cache and prefilling the rest in chunks must
+/// give the logits of one pass over the whole sequence.
+#[test]
+fn chunked_prefill_after_truncate_matches_one_pass() {
+    for name in ["gemma4", "gemma4-moe", "qwen3_moe"] {
+        let engine = Engine::load(&fixture(name), Device::Cpu, false).expect("loads");
+        let tokens: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 256).collect();
+        let mut cache = engine.model.new_cache();
+        let whole: Vec<f32> = engine.model.forward(&tokens, &mut cache).and_then(|t| t.to_vec1()).expect("forward");
+        cache.truncate(9).expect("truncates");
+        let _ = engine.model.forward(&tokens[9..13], &mut cache).expect("forward");
+        let mut last: Vec<f32> = Vec::new();
+        for &t in &tokens[13..] {
+            last = engine.model.forward(&[t], &mut cache).and_then(|t| t.to_vec1()).expect("forward");
+        }
+        let worst = whole.iter().zip(&last).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{name}: chunked logits differ by {worst}");
+    }
+}

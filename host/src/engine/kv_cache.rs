@@ -61,6 +61,12 @@ impl KvCache {
         }
     }
 
+    /// Everything cached for `layer` so far (including this step once it appended), for a
+    /// layer that attends over another layer's keys and values (Gemma 4's KV sharing).
+    pub fn get(&self, layer: usize) -> Option<(Tensor, Tensor)> {
+        self.layers.get(layer).cloned().flatten()
+    }
+
     /// Marks `n` more tokens as cached (after every layer appended them).
     pub fn advance(&mut self, n: usize) {
         self.len += n;

@@ -10,10 +10,21 @@ use crate::engine::EngineError;
 
 /// Architectures (`model_type`) this build loads from MLX checkpoints, each held to
 /// mlx-lm's logits by `tests/all/mlx_parity.rs` on `tests/fixtures/mlx/<model_type>`.
-pub const SUPPORTED: &[&str] =
-    &["llama", "qwen2", "qwen3", "smollm3", "phi3", "mistral3", "gemma3_text", "qwen3_5", "qwen3_next"];
+pub const SUPPORTED: &[&str] = &[
+    "llama",
+    "qwen2",
+    "qwen3",
+    "smollm3",
+    "phi3",
+    "mistral3",
+    "gemma3_text",
+    "qwen3_5",
+    "qwen3_next",
+    "qwen3_moe",
+    "gemma4",
+];
 
-fn parse<T: for<'de> Deserialize<'de>>(config: &Value, arch: &str) -> Result<T, EngineError> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(config: &Value, arch: &str) -> Result<T, EngineError> {
     T::deserialize(config).map_err(|e| EngineError::Metadata(format!("{arch} config.json: {e}")))
 }
 
@@ -43,12 +54,12 @@ fn default_theta() -> f32 {
 }
 
 impl Common {
-    fn head_dim(&self) -> usize {
+    pub(crate) fn head_dim(&self) -> usize {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// The spec of a plain Llama block; families adjust it.
-    fn spec(&self, arch: &str, tied_default: bool, rope: Option<RopeSpec>) -> DenseSpec {
+    pub(crate) fn spec(&self, arch: &str, tied_default: bool, rope: Option<RopeSpec>) -> DenseSpec {
         let head_dim = self.head_dim();
         DenseSpec {
             arch: arch.to_string(),

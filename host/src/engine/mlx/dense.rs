@@ -104,6 +104,22 @@ pub struct DenseSpec {
     pub query_scale: Option<(f32, usize)>,
 }
 
+/// A feed-forward block an architecture file puts in place of the gated MLP of a layer
+/// (a mixture of experts); `x` is `[b, t, hidden]`.
+pub trait FeedForward: Send + Sync {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+/// Picks a layer's custom feed-forward block from its index and tensor prefix
+/// (`model.layers.3`); `None` keeps the gated MLP.
+pub type FeedForwardLoader<'a> =
+    dyn Fn(usize, &str) -> std::result::Result<Option<Box<dyn FeedForward>>, EngineError> + 'a;
+
+enum Mlp {
+    Gated { gate: candle_nn::Linear, up: candle_nn::Linear, down: candle_nn::Linear },
+    Custom(Box<dyn FeedForward>),
+}
+
 struct Layer {
     input_norm: Tensor,
     /// The pre-MLP norm (`post_attention_layernorm` outside Gemma).
@@ -116,9 +132,7 @@ struct Layer {
     o: candle_nn::Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    gate: candle_nn::Linear,
-    up: candle_nn::Linear,
-    down: candle_nn::Linear,
+    mlp: Mlp,
 }
 
 #[allow(missing_debug_implementations)]
@@ -149,6 +163,18 @@ impl DenseDecoder {
         spec: DenseSpec,
         device: &Device,
         progress: bool,
+    ) -> std::result::Result<Self, EngineError> {
+        Self::load_with(ckpt, spec, device, progress, &|_, _| Ok(None))
+    }
+
+    /// Like [`Self::load`], with the feed-forward block of some layers supplied by
+    /// `custom_ffn` (MoE architectures that otherwise share this decoder).
+    pub fn load_with(
+        ckpt: &Checkpoint,
+        spec: DenseSpec,
+        device: &Device,
+        progress: bool,
+        custom_ffn: &FeedForwardLoader<'_>,
     ) -> std::result::Result<Self, EngineError> {
         let p = &spec.prefix;
         let norm = |name: &str| -> std::result::Result<Tensor, EngineError> {
@@ -183,16 +209,24 @@ impl DenseDecoder {
                     ckpt.linear(&format!("{l}.self_attn.v_proj"), device)?,
                 )
             };
-            let (gate, up) = if spec.fused_projections {
-                let fused = ckpt.linear(&format!("{l}.mlp.gate_up_proj"), device)?;
-                let ffn = fused.weight().dim(0)? / 2;
-                let mut parts = split_rows(fused, &[ffn, ffn])?;
-                match (parts.pop(), parts.pop()) {
-                    (Some(up), Some(gate)) => (gate, up),
-                    _ => return Err(EngineError::Metadata(format!("{l}.mlp.gate_up_proj has the wrong shape"))),
+            let mlp = match custom_ffn(i, &l)? {
+                Some(ffn) => Mlp::Custom(ffn),
+                None if spec.fused_projections => {
+                    let fused = ckpt.linear(&format!("{l}.mlp.gate_up_proj"), device)?;
+                    let ffn = fused.weight().dim(0)? / 2;
+                    let mut parts = split_rows(fused, &[ffn, ffn])?;
+                    match (parts.pop(), parts.pop()) {
+                        (Some(up), Some(gate)) => {
+                            Mlp::Gated { gate, up, down: ckpt.linear(&format!("{l}.mlp.down_proj"), device)? }
+                        }
+                        _ => return Err(EngineError::Metadata(format!("{l}.mlp.gate_up_proj has the wrong shape"))),
+                    }
                 }
-            } else {
-                (ckpt.linear(&format!("{l}.mlp.gate_proj"), device)?, ckpt.linear(&format!("{l}.mlp.up_proj"), device)?)
+                None => Mlp::Gated {
+                    gate: ckpt.linear(&format!("{l}.mlp.gate_proj"), device)?,
+                    up: ckpt.linear(&format!("{l}.mlp.up_proj"), device)?,
+                    down: ckpt.linear(&format!("{l}.mlp.down_proj"), device)?,
+                },
             };
             let (ffn_norm, post_attn_norm, post_ffn_norm) = if spec.sandwich_norms {
                 (
@@ -217,9 +251,7 @@ impl DenseDecoder {
                 o: ckpt.linear(&format!("{l}.self_attn.o_proj"), device)?,
                 q_norm: qk("q_norm")?,
                 k_norm: qk("k_norm")?,
-                gate,
-                up,
-                down: ckpt.linear(&format!("{l}.mlp.down_proj"), device)?,
+                mlp,
             });
             bar.inc(1);
         }
@@ -267,12 +299,16 @@ impl DenseDecoder {
     }
 
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        let gate = layer.gate.forward(x)?;
+        let (gate, up, down) = match &layer.mlp {
+            Mlp::Gated { gate, up, down } => (gate, up, down),
+            Mlp::Custom(ffn) => return ffn.forward(x),
+        };
+        let gate = gate.forward(x)?;
         let gate = match self.spec.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        layer.down.forward(&(gate * layer.up.forward(x)?)?)
+        down.forward(&(gate * up.forward(x)?)?)
     }
 }
 

@@ -6,19 +6,24 @@
 //! - [`archs`]: one `Config` per architecture, read from its own `config.json` names.
 //! - [`qwen3_next`], [`qwen3_5`]: the hybrid decoder with gated delta-net layers
 //!   ([`gated_delta`]) whose recurrent state lives in the engine's [`KvCache`](super::KvCache).
+//! - [`qwen3_moe`], [`gemma4`]: architectures with their own files; [`switch`]: the
+//!   stacked experts of the MoE ones.
+//!
+//! [`load`] picks the model for a checkpoint's `model_type`.
 //!
 //! Weights are dequantized to f32 at load time. That is exact (bit for bit what
 //! `mx.dequantize` gives) and lets the parity tests hold mlx-lm's f32 logits to 1e-3,
-//! at the cost of 8x the memory of 4-bit weights. A packed kernel that keeps the
-//! weights quantized (4-bit groups map exactly onto Q4_1 blocks when scales and biases
-//! fit in f16) is the next step for real models; see `quant::to_q4_1_blocks`.
+//! at the cost of 8x the memory of 4-bit weights.
 
 pub mod archs;
 pub mod dense;
 pub mod gated_delta;
+pub mod gemma4;
 pub mod quant;
 pub mod qwen3_5;
+pub mod qwen3_moe;
 pub mod qwen3_next;
+pub mod switch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +47,8 @@ pub struct QuantSpec {
 pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dyn CausalLm>, EngineError> {
     let arch = ckpt.model_type()?;
     match arch.as_str() {
+        "qwen3_moe" => Ok(Box::new(qwen3_moe::load(ckpt, device, progress)?)),
+        "gemma4" | "gemma4_text" => Ok(Box::new(gemma4::Gemma4::load(ckpt, device, progress)?)),
         "qwen3_next" => {
             let spec = qwen3_next::Config::from_json(&ckpt.config)?.spec()?;
             Ok(Box::new(qwen3_next::Qwen3Next::load(ckpt, spec, device, progress)?))
