@@ -70,6 +70,55 @@ fn check_model(file: &str, name: &str, greedy_too: bool) {
     assert!(!failed, "{name} greedy parity with llama.cpp:\n{}", report.join("\n"));
 }
 
+/// Largest logit gap (ours) between our top token and llama.cpp's greedy token, when our
+/// model is fed llama.cpp's continuation. Exact token-for-token agreement needs bit-exact
+/// kernels (the strict tests above stay ignored); where the two disagree, it must be a
+/// near tie for us.
+const NEAR_TIE: f32 = 0.5;
+/// gemma-3-270m's K-quant layers still run on Candle's x86 kernels, whose multi-row and
+/// one-row paths differ by up to ~1 logit (`gemma3_batched_prefill_equals_...`); its
+/// bound is that noise until those layers get our own kernels.
+const NEAR_TIE_CANDLE_K_QUANTS: f32 = 1.0;
+
+/// Teacher-forced comparison along llama.cpp's greedy continuation of every case.
+fn follows_llama_cpp(file: &str, name: &str, limit: f32) {
+    let engine = Engine::load(&model(file), candle_core::Device::Cpu, false).expect("loads");
+    let doc = reference(name);
+    let mut report = Vec::new();
+    let mut worst = 0f32;
+    for case in doc["cases"].as_array().expect("cases") {
+        let prompt: Vec<u32> = serde_json::from_value(case["prompt_tokens"].clone()).expect("ids");
+        let want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).expect("ids");
+        let mut cache = engine.model.new_cache();
+        let mut logits: Vec<f32> = engine.model.forward(&prompt, &mut cache).expect("prefill").to_vec1().expect("f32");
+        let (mut agree, mut case_worst) = (0, 0f32);
+        for &token in &want {
+            let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let gap = top - logits[token as usize];
+            case_worst = case_worst.max(gap);
+            agree += usize::from(gap == 0.0);
+            logits = engine.model.forward(&[token], &mut cache).expect("decode").to_vec1().expect("f32");
+        }
+        worst = worst.max(case_worst);
+        report.push(format!(
+            "{:?}: our top token is llama.cpp's at {agree}/{} steps, largest gap {case_worst:.3}",
+            case["prompt"],
+            want.len()
+        ));
+    }
+    assert!(worst <= limit, "{name} against llama.cpp (gap limit {limit}):\n{}", report.join("\n"));
+}
+
+#[test]
+fn smollm2_follows_llama_cpp_within_near_ties() {
+    follows_llama_cpp("SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1", NEAR_TIE);
+}
+
+#[test]
+fn gemma3_follows_llama_cpp_within_near_ties() {
+    follows_llama_cpp("gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m", NEAR_TIE_CANDLE_K_QUANTS);
+}
+
 #[test]
 fn smollm2_tokenizes_like_llama_cpp() {
     check_model("SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1", false);
@@ -84,14 +133,14 @@ fn gemma3_tokenizes_like_llama_cpp() {
 // fourth case drifts at a near-tie. Closing the gap needs llama.cpp's numerics in the hot
 // kernels (its activation quantization and attention precision), which the engine issue owns.
 #[test]
-#[ignore = "greedy drift after 12 tokens on 1 of 4 prompts; needs llama.cpp-matching kernels (engine issue)"]
+#[ignore = "2 of 4 prompts drift after 5-6 tokens at near ties (gap <= 0.08, smollm2_follows_llama_cpp_within_near_ties); token-exact needs bit-exact kernels for every op"]
 fn smollm2_greedy_matches_llama_cpp_token_for_token() {
     check_model("SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1", true);
 }
 
 // Measured 2026-11-25: 18, 23, 23 and 7 of 32 tokens match before drift.
 #[test]
-#[ignore = "greedy drift after 7-23 tokens; needs llama.cpp-matching kernels (engine issue)"]
+#[ignore = "drift after 3-23 tokens at near ties (gemma3_follows_llama_cpp_within_near_ties); K-quant layers still on Candle kernels"]
 fn gemma3_greedy_matches_llama_cpp_token_for_token() {
     check_model("gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m", true);
 }
@@ -120,7 +169,9 @@ fn streamed_generation_equals_the_greedy_tokens_and_stops_cleanly() {
     let doc = reference("SmolLM2-135M-Instruct.Q4_1");
     let case = &doc["cases"][0];
     let prompt_tokens: Vec<u32> = serde_json::from_value(case["prompt_tokens"].clone()).expect("ids");
-    let want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).expect("ids");
+    // Our own greedy ids, from the model directly: the token loop must stream exactly them.
+    let want = greedy(&engine, prompt_tokens.clone(), 20);
+    assert_eq!(want.len(), 20, "this prompt runs 20 tokens without an end of sequence");
     let request = GenerationRequest {
         prompt_tokens,
         max_tokens: want.len(),

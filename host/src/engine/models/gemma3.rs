@@ -5,10 +5,10 @@
 //! already added), per-head Q/K norms, GELU gating, half-rotation RoPE, and five local
 //! (sliding-window, RoPE base 10k) layers for every global one.
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
+use super::{CausalLm, QLinear, attention_mask, layer_progress, repeat_kv, rms_norm};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -53,17 +53,17 @@ impl Config {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
+    wo: QLinear,
     q_norm: Tensor,
     k_norm: Tensor,
     post_attn_norm: Tensor,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: QLinear,
+    w_up: QLinear,
+    w_down: QLinear,
     post_ffn_norm: Tensor,
 }
 
@@ -94,7 +94,7 @@ pub struct Gemma3 {
     embeddings: QTensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: QLinear,
     global_rope: Rope,
     local_rope: Rope,
 }
@@ -107,16 +107,16 @@ impl Gemma3 {
         };
         let embeddings = gguf.tensor("token_embd.weight", device)?;
         let output = if gguf.has_tensor("output.weight") {
-            QMatMul::from_qtensor(gguf.tensor("output.weight", device)?)?
+            QLinear::from_qtensor(gguf.tensor("output.weight", device)?)?
         } else {
-            QMatMul::from_qtensor(gguf.tensor("token_embd.weight", device)?)?
+            QLinear::from_qtensor(gguf.tensor("token_embd.weight", device)?)?
         };
         let norm = dense(gguf, "output_norm.weight")?;
         let bar = layer_progress(progress, cfg.layers, "gemma3");
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
-            let mut q = |name: &str| -> std::result::Result<QMatMul, EngineError> {
-                Ok(QMatMul::from_qtensor(gguf.tensor(&format!("blk.{i}.{name}.weight"), device)?)?)
+            let mut q = |name: &str| -> std::result::Result<QLinear, EngineError> {
+                Ok(QLinear::from_qtensor(gguf.tensor(&format!("blk.{i}.{name}.weight"), device)?)?)
             };
             let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
             let (w_gate, w_up, w_down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);

@@ -3,10 +3,10 @@
 //! GGUF stores Q and K permuted for llama.cpp's interleaved rotary embedding, so this
 //! file rotates adjacent pairs (`rope_i`), as llama.cpp does.
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
+use super::{CausalLm, QLinear, attention_mask, layer_progress, repeat_kv, rms_norm};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -42,14 +42,14 @@ impl Config {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
+    wo: QLinear,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: QLinear,
+    w_up: QLinear,
+    w_down: QLinear,
 }
 
 #[allow(missing_debug_implementations)]
@@ -58,7 +58,7 @@ pub struct Llama {
     embeddings: QTensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: QLinear,
     cos: Tensor,
     sin: Tensor,
 }
@@ -73,15 +73,15 @@ impl Llama {
         let norm = dense(gguf, "output_norm.weight")?;
         // Tied embeddings: the output projection reuses the (quantized) embedding table.
         let output = if gguf.has_tensor("output.weight") {
-            QMatMul::from_qtensor(gguf.tensor("output.weight", device)?)?
+            QLinear::from_qtensor(gguf.tensor("output.weight", device)?)?
         } else {
-            QMatMul::from_qtensor(gguf.tensor("token_embd.weight", device)?)?
+            QLinear::from_qtensor(gguf.tensor("token_embd.weight", device)?)?
         };
         let bar = layer_progress(progress, cfg.layers, "llama");
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
-            let mut q = |name: &str| -> std::result::Result<QMatMul, EngineError> {
-                Ok(QMatMul::from_qtensor(gguf.tensor(&format!("blk.{i}.{name}.weight"), device)?)?)
+            let mut q = |name: &str| -> std::result::Result<QLinear, EngineError> {
+                Ok(QLinear::from_qtensor(gguf.tensor(&format!("blk.{i}.{name}.weight"), device)?)?)
             };
             let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
             let (w_gate, w_up, w_down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);

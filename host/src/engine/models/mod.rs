@@ -4,7 +4,9 @@
 pub mod gemma3;
 pub mod llama;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Result, Tensor};
+use rapid_kernels::{Format, Q8Rows, QuantMatrix};
 
 use super::gguf::GgufFile;
 use super::{EngineError, KvCache};
@@ -30,6 +32,53 @@ pub fn load(
         "llama" => Ok(Box::new(llama::Llama::load(gguf, device, progress)?)),
         "gemma3" => Ok(Box::new(gemma3::Gemma3::load(gguf, device, progress)?)),
         other => Err(EngineError::UnsupportedArch(other.to_string())),
+    }
+}
+
+/// A quantized linear layer (`y = x · Wᵀ`). Q4_1 and Q5_0 weights on the CPU run through
+/// our own AVX2 kernels (`rapid-kernels`: Candle 0.11 has only scalar code for them on
+/// AVX2 machines); every other block type goes through Candle's `QMatMul`.
+#[allow(missing_debug_implementations)]
+pub enum QLinear {
+    Candle(QMatMul),
+    Blocks(QuantMatrix),
+}
+
+impl QLinear {
+    pub fn from_qtensor(tensor: QTensor) -> Result<Self> {
+        let format = match tensor.dtype() {
+            GgmlDType::Q4_1 => Some(Format::Q4_1),
+            GgmlDType::Q5_0 => Some(Format::Q5_0),
+            _ => None,
+        };
+        // RAPID_HOST_CANDLE_KERNELS=1 runs Candle's kernels everywhere (A/B comparisons).
+        let format = format.filter(|_| std::env::var_os("RAPID_HOST_CANDLE_KERNELS").is_none());
+        match (format, tensor.device().is_cpu(), tensor.shape().dims2()) {
+            (Some(format), true, Ok((rows, cols))) if cols.is_multiple_of(rapid_kernels::QK) => {
+                let data = tensor.data()?.into_owned();
+                let matrix = QuantMatrix::new(format, rows, cols, data).map_err(candle_core::Error::wrap)?;
+                Ok(Self::Blocks(matrix))
+            }
+            _ => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Candle(m) => m.forward(x),
+            Self::Blocks(m) => {
+                let mut dims = x.dims().to_vec();
+                let cols = dims.last().copied().unwrap_or(0);
+                let values: Vec<f32> = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                let acts = Q8Rows::quantize(&values, cols).map_err(candle_core::Error::wrap)?;
+                let mut out = vec![0f32; acts.rows() * m.rows()];
+                m.matmul(&acts, &mut out).map_err(candle_core::Error::wrap)?;
+                if let Some(last) = dims.last_mut() {
+                    *last = m.rows();
+                }
+                Tensor::from_vec(out, dims, x.device())
+            }
+        }
     }
 }
 

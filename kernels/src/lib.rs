@@ -1,0 +1,477 @@
+//! Quantized matrix products for the block formats Candle 0.11 runs as scalar code on AVX2
+//! machines (its SIMD paths for them need AVX-512): GGUF `Q4_1` (all of SmolLM2's linear
+//! layers, and the exact image of MLX 4-bit affine groups) and `Q5_0` (most of
+//! gemma-3-270m). Weights stay in their GGUF blocks; activations are quantized to 8 bits
+//! per block of 32, as llama.cpp does, and each block product is an integer dot product
+//! scaled once.
+//!
+//! The AVX2 paths are compiled when the target has AVX2 (the repository builds for
+//! x86-64-v3, see `.cargo/config.toml`); other targets use the scalar versions, which are
+//! also the reference the tests hold the SIMD ones to.
+
+// SIMD intrinsics need `unsafe`; each use is an arithmetic intrinsic on in-bounds data.
+#![allow(unsafe_code)]
+
+use rayon::prelude::*;
+
+/// Values per quantization block.
+pub const QK: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelError {
+    Shape(String),
+}
+
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Shape(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+/// GGUF block formats with a kernel here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `d: f16, m: f16, qs: [u8; 16]`; `w = d * q + m`, q in 0..16.
+    Q4_1,
+    /// `d: f16, qh: [u8; 4], qs: [u8; 16]`; `w = d * (q - 16)`, q in 0..32.
+    Q5_0,
+}
+
+impl Format {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+        }
+    }
+}
+
+/// Rows of activations quantized per block of 32: `x ≈ d * q`, with `s = d * Σq` kept for
+/// formats whose weights carry an offset.
+#[derive(Debug, Clone)]
+pub struct Q8Rows {
+    rows: usize,
+    blocks_per_row: usize,
+    d: Vec<f32>,
+    s: Vec<f32>,
+    qs: Vec<i8>,
+}
+
+impl Q8Rows {
+    /// Quantizes `x`, `rows × cols` row-major; `cols` must be a multiple of 32.
+    pub fn quantize(x: &[f32], cols: usize) -> Result<Self, KernelError> {
+        if cols == 0 || !cols.is_multiple_of(QK) || !x.len().is_multiple_of(cols) {
+            return Err(KernelError::Shape(format!(
+                "{} values do not make rows of {cols} (a multiple of 32)",
+                x.len()
+            )));
+        }
+        let blocks = x.len() / QK;
+        let mut d = vec![0f32; blocks];
+        let mut s = vec![0f32; blocks];
+        let mut qs = vec![0i8; x.len()];
+        for (b, (chunk, q)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
+            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // As llama.cpp's AVX2 quantize_row_q8_1: scale by 127/amax, round half to even.
+            let scale = amax / 127.0;
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let mut sum = 0i32;
+            for (qv, &xv) in q.iter_mut().zip(chunk) {
+                let v = (xv * inv).round_ties_even() as i8;
+                *qv = v;
+                sum += i32::from(v);
+            }
+            // Stored as f16, as llama.cpp's block_q8_0 / block_q8_1 do: same numbers as the
+            // reference implementation, not just close ones.
+            d[b] = half::f16::from_f32(scale).to_f32();
+            s[b] = half::f16::from_f32(scale * sum as f32).to_f32();
+        }
+        Ok(Self { rows: x.len() / cols, blocks_per_row: cols / QK, d, s, qs })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// A weight matrix `[rows (out features), cols (in features)]` in GGUF blocks.
+#[derive(Debug, Clone)]
+pub struct QuantMatrix {
+    format: Format,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// Output features computed per task: a task's weight rows stay in cache while every
+/// activation row goes past them.
+const ROWS_PER_TASK: usize = 16;
+
+impl QuantMatrix {
+    pub fn new(format: Format, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+        if !cols.is_multiple_of(QK) || data.len() != rows * cols / QK * format.block_bytes() {
+            return Err(KernelError::Shape(format!("{} bytes are not a {rows}x{cols} {format:?} matrix", data.len())));
+        }
+        Ok(Self { format, rows, cols, data })
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn row(&self, o: usize) -> &[u8] {
+        let bytes = self.cols / QK * self.format.block_bytes();
+        &self.data[o * bytes..(o + 1) * bytes]
+    }
+
+    /// `out[r][o] = Σ_k w[o][k] · x[r][k]`; `out` is `x.rows() × self.rows()`.
+    pub fn matmul(&self, x: &Q8Rows, out: &mut [f32]) -> Result<(), KernelError> {
+        if x.blocks_per_row * QK != self.cols || out.len() != x.rows * self.rows {
+            return Err(KernelError::Shape(format!(
+                "{}x{} activations against a {}x{} matrix into {} outputs",
+                x.rows,
+                x.blocks_per_row * QK,
+                self.rows,
+                self.cols,
+                out.len()
+            )));
+        }
+        let n = x.rows;
+        let dot = |o: usize, r: usize| {
+            let blocks = r * x.blocks_per_row..(r + 1) * x.blocks_per_row;
+            let act =
+                Act { d: &x.d[blocks.clone()], s: &x.s[blocks.clone()], qs: &x.qs[blocks.start * QK..blocks.end * QK] };
+            match self.format {
+                Format::Q4_1 => dot_q4_1(self.row(o), &act),
+                Format::Q5_0 => dot_q5_0(self.row(o), &act),
+            }
+        };
+        if n == 1 {
+            out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
+                for (i, v) in chunk.iter_mut().enumerate() {
+                    *v = dot(task * ROWS_PER_TASK + i, 0);
+                }
+            });
+            return Ok(());
+        }
+        // Feature-major scratch, so each task owns a contiguous slice, then transpose.
+        let mut scratch = vec![0f32; out.len()];
+        scratch.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, chunk)| {
+            for (i, feature) in chunk.chunks_exact_mut(n).enumerate() {
+                let o = task * ROWS_PER_TASK + i;
+                for (r, v) in feature.iter_mut().enumerate() {
+                    *v = dot(o, r);
+                }
+            }
+        });
+        for (o, feature) in scratch.chunks_exact(n).enumerate() {
+            for (r, v) in feature.iter().enumerate() {
+                out[r * self.rows + o] = *v;
+            }
+        }
+        Ok(())
+    }
+
+    /// The weights as f32, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for block in self.data.chunks_exact(self.format.block_bytes()) {
+            match self.format {
+                Format::Q4_1 => {
+                    let (d, m) = (f16(block, 0), f16(block, 2));
+                    let qs = &block[4..20];
+                    out.extend(qs.iter().map(|q| d * f32::from(q & 0xF) + m));
+                    out.extend(qs.iter().map(|q| d * f32::from(q >> 4) + m));
+                }
+                Format::Q5_0 => {
+                    let d = f16(block, 0);
+                    let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+                    let qs = &block[6..22];
+                    for j in 0..QK {
+                        let low = if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 };
+                        let q = i32::from(low) | (((qh >> j) & 1) as i32) << 4;
+                        out.push(d * (q - 16) as f32);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn f16(block: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
+}
+
+/// One activation row.
+struct Act<'a> {
+    d: &'a [f32],
+    s: &'a [f32],
+    qs: &'a [i8],
+}
+
+fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        avx2::dot_q4_1(row, x)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        scalar::dot_q4_1(row, x)
+    }
+}
+
+fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        avx2::dot_q5_0(row, x)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        scalar::dot_q5_0(row, x)
+    }
+}
+
+// The reference for the SIMD versions; the kernel itself on targets without them.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"), allow(dead_code))]
+mod scalar {
+    use super::{Act, QK, f16};
+
+    pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
+        let mut sum = 0f32;
+        for (b, block) in row.chunks_exact(20).enumerate() {
+            let (d, m) = (f16(block, 0), f16(block, 2));
+            let qx = &x.qs[b * QK..(b + 1) * QK];
+            let mut acc = 0i32;
+            for j in 0..16 {
+                acc += i32::from(block[4 + j] & 0xF) * i32::from(qx[j]);
+                acc += i32::from(block[4 + j] >> 4) * i32::from(qx[j + 16]);
+            }
+            sum += d * x.d[b] * acc as f32 + m * x.s[b];
+        }
+        sum
+    }
+
+    pub fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
+        let mut sum = 0f32;
+        for (b, block) in row.chunks_exact(22).enumerate() {
+            let d = f16(block, 0);
+            let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+            let qx = &x.qs[b * QK..(b + 1) * QK];
+            let mut acc = 0i32;
+            for j in 0..QK {
+                let low = if j < 16 { block[6 + j] & 0xF } else { block[6 + j - 16] >> 4 };
+                let q = i32::from(low) | (((qh >> j) & 1) as i32) << 4;
+                acc += (q - 16) * i32::from(qx[j]);
+            }
+            sum += d * x.d[b] * acc as f32;
+        }
+        sum
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Act, QK, f16};
+
+    /// 16 bytes of nibbles → 32 bytes: low nibbles first, then high nibbles.
+    #[inline(always)]
+    unsafe fn bytes_from_nibbles_32(p: &[u8]) -> __m256i {
+        debug_assert!(p.len() >= 16);
+        unsafe {
+            let tmp = _mm_loadu_si128(p.as_ptr().cast());
+            let bytes = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
+            _mm256_and_si256(_mm256_set1_epi8(0xF), bytes)
+        }
+    }
+
+    /// Byte j is 0xFF where bit j of `bits` is set.
+    #[inline(always)]
+    unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
+        unsafe {
+            let shuffle = _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0x0000_0000_0000_0000,
+            );
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuffle);
+            let bit_mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
+            _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit_mask), _mm256_set1_epi64x(-1))
+        }
+    }
+
+    /// Σ unsigned(a) · signed(b) over 32 byte pairs, as 8 float lanes.
+    #[inline(always)]
+    unsafe fn mul_sum_us8(a: __m256i, b: __m256i) -> __m256 {
+        unsafe {
+            let dot = _mm256_maddubs_epi16(a, b);
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
+        let blocks = row.len() / 20;
+        assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks && x.s.len() >= blocks);
+        let mut offsets = 0f32;
+        // SAFETY: AVX2/FMA are enabled for this target; loads read 16 and 32 bytes inside
+        // `row` and `x.qs` (checked above).
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for b in 0..blocks {
+                let block = &row[b * 20..b * 20 + 20];
+                let (d, m) = (f16(block, 0), f16(block, 2));
+                offsets += m * x.s[b];
+                let qw = bytes_from_nibbles_32(&block[4..]);
+                let qx = _mm256_loadu_si256(x.qs[b * QK..].as_ptr().cast());
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[b]), mul_sum_us8(qw, qx), acc);
+            }
+            hsum(acc) + offsets
+        }
+    }
+
+    pub fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
+        let blocks = row.len() / 22;
+        assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks);
+        // SAFETY: as in `dot_q4_1`.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for b in 0..blocks {
+                let block = &row[b * 22..b * 22 + 22];
+                let d = f16(block, 0);
+                let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+                // q - 16 as signed bytes: where the high bit is clear, set the top nibble.
+                let low = bytes_from_nibbles_32(&block[6..]);
+                let high = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0_u8 as i8));
+                let qw = _mm256_or_si256(low, high);
+                let qx = _mm256_loadu_si256(x.qs[b * QK..].as_ptr().cast());
+                // signed × signed via |w| and sign(x, w).
+                let prod = mul_sum_us8(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[b]), prod, acc);
+            }
+            hsum(acc)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes.
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 33) as u8
+            })
+            .collect()
+    }
+
+    /// A matrix with random codes and sane f16 scales.
+    fn matrix(format: Format, rows: usize, cols: usize) -> QuantMatrix {
+        let mut data = bytes(rows * cols / QK * format.block_bytes(), 7);
+        for block in data.chunks_exact_mut(format.block_bytes()) {
+            let d = half::f16::from_f32(0.01 + f32::from(block[0]) / 5000.0).to_le_bytes();
+            block[0..2].copy_from_slice(&d);
+            if format == Format::Q4_1 {
+                let m = half::f16::from_f32(-0.05 + f32::from(block[2]) / 3000.0).to_le_bytes();
+                block[2..4].copy_from_slice(&m);
+            }
+        }
+        QuantMatrix::new(format, rows, cols, data).expect("shape")
+    }
+
+    fn activations(rows: usize, cols: usize) -> Vec<f32> {
+        bytes(rows * cols, 3).iter().map(|b| (f32::from(*b) - 127.5) / 40.0).collect()
+    }
+
+    #[test]
+    fn simd_and_scalar_agree_and_approximate_f32() {
+        for format in [Format::Q4_1, Format::Q5_0] {
+            let (rows, cols, n) = (37, 256, 3);
+            let w = matrix(format, rows, cols);
+            let x = activations(n, cols);
+            let q = Q8Rows::quantize(&x, cols).expect("quantize");
+            let mut out = vec![0f32; n * rows];
+            w.matmul(&q, &mut out).expect("matmul");
+            let dense = w.dequantize();
+            for r in 0..n {
+                let act = Act {
+                    d: &q.d[r * 8..(r + 1) * 8],
+                    s: &q.s[r * 8..(r + 1) * 8],
+                    qs: &q.qs[r * cols..(r + 1) * cols],
+                };
+                for o in 0..rows {
+                    let scalar = match format {
+                        Format::Q4_1 => scalar::dot_q4_1(w.row(o), &act),
+                        Format::Q5_0 => scalar::dot_q5_0(w.row(o), &act),
+                    };
+                    let got = out[r * rows + o];
+                    assert!(
+                        (got - scalar).abs() <= 1e-3 * scalar.abs().max(1.0),
+                        "{format:?} {r},{o}: {got} vs {scalar}"
+                    );
+                    // 8-bit activations: the error is a small fraction of Σ|w·x|.
+                    let exact: f32 = (0..cols).map(|k| dense[o * cols + k] * x[r * cols + k]).sum();
+                    let magnitude: f32 = (0..cols).map(|k| (dense[o * cols + k] * x[r * cols + k]).abs()).sum();
+                    assert!(
+                        (got - exact).abs() <= 0.01 * magnitude,
+                        "{format:?} {r},{o}: {got} vs {exact} (of {magnitude})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn single_rows_take_the_decode_path() {
+        let w = matrix(Format::Q4_1, 40, 64);
+        let x = activations(1, 64);
+        let q = Q8Rows::quantize(&x, 64).expect("quantize");
+        let mut one = vec![0f32; 40];
+        w.matmul(&q, &mut one).expect("matmul");
+        let twice: Vec<f32> = x.iter().chain(&x).copied().collect();
+        let q2 = Q8Rows::quantize(&twice, 64).expect("quantize");
+        let mut two = vec![0f32; 80];
+        w.matmul(&q2, &mut two).expect("matmul");
+        assert_eq!(&two[..40], &one[..]);
+        assert_eq!(&two[40..], &one[..]);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(QuantMatrix::new(Format::Q4_1, 2, 32, vec![0; 39]).is_err());
+        assert!(Q8Rows::quantize(&[0.0; 33], 33).is_err());
+        let w = matrix(Format::Q4_1, 2, 32);
+        let q = Q8Rows::quantize(&[0.0; 64], 64).expect("quantize");
+        assert!(w.matmul(&q, &mut [0.0; 2]).is_err());
+    }
+}
