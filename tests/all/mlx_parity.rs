@@ -159,7 +159,6 @@ macro_rules! not_yet {
 }
 
 not_yet!(qwen3_moe, "qwen3_moe", "MoE (SwitchGLU experts, 8-bit router) not implemented yet");
-not_yet!(gpt_oss, "gpt_oss", "gpt-oss (mxfp4 experts, attention sinks, yarn) not implemented yet");
 not_yet!(gemma4, "gemma4", "gemma4 (per-layer inputs, KV sharing) not implemented yet");
 not_yet!(gemma4_moe, "gemma4-moe", "gemma4 MoE not implemented yet");
 not_yet!(glm4_moe, "glm4_moe", "glm4_moe not implemented yet");

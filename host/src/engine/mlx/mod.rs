@@ -16,6 +16,8 @@
 pub mod archs;
 pub mod dense;
 pub mod gated_delta;
+pub mod gpt_oss;
+pub mod moe;
 pub mod quant;
 pub mod qwen3_5;
 pub mod qwen3_next;
@@ -49,6 +51,10 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
         "qwen3_5" | "qwen3_5_moe" => {
             let spec = qwen3_5::Config::from_json(&ckpt.config)?.spec(&arch, ckpt)?;
             Ok(Box::new(qwen3_next::Qwen3Next::load(ckpt, spec, device, progress)?))
+        }
+        "gpt_oss" => {
+            let cfg = gpt_oss::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(gpt_oss::GptOss::load(ckpt, cfg, device, progress)?))
         }
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;
