@@ -16,6 +16,7 @@
 pub mod archs;
 pub mod dense;
 pub mod gated_delta;
+pub mod glm4_moe;
 pub mod gpt_oss;
 pub mod moe;
 pub mod quant;
@@ -55,6 +56,10 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
         "gpt_oss" => {
             let cfg = gpt_oss::Config::from_json(&ckpt.config)?;
             Ok(Box::new(gpt_oss::GptOss::load(ckpt, cfg, device, progress)?))
+        }
+        "glm4_moe" => {
+            let cfg = glm4_moe::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(glm4_moe::Glm4Moe::load(ckpt, cfg, device, progress)?))
         }
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;

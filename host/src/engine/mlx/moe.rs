@@ -219,6 +219,40 @@ impl SigmoidRouter {
     }
 }
 
+/// A sigmoid-routed MoE block: `gate` scores the experts, [`SigmoidRouter`] picks them,
+/// plus an always-on shared expert where the architecture has one (DeepSeek-V3 and GLM-4
+/// MoE `shared_experts`; MiniMax has none).
+#[derive(Debug, Clone)]
+pub struct SigmoidMoe {
+    pub gate: candle_nn::Linear,
+    pub router: SigmoidRouter,
+    pub experts: Experts,
+    pub shared: Option<Mlp>,
+}
+
+impl SigmoidMoe {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let xs = x.reshape(((), dims[dims.len() - 1]))?;
+        let logits: Vec<Vec<f32>> = self.gate.forward(&xs)?.to_vec2()?;
+        let routes = self.router.route(&logits)?;
+        let mut y = self.experts.forward(&xs, &routes)?;
+        if let Some(shared) = &self.shared {
+            y = (y + shared.forward(&xs)?)?;
+        }
+        y.reshape(dims)
+    }
+}
+
+/// A plain f32 vector parameter (`e_score_correction_bias`), checked to have `len` entries.
+pub fn vector(ckpt: &Checkpoint, name: &str, len: usize) -> std::result::Result<Vec<f32>, EngineError> {
+    let v: Vec<f32> = ckpt.tensor(name, &Device::Cpu)?.flatten_all()?.to_vec1()?;
+    if v.len() != len {
+        return Err(EngineError::Metadata(format!("{name} has {} entries, expected {len}", v.len())));
+    }
+    Ok(v)
+}
+
 /// Keys and values a query block at positions `past..past + t` attends to, narrowed to a
 /// sliding `window` when there is one, and the additive mask it needs (`None` when every
 /// query sees every remaining key).
