@@ -22,6 +22,7 @@ pub const SUPPORTED: &[&str] = &[
     "qwen3_next",
     "gpt_oss",
     "glm4_moe",
+    "deepseek_v3",
 ];
 
 fn parse<T: for<'de> Deserialize<'de>>(config: &Value, arch: &str) -> Result<T, EngineError> {

@@ -14,6 +14,7 @@
 //! fit in f16) is the next step for real models; see `quant::to_q4_1_blocks`.
 
 pub mod archs;
+pub mod deepseek_v3;
 pub mod dense;
 pub mod gated_delta;
 pub mod glm4_moe;
@@ -60,6 +61,10 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
         "glm4_moe" => {
             let cfg = glm4_moe::Config::from_json(&ckpt.config)?;
             Ok(Box::new(glm4_moe::Glm4Moe::load(ckpt, cfg, device, progress)?))
+        }
+        "deepseek_v3" => {
+            let cfg = deepseek_v3::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(deepseek_v3::DeepseekV3::load(ckpt, cfg, device, progress)?))
         }
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;
