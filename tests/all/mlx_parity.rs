@@ -161,6 +161,5 @@ macro_rules! not_yet {
 not_yet!(qwen3_moe, "qwen3_moe", "MoE (SwitchGLU experts, 8-bit router) not implemented yet");
 not_yet!(gemma4, "gemma4", "gemma4 (per-layer inputs, KV sharing) not implemented yet");
 not_yet!(gemma4_moe, "gemma4-moe", "gemma4 MoE not implemented yet");
-not_yet!(minimax, "minimax", "minimax not implemented yet");
 not_yet!(nemotron_h, "nemotron_h", "nemotron_h (Mamba-2 hybrid) not implemented yet");
 not_yet!(granitemoehybrid, "granitemoehybrid", "granitemoehybrid (Mamba-2 + MoE) not implemented yet");

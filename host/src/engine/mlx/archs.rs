@@ -23,6 +23,7 @@ pub const SUPPORTED: &[&str] = &[
     "gpt_oss",
     "glm4_moe",
     "deepseek_v3",
+    "minimax",
 ];
 
 fn parse<T: for<'de> Deserialize<'de>>(config: &Value, arch: &str) -> Result<T, EngineError> {

@@ -19,6 +19,7 @@ pub mod dense;
 pub mod gated_delta;
 pub mod glm4_moe;
 pub mod gpt_oss;
+pub mod minimax;
 pub mod moe;
 pub mod quant;
 pub mod qwen3_5;
@@ -65,6 +66,10 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
         "deepseek_v3" => {
             let cfg = deepseek_v3::Config::from_json(&ckpt.config)?;
             Ok(Box::new(deepseek_v3::DeepseekV3::load(ckpt, cfg, device, progress)?))
+        }
+        "minimax" => {
+            let cfg = minimax::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(minimax::MiniMax::load(ckpt, cfg, device, progress)?))
         }
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;
