@@ -163,7 +163,7 @@ struct Moe {
 impl Moe {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let xs = x.reshape(((), dims[dims.len() - 1]))?;
+        let xs = x.reshape(((), x.dim(candle_core::D::Minus1)?))?;
         let logits: Vec<Vec<f32>> = self.router.forward(&xs)?.to_vec2()?;
         let routes = moe::route_top_k_softmax(&logits, self.top_k);
         self.experts.forward(&xs, &routes)?.reshape(dims)
@@ -204,6 +204,15 @@ impl GptOss {
             return Err(EngineError::Metadata(format!(
                 "gpt_oss: top-{} of {} experts",
                 cfg.num_experts_per_tok, cfg.num_local_experts
+            )));
+        }
+        if cfg.num_attention_heads == 0
+            || cfg.num_key_value_heads == 0
+            || !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads)
+        {
+            return Err(EngineError::Metadata(format!(
+                "gpt_oss: {} attention heads cannot share {} kv heads",
+                cfg.num_attention_heads, cfg.num_key_value_heads
             )));
         }
         let sliding = cfg.sliding()?;

@@ -6,6 +6,9 @@
 //! - [`archs`]: one `Config` per architecture, read from its own `config.json` names.
 //! - [`qwen3_next`], [`qwen3_5`]: the hybrid decoder with gated delta-net layers
 //!   ([`gated_delta`]) whose recurrent state lives in the engine's [`KvCache`](super::KvCache).
+//! - [`gpt_oss`], [`glm4_moe`], [`deepseek_v3`] (multi-head latent attention), [`minimax`]:
+//!   MoE decoders of their own, built from the shared pieces in [`moe`] (experts that run
+//!   only on the tokens routed to them, mlx-lm's routers, attention with sinks).
 //!
 //! Weights are dequantized to f32 at load time. That is exact (bit for bit what
 //! `mx.dequantize` gives) and lets the parity tests hold mlx-lm's f32 logits to 1e-3,

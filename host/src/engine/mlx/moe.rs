@@ -107,14 +107,6 @@ impl Experts {
         Ok(Self { experts })
     }
 
-    pub fn len(&self) -> usize {
-        self.experts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.experts.is_empty()
-    }
-
     /// `sum_k weight_k * expert_k(x)` per token of `xs` `[tokens, hidden]`.
     pub fn forward(&self, xs: &Tensor, routes: &Routes) -> Result<Tensor> {
         let mut by_expert: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); self.experts.len()];
@@ -233,7 +225,7 @@ pub struct SigmoidMoe {
 impl SigmoidMoe {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let xs = x.reshape(((), dims[dims.len() - 1]))?;
+        let xs = x.reshape(((), x.dim(D::Minus1)?))?;
         let logits: Vec<Vec<f32>> = self.gate.forward(&xs)?.to_vec2()?;
         let routes = self.router.route(&logits)?;
         let mut y = self.experts.forward(&xs, &routes)?;
