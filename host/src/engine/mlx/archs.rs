@@ -22,6 +22,10 @@ pub const SUPPORTED: &[&str] = &[
     "qwen3_next",
     "qwen3_moe",
     "gemma4",
+    "gpt_oss",
+    "glm4_moe",
+    "deepseek_v3",
+    "minimax",
 ];
 
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(config: &Value, arch: &str) -> Result<T, EngineError> {

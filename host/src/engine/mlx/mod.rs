@@ -6,6 +6,9 @@
 //! - [`archs`]: one `Config` per architecture, read from its own `config.json` names.
 //! - [`qwen3_next`], [`qwen3_5`]: the hybrid decoder with gated delta-net layers
 //!   ([`gated_delta`]) whose recurrent state lives in the engine's [`KvCache`](super::KvCache).
+//! - [`gpt_oss`], [`glm4_moe`], [`deepseek_v3`] (multi-head latent attention), [`minimax`]:
+//!   MoE decoders of their own, built from the shared pieces in [`moe`] (experts that run
+//!   only on the tokens routed to them, mlx-lm's routers, attention with sinks).
 //! - [`qwen3_moe`], [`gemma4`]: architectures with their own files; [`switch`]: the
 //!   stacked experts of the MoE ones.
 //!
@@ -16,9 +19,14 @@
 //! at the cost of 8x the memory of 4-bit weights.
 
 pub mod archs;
+pub mod deepseek_v3;
 pub mod dense;
 pub mod gated_delta;
 pub mod gemma4;
+pub mod glm4_moe;
+pub mod gpt_oss;
+pub mod minimax;
+pub mod moe;
 pub mod quant;
 pub mod qwen3_5;
 pub mod qwen3_moe;
@@ -56,6 +64,22 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
         "qwen3_5" | "qwen3_5_moe" => {
             let spec = qwen3_5::Config::from_json(&ckpt.config)?.spec(&arch, ckpt)?;
             Ok(Box::new(qwen3_next::Qwen3Next::load(ckpt, spec, device, progress)?))
+        }
+        "gpt_oss" => {
+            let cfg = gpt_oss::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(gpt_oss::GptOss::load(ckpt, cfg, device, progress)?))
+        }
+        "glm4_moe" => {
+            let cfg = glm4_moe::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(glm4_moe::Glm4Moe::load(ckpt, cfg, device, progress)?))
+        }
+        "deepseek_v3" => {
+            let cfg = deepseek_v3::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(deepseek_v3::DeepseekV3::load(ckpt, cfg, device, progress)?))
+        }
+        "minimax" => {
+            let cfg = minimax::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(minimax::MiniMax::load(ckpt, cfg, device, progress)?))
         }
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;
