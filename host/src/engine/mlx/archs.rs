@@ -10,8 +10,19 @@ use crate::engine::EngineError;
 
 /// Architectures (`model_type`) this build loads from MLX checkpoints, each held to
 /// mlx-lm's logits by `tests/all/mlx_parity.rs` on `tests/fixtures/mlx/<model_type>`.
-pub const SUPPORTED: &[&str] =
-    &["llama", "qwen2", "qwen3", "smollm3", "phi3", "mistral3", "gemma3_text", "qwen3_5", "qwen3_next"];
+pub const SUPPORTED: &[&str] = &[
+    "llama",
+    "qwen2",
+    "qwen3",
+    "smollm3",
+    "phi3",
+    "mistral3",
+    "gemma3_text",
+    "qwen3_5",
+    "qwen3_next",
+    "nemotron_h",
+    "granitemoehybrid",
+];
 
 fn parse<T: for<'de> Deserialize<'de>>(config: &Value, arch: &str) -> Result<T, EngineError> {
     T::deserialize(config).map_err(|e| EngineError::Metadata(format!("{arch} config.json: {e}")))

@@ -6,6 +6,8 @@
 //! - [`archs`]: one `Config` per architecture, read from its own `config.json` names.
 //! - [`qwen3_next`], [`qwen3_5`]: the hybrid decoder with gated delta-net layers
 //!   ([`gated_delta`]) whose recurrent state lives in the engine's [`KvCache`](super::KvCache).
+//! - [`nemotron_h`], [`granitemoehybrid`]: Mamba-2 hybrids ([`mamba2`]), their convolution
+//!   and SSM state in the same per-sequence cache.
 //!
 //! Weights are dequantized to f32 at load time. That is exact (bit for bit what
 //! `mx.dequantize` gives) and lets the parity tests hold mlx-lm's f32 logits to 1e-3,
@@ -16,6 +18,9 @@
 pub mod archs;
 pub mod dense;
 pub mod gated_delta;
+pub mod granitemoehybrid;
+pub mod mamba2;
+pub mod nemotron_h;
 pub mod quant;
 pub mod qwen3_5;
 pub mod qwen3_next;
@@ -49,6 +54,14 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
         "qwen3_5" | "qwen3_5_moe" => {
             let spec = qwen3_5::Config::from_json(&ckpt.config)?.spec(&arch, ckpt)?;
             Ok(Box::new(qwen3_next::Qwen3Next::load(ckpt, spec, device, progress)?))
+        }
+        "nemotron_h" => {
+            let cfg = nemotron_h::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(nemotron_h::NemotronH::load(ckpt, &cfg, device, progress)?))
+        }
+        "granitemoehybrid" => {
+            let cfg = granitemoehybrid::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(granitemoehybrid::GraniteMoeHybrid::load(ckpt, &cfg, device, progress)?))
         }
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;
