@@ -51,8 +51,9 @@ pub struct Config {
     pub position_embedding_type: String,
     #[serde(default = "d_true")]
     pub tie_word_embeddings: bool,
-    #[serde(default = "d_time_step_limit")]
-    pub time_step_limit: (f64, f64),
+    /// mlx-lm's default when absent is `(0.001, 100)`, not transformers' `(0, inf)`.
+    #[serde(default, deserialize_with = "super::mamba2::time_step_limit")]
+    pub time_step_limit: Option<(f64, f64)>,
     #[serde(default = "d_theta")]
     pub rope_theta: f64,
     /// Newer configs nest `rope_theta` here; it wins when present.
@@ -65,9 +66,6 @@ fn d_position_embedding() -> String {
 }
 fn d_true() -> bool {
     true
-}
-fn d_time_step_limit() -> (f64, f64) {
-    (0.001, 100.0)
 }
 fn d_theta() -> f64 {
     10_000.0
@@ -98,7 +96,7 @@ impl Config {
             // `GraniteMoeHybridRMSNormGated` normalises the whole vector.
             norm_group_size: heads * head_dim,
             eps: self.rms_norm_eps,
-            time_step_limit: self.time_step_limit,
+            time_step_limit: self.time_step_limit.unwrap_or((0.001, 100.0)),
         })
     }
 

@@ -257,6 +257,35 @@ impl Mamba2Mixer {
     }
 }
 
+/// Reads `time_step_limit` (`[min, max]`, or null) however the config spells its floats:
+/// numbers, the strings [`super::parse_config`] makes of Python's `Infinity`, or
+/// transformers 5's `{"__float__": "Infinity"}`.
+pub fn time_step_limit<'de, De: serde::Deserializer<'de>>(
+    deserializer: De,
+) -> std::result::Result<Option<(f64, f64)>, De::Error> {
+    use serde::Deserialize;
+    use serde::de::Error;
+    let float = |v: &serde_json::Value| -> Option<f64> {
+        match v {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => s.parse().ok(),
+            serde_json::Value::Object(o) => o.get("__float__").and_then(|f| f.as_str()).and_then(|s| s.parse().ok()),
+            _ => None,
+        }
+    };
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Array(items) => match items.as_slice() {
+            [lo, hi] => match (float(lo), float(hi)) {
+                (Some(lo), Some(hi)) if lo <= hi => Ok(Some((lo, hi))),
+                _ => Err(De::Error::custom(format!("time_step_limit {items:?} is not [min, max]"))),
+            },
+            _ => Err(De::Error::custom("time_step_limit is not a pair")),
+        },
+        other => Err(De::Error::custom(format!("time_step_limit `{other}` is not a pair"))),
+    }
+}
+
 /// `log(1 + e^x)` (mlx's `nn.softplus`), written so that large `|x|` neither overflows nor
 /// loses precision.
 fn softplus(x: &Tensor) -> Result<Tensor> {

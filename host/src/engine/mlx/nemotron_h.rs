@@ -57,7 +57,7 @@ pub struct Config {
     pub norm_topk_prob: Option<bool>,
     #[serde(default)]
     pub routed_scaling_factor: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::mamba2::time_step_limit")]
     pub time_step_limit: Option<(f64, f64)>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -465,6 +465,28 @@ mod tests {
         assert_eq!(with("layer_types", names).ok(), Some(expected));
         assert!(with("hybrid_override_pattern", "M?".into()).is_err());
         assert!(Config::from_json(&base).and_then(|c| c.blocks()).is_err());
+    }
+
+    #[test]
+    fn time_step_limit_reads_non_finite_spellings() {
+        let limit = |text: &str| {
+            let cfg: Value = super::super::parse_config(&format!(
+                r#"{{"hidden_size": 64, "intermediate_size": 128, "max_position_embeddings": 512,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "mamba_num_heads": 4,
+                "mamba_head_dim": 16, "ssm_state_size": 16, "conv_kernel": 4, "n_groups": 2,
+                "layer_norm_epsilon": 1e-5, "hybrid_override_pattern": "M"{text}}}"#
+            ))
+            .expect("json");
+            Config::from_json(&cfg).map(|c| c.mamba().time_step_limit)
+        };
+        assert_eq!(limit("").ok(), Some((0.0, f64::INFINITY)));
+        assert_eq!(limit(r#", "time_step_limit": [0.0, Infinity]"#).ok(), Some((0.0, f64::INFINITY)));
+        assert_eq!(
+            limit(r#", "time_step_limit": [0.001, {"__float__": "Infinity"}]"#).ok(),
+            Some((0.001, f64::INFINITY))
+        );
+        assert_eq!(limit(r#", "time_step_limit": [0.0, 1e30]"#).ok(), Some((0.0, 1e30)));
+        assert!(limit(r#", "time_step_limit": [1.0, 0.5]"#).is_err());
     }
 
     #[test]
