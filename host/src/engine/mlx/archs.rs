@@ -26,6 +26,8 @@ pub const SUPPORTED: &[&str] = &[
     "glm4_moe",
     "deepseek_v3",
     "minimax",
+    "nemotron_h",
+    "granitemoehybrid",
 ];
 
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(config: &Value, arch: &str) -> Result<T, EngineError> {

@@ -11,6 +11,8 @@
 //!   only on the tokens routed to them, mlx-lm's routers, attention with sinks).
 //! - [`qwen3_moe`], [`gemma4`]: architectures with their own files; [`switch`]: the
 //!   stacked experts of the MoE ones.
+//! - [`nemotron_h`], [`granitemoehybrid`]: Mamba-2 hybrids ([`mamba2`]), their convolution
+//!   and SSM state in the same per-sequence cache.
 //!
 //! [`load`] picks the model for a checkpoint's `model_type`.
 //!
@@ -25,8 +27,11 @@ pub mod gated_delta;
 pub mod gemma4;
 pub mod glm4_moe;
 pub mod gpt_oss;
+pub mod granitemoehybrid;
+pub mod mamba2;
 pub mod minimax;
 pub mod moe;
+pub mod nemotron_h;
 pub mod quant;
 pub mod qwen3_5;
 pub mod qwen3_moe;
@@ -81,6 +86,14 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
             let cfg = minimax::Config::from_json(&ckpt.config)?;
             Ok(Box::new(minimax::MiniMax::load(ckpt, cfg, device, progress)?))
         }
+        "nemotron_h" => {
+            let cfg = nemotron_h::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(nemotron_h::NemotronH::load(ckpt, &cfg, device, progress)?))
+        }
+        "granitemoehybrid" => {
+            let cfg = granitemoehybrid::Config::from_json(&ckpt.config)?;
+            Ok(Box::new(granitemoehybrid::GraniteMoeHybrid::load(ckpt, &cfg, device, progress)?))
+        }
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;
             Ok(Box::new(dense::DenseDecoder::load(ckpt, spec, device, progress)?))
@@ -110,7 +123,7 @@ pub fn is_checkpoint_dir(path: &Path) -> bool {
 pub fn describe(dir: &Path) -> Result<super::ModelFacts, EngineError> {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
     let config: Value = read("config.json")
-        .and_then(|t| serde_json::from_str(&t).ok())
+        .and_then(|t| parse_config(&t).ok())
         .ok_or_else(|| meta(format!("{}: unreadable config.json", dir.display())))?;
     let context = config
         .get("max_position_embeddings")
@@ -143,8 +156,7 @@ impl Checkpoint {
             std::fs::read_to_string(dir.join(name))
                 .map_err(|source| EngineError::Open { path: dir.join(name).display().to_string(), source })
         };
-        let config: Value =
-            serde_json::from_str(&read("config.json")?).map_err(|e| meta(format!("config.json: {e}")))?;
+        let config: Value = parse_config(&read("config.json")?).map_err(|e| meta(format!("config.json: {e}")))?;
         let mut files: Vec<String> = match read("model.safetensors.index.json") {
             Ok(index) => {
                 let index: Value =
@@ -243,6 +255,46 @@ impl Checkpoint {
     }
 }
 
+/// Parses `config.json`. Python's `json` writes non-finite floats as the bare literals
+/// `Infinity`, `-Infinity` and `NaN` (transformers does for the Mamba-2 default
+/// `time_step_limit` of `(0, inf)`), which strict JSON rejects; when the strict parse fails
+/// those literals (outside strings) are read as the strings `"Infinity"`, `"-Infinity"`,
+/// `"NaN"`, for the config field that expects a float there to interpret.
+pub fn parse_config(text: &str) -> serde_json::Result<Value> {
+    let strict = match serde_json::from_str(text) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    let mut quoted = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if !in_string && let Some(literal) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|l| rest.starts_with(l))
+        {
+            quoted.push('"');
+            quoted.push_str(literal);
+            quoted.push('"');
+            rest = &rest[literal.len()..];
+            continue;
+        }
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        }
+        quoted.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    // The first error is the one about the file as written.
+    serde_json::from_str(&quoted).map_err(|_| strict)
+}
+
 fn quant_spec(value: &Value) -> Result<QuantSpec, EngineError> {
     let get = |key: &str| value.get(key).and_then(Value::as_u64).map(|v| v as usize);
     let mode = value.get("mode").and_then(Value::as_str).unwrap_or("affine");
@@ -258,4 +310,20 @@ fn quant_spec(value: &Value) -> Result<QuantSpec, EngineError> {
         return Err(meta(format!("unsupported quantization: {} bits, group size {}", spec.bits, spec.group_size)));
     }
     Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_non_finite_floats_read_as_strings() {
+        let text = r#"{"time_step_limit": [0.0, Infinity], "x": -Infinity, "y": NaN, "s": "Infinity \" NaN"}"#;
+        let v = parse_config(text).expect("parses");
+        assert_eq!(v["time_step_limit"], serde_json::json!([0.0, "Infinity"]));
+        assert_eq!(v["x"], "-Infinity");
+        assert_eq!(v["y"], "NaN");
+        assert_eq!(v["s"], "Infinity \" NaN");
+        assert!(parse_config("{\"a\": Inf}").is_err());
+    }
 }
