@@ -184,10 +184,35 @@ impl QuantMatrix {
         Ok(())
     }
 
+    /// Consecutive row ranges as matrices of their own (fused projections split apart).
+    pub fn split_rows(&self, sizes: &[usize]) -> Result<Vec<Self>, KernelError> {
+        if sizes.iter().sum::<usize>() != self.rows {
+            return Err(KernelError::Shape(format!("rows {sizes:?} do not add up to {}", self.rows)));
+        }
+        let row_bytes = self.cols / QK * self.format.block_bytes();
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(sizes.len());
+        for &n in sizes {
+            let data = self.data[start * row_bytes..(start + n) * row_bytes].to_vec();
+            parts.push(Self { format: self.format, rows: n, cols: self.cols, data });
+            start += n;
+        }
+        Ok(parts)
+    }
+
+    /// Row `r` as f32 (embedding lookups that keep the table packed).
+    pub fn dequantize_row(&self, r: usize) -> Vec<f32> {
+        self.dequantize_blocks(self.row(r))
+    }
+
     /// The weights as f32, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for block in self.data.chunks_exact(self.format.block_bytes()) {
+        self.dequantize_blocks(&self.data)
+    }
+
+    fn dequantize_blocks(&self, data: &[u8]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(data.len() / self.format.block_bytes() * QK);
+        for block in data.chunks_exact(self.format.block_bytes()) {
             match self.format {
                 Format::Q4_1 => {
                     let (d, m) = (f16(block, 0), f16(block, 2));
@@ -464,6 +489,17 @@ mod tests {
         w.matmul(&q2, &mut two).expect("matmul");
         assert_eq!(&two[..40], &one[..]);
         assert_eq!(&two[40..], &one[..]);
+    }
+
+    #[test]
+    fn rows_split_and_dequantize_alone() {
+        let w = matrix(Format::Q4_1, 6, 64);
+        let dense = w.dequantize();
+        let parts = w.split_rows(&[2, 3, 1]).expect("split");
+        assert_eq!(parts[1].rows(), 3);
+        assert_eq!(parts[1].dequantize(), dense[2 * 64..5 * 64].to_vec());
+        assert_eq!(w.dequantize_row(5), dense[5 * 64..].to_vec());
+        assert!(w.split_rows(&[2, 2]).is_err());
     }
 
     #[test]

@@ -100,6 +100,14 @@ pub fn describe(path: &Path) -> Result<ModelFacts, EngineError> {
     })
 }
 
+/// How a model is loaded.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Hold every MLX layer in f32 instead of keeping 4-bit layers packed (exact
+    /// arithmetic, 8x the memory; the strict parity tests use it).
+    pub mlx_dequantize_all: bool,
+}
+
 /// A loaded model: weights, tokenizer, chat template.
 pub struct Engine {
     pub model: Box<dyn CausalLm>,
@@ -119,10 +127,15 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Loads a GGUF file or an MLX checkpoint directory, showing progress on stderr when
-    /// `progress` is set.
+    /// `progress` is set. `RAPID_HOST_MLX_DEQUANTIZE=1` holds every MLX layer in f32.
     pub fn load(path: &Path, device: Device, progress: bool) -> Result<Self, EngineError> {
+        let options = LoadOptions { mlx_dequantize_all: std::env::var_os("RAPID_HOST_MLX_DEQUANTIZE").is_some() };
+        Self::load_with(path, device, progress, &options)
+    }
+
+    pub fn load_with(path: &Path, device: Device, progress: bool, options: &LoadOptions) -> Result<Self, EngineError> {
         if mlx::is_checkpoint_dir(path) {
-            return Self::load_mlx(path, device, progress);
+            return Self::load_mlx(path, device, progress, options);
         }
         let mut gguf = GgufFile::open(path)?;
         let arch = gguf.architecture()?;
@@ -140,8 +153,9 @@ impl Engine {
             .map_err(|e| EngineError::Constraint(constraint::ConstraintError::Setup(e.clone())))
     }
 
-    fn load_mlx(dir: &Path, device: Device, progress: bool) -> Result<Self, EngineError> {
-        let ckpt = mlx::Checkpoint::open(dir)?;
+    fn load_mlx(dir: &Path, device: Device, progress: bool, options: &LoadOptions) -> Result<Self, EngineError> {
+        let mut ckpt = mlx::Checkpoint::open(dir)?;
+        ckpt.dequantize_all = options.mlx_dequantize_all;
         let arch = ckpt.model_type()?;
         let tokenizer = ModelTokenizer::from_dir(dir, &ckpt.config)?;
         let template = ChatTemplate::from_dir(dir, &tokenizer)?;

@@ -9,7 +9,11 @@
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 
-use super::Checkpoint;
+use std::sync::Arc;
+
+use rapid_kernels::QuantMatrix;
+
+use super::{Checkpoint, MlxLinear};
 use crate::engine::models::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
@@ -116,7 +120,7 @@ pub type FeedForwardLoader<'a> =
     dyn Fn(usize, &str) -> std::result::Result<Option<Box<dyn FeedForward>>, EngineError> + 'a;
 
 enum Mlp {
-    Gated { gate: candle_nn::Linear, up: candle_nn::Linear, down: candle_nn::Linear },
+    Gated { gate: MlxLinear, up: MlxLinear, down: MlxLinear },
     Custom(Box<dyn FeedForward>),
 }
 
@@ -126,35 +130,53 @@ struct Layer {
     ffn_norm: Tensor,
     post_attn_norm: Option<Tensor>,
     post_ffn_norm: Option<Tensor>,
-    q: candle_nn::Linear,
-    k: candle_nn::Linear,
-    v: candle_nn::Linear,
-    o: candle_nn::Linear,
+    q: MlxLinear,
+    k: MlxLinear,
+    v: MlxLinear,
+    o: MlxLinear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     mlp: Mlp,
 }
 
+/// The token embedding table: packed Q4_1 rows dequantized on lookup, or f32.
+enum Embeddings {
+    Dense(Tensor),
+    Packed(Arc<QuantMatrix>),
+}
+
+impl Embeddings {
+    fn lookup(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Self::Dense(table) => table.index_select(&Tensor::new(tokens, device)?, 0),
+            Self::Packed(table) => {
+                let mut values = Vec::with_capacity(tokens.len() * table.cols());
+                for &t in tokens {
+                    if t as usize >= table.rows() {
+                        candle_core::bail!("token {t} is outside the vocabulary of {}", table.rows());
+                    }
+                    values.extend(table.dequantize_row(t as usize));
+                }
+                Tensor::from_vec(values, (tokens.len(), table.cols()), device)
+            }
+        }
+    }
+}
+
+/// The output projection: its own layer, or the (tied) embedding table.
+enum Head {
+    Linear(MlxLinear),
+    Dense(Tensor),
+    Packed(Arc<QuantMatrix>),
+}
+
 #[allow(missing_debug_implementations)]
 pub struct DenseDecoder {
     spec: DenseSpec,
-    embeddings: Tensor,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     norm: Tensor,
-    head: Tensor,
-}
-
-/// Splits a fused projection's rows into consecutive parts.
-fn split_rows(linear: candle_nn::Linear, sizes: &[usize]) -> Result<Vec<candle_nn::Linear>> {
-    let mut start = 0;
-    let mut parts = Vec::with_capacity(sizes.len());
-    for &n in sizes {
-        let w = linear.weight().narrow(0, start, n)?.contiguous()?;
-        let b = linear.bias().map(|b| b.narrow(0, start, n)).transpose()?;
-        parts.push(candle_nn::Linear::new(w, b));
-        start += n;
-    }
-    Ok(parts)
+    head: Head,
 }
 
 impl DenseDecoder {
@@ -181,11 +203,18 @@ impl DenseDecoder {
             let w = ckpt.tensor(name, device)?;
             Ok(if spec.norm_offset == 0.0 { w } else { (w + f64::from(spec.norm_offset))? })
         };
-        let embeddings = ckpt.weight(&format!("{p}.embed_tokens"), device)?;
+        let embed = format!("{p}.embed_tokens");
+        let embeddings = match ckpt.q4_1(&embed, device)? {
+            Some(table) => Embeddings::Packed(Arc::new(table)),
+            None => Embeddings::Dense(ckpt.weight(&embed, device)?),
+        };
         let head = if spec.tied_embeddings || !ckpt.has(&format!("{}.weight", spec.head)) {
-            embeddings.clone()
+            match &embeddings {
+                Embeddings::Packed(table) => Head::Packed(Arc::clone(table)),
+                Embeddings::Dense(table) => Head::Dense(table.clone()),
+            }
         } else {
-            ckpt.weight(&spec.head, device)?
+            Head::Linear(ckpt.packed_linear(&spec.head, device)?)
         };
         let bar = layer_progress(progress, spec.layers, &spec.arch);
         let mut layers = Vec::with_capacity(spec.layers);
@@ -193,8 +222,9 @@ impl DenseDecoder {
         for i in 0..spec.layers {
             let l = format!("{p}.layers.{i}");
             let (q, k, v) = if spec.fused_projections {
-                let mut parts =
-                    split_rows(ckpt.linear(&format!("{l}.self_attn.qkv_proj"), device)?, &[q_rows, kv_rows, kv_rows])?;
+                let mut parts = ckpt
+                    .packed_linear(&format!("{l}.self_attn.qkv_proj"), device)?
+                    .split_rows(&[q_rows, kv_rows, kv_rows])?;
                 let v = parts.pop();
                 let k = parts.pop();
                 let q = parts.pop();
@@ -204,28 +234,28 @@ impl DenseDecoder {
                 }
             } else {
                 (
-                    ckpt.linear(&format!("{l}.self_attn.q_proj"), device)?,
-                    ckpt.linear(&format!("{l}.self_attn.k_proj"), device)?,
-                    ckpt.linear(&format!("{l}.self_attn.v_proj"), device)?,
+                    ckpt.packed_linear(&format!("{l}.self_attn.q_proj"), device)?,
+                    ckpt.packed_linear(&format!("{l}.self_attn.k_proj"), device)?,
+                    ckpt.packed_linear(&format!("{l}.self_attn.v_proj"), device)?,
                 )
             };
             let mlp = match custom_ffn(i, &l)? {
                 Some(ffn) => Mlp::Custom(ffn),
                 None if spec.fused_projections => {
-                    let fused = ckpt.linear(&format!("{l}.mlp.gate_up_proj"), device)?;
-                    let ffn = fused.weight().dim(0)? / 2;
-                    let mut parts = split_rows(fused, &[ffn, ffn])?;
+                    let fused = ckpt.packed_linear(&format!("{l}.mlp.gate_up_proj"), device)?;
+                    let ffn = fused.out_features()? / 2;
+                    let mut parts = fused.split_rows(&[ffn, ffn])?;
                     match (parts.pop(), parts.pop()) {
                         (Some(up), Some(gate)) => {
-                            Mlp::Gated { gate, up, down: ckpt.linear(&format!("{l}.mlp.down_proj"), device)? }
+                            Mlp::Gated { gate, up, down: ckpt.packed_linear(&format!("{l}.mlp.down_proj"), device)? }
                         }
                         _ => return Err(EngineError::Metadata(format!("{l}.mlp.gate_up_proj has the wrong shape"))),
                     }
                 }
                 None => Mlp::Gated {
-                    gate: ckpt.linear(&format!("{l}.mlp.gate_proj"), device)?,
-                    up: ckpt.linear(&format!("{l}.mlp.up_proj"), device)?,
-                    down: ckpt.linear(&format!("{l}.mlp.down_proj"), device)?,
+                    gate: ckpt.packed_linear(&format!("{l}.mlp.gate_proj"), device)?,
+                    up: ckpt.packed_linear(&format!("{l}.mlp.up_proj"), device)?,
+                    down: ckpt.packed_linear(&format!("{l}.mlp.down_proj"), device)?,
                 },
             };
             let (ffn_norm, post_attn_norm, post_ffn_norm) = if spec.sandwich_norms {
@@ -248,7 +278,7 @@ impl DenseDecoder {
                 q,
                 k,
                 v,
-                o: ckpt.linear(&format!("{l}.self_attn.o_proj"), device)?,
+                o: ckpt.packed_linear(&format!("{l}.self_attn.o_proj"), device)?,
                 q_norm: qk("q_norm")?,
                 k_norm: qk("k_norm")?,
                 mlp,
@@ -265,7 +295,7 @@ impl DenseDecoder {
         let layer = &self.layers[index];
         let (b, t, _) = x.dims3()?;
         let pos = cache.len();
-        let heads = |lin: &candle_nn::Linear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+        let heads = |lin: &MlxLinear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
             let h = lin.forward(x)?.reshape((b, t, n, s.head_dim))?;
             let h = match norm {
                 Some(w) => rms_norm(&h, w, s.rms_eps)?,
@@ -321,8 +351,7 @@ impl CausalLm for DenseDecoder {
         if past + t > s.context_length {
             candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, s.context_length);
         }
-        let ids = Tensor::new(tokens, device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?;
+        let mut x = self.embeddings.lookup(tokens, device)?.unsqueeze(0)?;
         if let Some(scale) = s.embed_scale {
             x = (x * f64::from(scale))?;
         }
@@ -355,7 +384,13 @@ impl CausalLm for DenseDecoder {
         cache.advance(t);
         let last = x.narrow(1, t - 1, 1)?;
         let last = rms_norm(&last, &self.norm, s.rms_eps)?;
-        last.flatten_all()?.unsqueeze(0)?.matmul(&self.head.t()?)?.flatten_all()?.to_dtype(DType::F32)
+        let last = last.flatten_all()?.unsqueeze(0)?;
+        let logits = match &self.head {
+            Head::Linear(linear) => linear.forward(&last)?,
+            Head::Dense(table) => last.matmul(&table.t()?)?,
+            Head::Packed(table) => crate::engine::models::packed_matmul(table, &last)?,
+        };
+        logits.flatten_all()?.to_dtype(DType::F32)
     }
 
     fn new_cache(&self) -> KvCache {

@@ -70,6 +70,45 @@ pub fn dequantize_mxfp4(
     Ok(out)
 }
 
+/// MLX 4-bit affine rows as GGUF Q4_1 blocks (`d: f16, m: f16, 16 bytes of nibbles`,
+/// `w = d·q + m`): the same weights exactly, when every scale and bias is an f16 value
+/// (`None` otherwise). A group of 64 becomes two blocks sharing its scale and bias.
+pub fn affine4_to_q4_1(
+    words: &[u32],
+    scales: &[f32],
+    biases: &[f32],
+    in_features: usize,
+    group_size: usize,
+) -> Option<Vec<u8>> {
+    if group_size == 0 || !group_size.is_multiple_of(32) || !in_features.is_multiple_of(group_size) {
+        return None;
+    }
+    let exact = |v: f32| half::f16::from_f32(v).to_f32() == v;
+    if !scales.iter().chain(biases).all(|&v| exact(v)) {
+        return None;
+    }
+    let words_per_row = in_features / 8;
+    let groups = in_features / group_size;
+    let rows = words.len() / words_per_row.max(1);
+    if scales.len() != rows * groups || biases.len() != rows * groups {
+        return None;
+    }
+    let code = |row: &[u32], i: usize| ((row[i / 8] >> (4 * (i % 8))) & 0xF) as u8;
+    let mut out = Vec::with_capacity(rows * in_features / 32 * 20);
+    for (r, row) in words.chunks_exact(words_per_row).enumerate() {
+        for block in 0..in_features / 32 {
+            let g = r * groups + block * 32 / group_size;
+            out.extend_from_slice(&half::f16::from_f32(scales[g]).to_le_bytes());
+            out.extend_from_slice(&half::f16::from_f32(biases[g]).to_le_bytes());
+            for j in 0..16 {
+                let i = block * 32 + j;
+                out.push(code(row, i) | (code(row, i + 16) << 4));
+            }
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +152,22 @@ mod tests {
         assert_eq!(out[7], 12.0);
         assert_eq!(out[9], -1.0);
         assert_eq!(out[16], -12.0);
+    }
+
+    #[test]
+    fn four_bit_groups_map_exactly_onto_q4_1() {
+        let in_features = 128;
+        let codes: Vec<u32> = (0..2 * in_features).map(|i| (i as u32 * 5 + 1) % 16).collect();
+        let words = pack(&codes, 4);
+        let scales = [0.5, -0.25, 0.125, 2.0];
+        let biases = [1.5, -3.0, 0.0, 0.75];
+        let want = dequantize_affine(&words, &scales, &biases, in_features, 4, 64).expect("dequantizes");
+        let blocks = affine4_to_q4_1(&words, &scales, &biases, in_features, 64).expect("f16-exact");
+        let matrix =
+            rapid_kernels::QuantMatrix::new(rapid_kernels::Format::Q4_1, 2, in_features, blocks).expect("shape");
+        assert_eq!(matrix.dequantize(), want);
+        // A scale f16 cannot hold keeps the weights dequantized instead.
+        assert!(affine4_to_q4_1(&words, &[0.1, 1.0, 1.0, 1.0], &biases, in_features, 64).is_none());
     }
 
     #[test]

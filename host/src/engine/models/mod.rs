@@ -66,20 +66,23 @@ impl QLinear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Candle(m) => m.forward(x),
-            Self::Blocks(m) => {
-                let mut dims = x.dims().to_vec();
-                let cols = dims.last().copied().unwrap_or(0);
-                let values: Vec<f32> = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-                let acts = Q8Rows::quantize(&values, cols).map_err(candle_core::Error::wrap)?;
-                let mut out = vec![0f32; acts.rows() * m.rows()];
-                m.matmul(&acts, &mut out).map_err(candle_core::Error::wrap)?;
-                if let Some(last) = dims.last_mut() {
-                    *last = m.rows();
-                }
-                Tensor::from_vec(out, dims, x.device())
-            }
+            Self::Blocks(m) => packed_matmul(m, x),
         }
     }
+}
+
+/// `x · Wᵀ` for a packed matrix: activations quantized to 8 bits per block, as llama.cpp.
+pub fn packed_matmul(m: &QuantMatrix, x: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let cols = dims.last().copied().unwrap_or(0);
+    let values: Vec<f32> = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    let acts = Q8Rows::quantize(&values, cols).map_err(candle_core::Error::wrap)?;
+    let mut out = vec![0f32; acts.rows() * m.rows()];
+    m.matmul(&acts, &mut out).map_err(candle_core::Error::wrap)?;
+    if let Some(last) = dims.last_mut() {
+        *last = m.rows();
+    }
+    Tensor::from_vec(out, dims, x.device())
 }
 
 /// RMS normalization over the last dimension.
