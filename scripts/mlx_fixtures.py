@@ -301,6 +301,19 @@ def hf_qwen3_5(w, cfg):
     return minus_one(w, QWEN_NEXT_NORMS)
 
 
+def hf_qwen3_5_moe(w, cfg):
+    # HF Qwen3.5-MoE: fused `experts.gate_up_proj` [E, 2I, d] (gate rows first) and
+    # `experts.down_proj` [E, d, I], both without `.weight`
+    for k in list(w.keys()):
+        if k.endswith(".mlp.switch_mlp.gate_proj.weight"):
+            base = k[: -len(".switch_mlp.gate_proj.weight")]
+            g = w.pop(k)
+            u = w.pop(f"{base}.switch_mlp.up_proj.weight")
+            w[f"{base}.experts.gate_up_proj"] = np.concatenate([g, u], axis=-2)
+            w[f"{base}.experts.down_proj"] = w.pop(f"{base}.switch_mlp.down_proj.weight")
+    return hf_qwen3_5(w, cfg)
+
+
 def hf_qwen3_next(w, cfg):
     w = hf_qwen3_moe(w, cfg)
     w = conv_to_torch(w)
@@ -532,6 +545,20 @@ fixture("qwen3_5", "qwen3_5", dict(
     vision_config=dict(model_type="qwen3_5_vision", depth=0),
     tie_word_embeddings=False, eos_token_id=EOS_ID,
 ), to_hf=hf_qwen3_5)
+
+fixture("qwen3_5_moe", "qwen3_5_moe", dict(
+    model_type="qwen3_5_moe",
+    text_config=dense(model_type="qwen3_5_moe_text", num_hidden_layers=4,
+                      tie_word_embeddings=False, attention_bias=False,
+                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                      shared_expert_intermediate_size=64, norm_topk_prob=True,
+                      rope_parameters=dict(rope_type="default", rope_theta=10000000.0,
+                                           partial_rotary_factor=0.25,
+                                           mrope_section=[1, 1, 0], mrope_interleaved=True),
+                      **_LIN),
+    vision_config=dict(model_type="qwen3_5_moe_vision", depth=0),
+    tie_word_embeddings=False, eos_token_id=EOS_ID,
+), to_hf=hf_qwen3_5_moe)
 
 fixture("qwen3_next", "qwen3_next", dense(
     model_type="qwen3_next", num_hidden_layers=4, rope_theta=10000000.0,
@@ -938,6 +965,9 @@ NOTES = {
     "qwen3_5": dict(
         hl="wrapper `qwen3_5` + text_config `qwen3_5_text`; L=4 (3 GatedDeltaNet + 1 full attention, full_attention_interval 4), d=64, attention 4/2 heads head_dim 16 with output gate, rope partial 0.25 (4 dims) theta 1e7, linear attn: 2 k-heads × 16, 4 v-heads × 16, conv kernel 4; dense MLP",
         notes="""**Norm weights are converted**: HF Qwen3.5 stores (1+w)-style norms; mlx-lm sanitize adds 1.0 to input_layernorm, post_attention_layernorm, model.norm, q_norm, k_norm when the checkpoint is unconverted (detected by conv1d shape), so MLX files hold the final multiplier (plain `rms_norm(x)*w`). `linear_attn.norm` (gated RMSNorm) is not offset. conv1d stored MLX-style `[C, K, 1]` (depthwise; C = 2·key_dim + value_dim = 128), no bias; causal conv with K-1 zero (or cached) left context then SiLU. Separate projections `in_proj_qkv` (q|k|v concatenated), `in_proj_z`, `in_proj_b`, `in_proj_a`. `A_log` is **float32**. Gated delta rule: q,k L2-normalised (q also × d_k^-0.5), beta = sigmoid(b), g = exp(-exp(A_log) · softplus(a + dt_bias)); state S[h] (Dv×Dk): `S = g·S; S += outer(beta·(v - S k), k); o = S q`; GQA: v-heads / k-heads = 2 (k-head j serves v-heads 2j, 2j+1). Output `out_proj(gated_rmsnorm(o, z))` with gated norm = `rms_norm(o)*w * silu(z)`. Full-attention layers: q_proj outputs 2× (per head [q(hd) | gate(hd)]), o_proj(attn * sigmoid(gate)); q_norm/k_norm per head; rope on first 25% dims. Names under `language_model.model.*`, `language_model.lm_head`."""),
+    "qwen3_5_moe": dict(
+        hl="wrapper `qwen3_5_moe` + text_config `qwen3_5_moe_text`; the qwen3_5 fixture's dims (3 GatedDeltaNet + 1 full attention), every layer MoE: 4 experts top-2 (moe ffn 64) + shared expert (64) with sigmoid shared_expert_gate, untied",
+        notes="""mlx-lm's `qwen3_5_moe.Model` is `qwen3_5.Model` with its own sanitize: HF `mlp.experts.gate_up_proj` [E, 2I, d] (no `.weight`; first half of the rows gate, second half up) and `mlp.experts.down_proj` [E, d, I] become `mlp.switch_mlp.{gate,up,down}_proj`; then qwen3_5's sanitize (norms +1, conv1d to `[C,K,1]`). The feed-forward of **every** layer is `Qwen3NextSparseMoeBlock` (softmax router `mlp.gate` -> top-k -> renorm, + `shared_expert` × sigmoid(`shared_expert_gate`)), regardless of `decoder_sparse_step`; router and shared-expert gate quantized at 8 bits. `A_log` stays f32 (qwen3_5's cast_predicate). Names under `language_model.model.*`, `language_model.lm_head`."""),
     "qwen3_next": dict(
         hl="L=4 (3 GatedDeltaNet + 1 attention), d=64, same linear-attn dims as qwen3_5, all layers MoE: 4 experts top-2 (moe ffn 64) + shared expert (64) with sigmoid shared_expert_gate",
         notes="""Like qwen3_5 (norm +1 folded in by sanitize, conv1d `[C,K,1]`, gated attention) except that `A_log` is **bf16** here (qwen3_next has no cast_predicate) but the linear attention uses **fused, head-grouped** projections: `in_proj_qkvz` output is reshaped to [num_k_heads, (dk | dk | (nv/nk)·dv | (nv/nk)·dv)] = per k-head q, k, v-group, z-group; `in_proj_ba` to [num_k_heads, (nv/nk) b | (nv/nk) a]. MoE: router `mlp.gate` (8-bit) softmax -> top-k -> renorm (norm_topk_prob) ; plus `shared_expert` SwiGLU × sigmoid(`shared_expert_gate` (Linear d->1, 8-bit)). Experts `mlp.switch_mlp.*` stacked."""),

@@ -3,7 +3,7 @@
 //! `scripts/mlx_fixtures.py`). Our last-position logits for a fixed prompt must be within
 //! [`LOGIT_TOLERANCE`] of mlx-lm's float32 logits, and 16 greedy steps through our KV
 //! cache must give mlx-lm's tokens. An architecture we cannot load yet gets an ignored test
-//! with the reason, so the table stays honest (none today: all 17 fixtures pass).
+//! with the reason, so the table stays honest (none today: all 18 fixtures pass).
 
 use std::path::PathBuf;
 
@@ -104,7 +104,7 @@ fn every_mlx_bit_width_matches_mlx_lm() {
 /// prompt fed in chunks (one shorter than the convolution window) must end where one pass does.
 #[test]
 fn recurrent_state_carries_across_chunked_prefill() {
-    for name in ["qwen3_5", "qwen3_next", "nemotron_h", "granitemoehybrid"] {
+    for name in ["qwen3_5", "qwen3_5_moe", "qwen3_next", "nemotron_h", "granitemoehybrid"] {
         let dir = fixture(name);
         let reference: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"))

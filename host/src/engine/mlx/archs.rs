@@ -19,6 +19,7 @@ pub const SUPPORTED: &[&str] = &[
     "mistral3",
     "gemma3_text",
     "qwen3_5",
+    "qwen3_5_moe",
     "qwen3_next",
     "qwen3_moe",
     "gemma4",
