@@ -215,6 +215,15 @@ def hf_gemma3_text(w, cfg):
     return w
 
 
+def hf_gemma3(w, cfg):
+    # HF Gemma 3 (transformers < 4.52 layout, the one mlx-lm's gemma3 sanitize reads):
+    # `language_model.model.*`, tied (no lm_head), plus the vision tower and projector
+    w.pop("language_model.lm_head.weight", None)
+    w["vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.ones((8, 3, 2, 2), np.float32)
+    w["multi_modal_projector.mm_input_projection_weight"] = np.ones((8, 128), np.float32)
+    return w
+
+
 def hf_mistral3(w, cfg):
     w = rename_prefix(w, "language_model.model.", "model.language_model.")
     if "language_model.lm_head.weight" in w:
@@ -445,6 +454,30 @@ fixture(
           final_logit_softcapping=None, hidden_activation="gelu_pytorch_tanh"),
     to_hf=hf_gemma3_text,
     offset_norms=("norm.weight", "layernorm.weight"),
+)
+
+# the multimodal wrapper; its text_config is as sparse as real Gemma 3 ones (no head
+# counts, rope_theta, eps, ...: mlx-lm's wrapper defaults 8 / 4 heads, gemma3_text's
+# ModelArgs the rest), vocab_size only at the top level; d=128 so that sqrt(d) is not a
+# bf16 number (gemma3_text scales the embeddings by sqrt(d) rounded to bf16; the
+# unrounded scale still lands within the parity tolerance on this fixture)
+fixture(
+    "gemma3",
+    "gemma3",
+    dict(
+        model_type="gemma3",
+        text_config=dict(model_type="gemma3_text", hidden_size=128, num_hidden_layers=2,
+                         intermediate_size=128, head_dim=16, query_pre_attn_scalar=16,
+                         sliding_window=6, sliding_window_pattern=2,
+                         rope_scaling=dict(factor=8.0, rope_type="linear")),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=8,
+                           num_hidden_layers=0),
+        vocab_size=VOCAB, eos_token_id=EOS_ID, image_token_index=10,
+    ),
+    to_hf=hf_gemma3,
+    offset_norms=("norm.weight", "layernorm.weight"),
+    # sqrt(128) embedding scale and only 2 layers: smaller embeddings than TIED_INIT
+    init=dict(emb_std=0.02, final_norm_gain=16.0),
 )
 
 _phi = dense(model_type="phi3", rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -838,7 +871,7 @@ Nothing is downloaded.
    score-correction biases) -> 0.1·N(0,1), embeddings 0.5·N(0,1), lm_head
    4/sqrt(fan_in)·N(0,1), other matrices N(0,1)/sqrt(fan_in), `A_log` = log U(1,16),
    conv1d 0.3·N(0,1). Tied-embedding models use embeddings 0.1·N(0,1) and a final
-   norm multiplier ×4 (granitemoehybrid: 0.015·N(0,1), ×32), otherwise greedy
+   norm multiplier ×4 (gemma3: 0.02·N(0,1), ×16; granitemoehybrid: 0.015·N(0,1), ×32), otherwise greedy
    decoding of a random tied model just repeats its input token.
 2. Those tensors are rewritten into the *unconverted Hugging Face layout*
    (the inverse of the module's `sanitize`: per-expert MoE tensors, fused
@@ -941,6 +974,9 @@ NOTES = {
     "gemma3_text": dict(
         hl="L=4, d=64, 4 heads/1 kv, head_dim 16, query_pre_attn_scalar 16, sliding_window 6, sliding_window_pattern 2 (layers 1,3 global), rope local 1e4 / global 1e6 with linear scaling factor 8 (global layers only), tied",
         notes="""**Norms are (1+w)**: `rms_norm(x) * (1 + w)` for input/post_attention/pre_feedforward/post_feedforward layernorms, q_norm/k_norm and final norm; stored weights are ~0. Embedding scaled by `sqrt(hidden)` (computed in the activation dtype: `mx.array(64**0.5, bf16)`). Sandwich norms: `h = x + post_attn_norm(attn(input_norm(x)))`, `out = h + post_ffn_norm(mlp(pre_ffn_norm(h)))`. MLP is GeGLU with tanh-approx gelu. Attention scale = query_pre_attn_scalar^-0.5. Layer i is global iff `(i+1) % sliding_window_pattern == 0`; sliding layers use rope_local_base_freq and **no** rope_scaling; global layers use rope_theta + rope_scaling. Sliding window: a query attends to keys with `q - k < window` (mlx RotatingKVCache of size `window`). Tied: mlx-lm sanitize deletes `lm_head` when the checkpoint has no `lm_head.weight`. `final_logit_softcapping` is ignored by mlx-lm gemma3_text."""),
+    "gemma3": dict(
+        hl="multimodal wrapper around gemma3_text; source text_config as sparse as real ones (d=128, L=2, head_dim 16, query_pre_attn_scalar 16, sliding_window 6, pattern 2, linear rope factor 8 on the global layer): 8 heads / 4 kv from the wrapper's defaults, rope_theta 1e6 / local 1e4 and eps 1e-6 from gemma3_text's; vocab_size top-level only; tied",
+        notes="""mlx-lm's `gemma3.Model` wraps `gemma3_text.Model` as `language_model`: its `ModelArgs.__post_init__` copies the top-level `vocab_size` (default 262208) into `text_config` and defaults `num_attention_heads` to 8 and `num_key_value_heads` to 4 there; every other missing field takes gemma3_text's `ModelArgs` default (hidden 1152, head_dim 256, rope_theta 1e6, rope_local_base_freq 1e4, query_pre_attn_scalar 256, sliding_window 512, pattern 6, eps 1e-6). The converter writes the mutated `text_config` back, so this config.json carries `num_attention_heads`, `num_key_value_heads` and `vocab_size` in `text_config` but still lacks rope_theta, eps, ... . sanitize drops `vision_tower` / `multi_modal_projector`, and gemma3_text's sanitize ties the head when there is no `lm_head.weight` (`tie_word_embeddings` in the config is never read). The forward is gemma3_text's (see there); the embedding scale is `sqrt(hidden)` **rounded to bf16** (`mx.array(d**0.5, bfloat16)`), here sqrt(128) = 11.3137 -> 11.3125. Names under `language_model.model.*`."""),
     "phi3": dict(
         hl="L=2, d=64, 4/2 heads (head_dim 16), partial_rotary_factor 0.75 (12 rotary dims), longrope (su) scaling, orig_max 128, max 512, tied",
         notes="""Fused weights: `self_attn.qkv_proj` (rows: q [H·hd], k [KV·hd], v [KV·hd]) and `mlp.gate_up_proj` (rows: gate [ffn] then up [ffn]; `down(silu(gate)*up)`). **mlx-lm's SuScaledRoPE always uses `long_factor`** (never short_factor) and multiplies the rotated part of q and k by `sqrt(1 + ln(max/orig)/ln(orig))` (here max/orig = 4); freqs = long_factor[i] · base^(2i/rot_dims). Only the first 12 dims of each head are rotated (rotate-half within those 12)."""),

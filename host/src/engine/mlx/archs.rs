@@ -18,6 +18,7 @@ pub const SUPPORTED: &[&str] = &[
     "phi3",
     "mistral3",
     "gemma3_text",
+    "gemma3",
     "qwen3_5",
     "qwen3_5_moe",
     "qwen3_next",
@@ -219,6 +220,7 @@ pub fn dense_spec(model_type: &str, config: &Value) -> Result<DenseSpec, EngineE
         "mistral3" => mistral3(config),
         "ministral3" => ministral3(config),
         "gemma3_text" => gemma3_text(config),
+        "gemma3" => gemma3(config),
         other => Err(EngineError::UnsupportedArch(other.to_string())),
     }
 }
@@ -323,18 +325,60 @@ fn mistral3(config: &Value) -> Result<DenseSpec, EngineError> {
     Ok(spec)
 }
 
+/// mlx-lm's gemma3_text `ModelArgs`, with its defaults (which are not those of [`Common`]).
+/// `tie_word_embeddings` is not among them: mlx-lm ties the head when the checkpoint has
+/// no `lm_head`.
 #[derive(Debug, Deserialize)]
 struct Gemma3Text {
-    #[serde(flatten)]
-    common: Common,
-    #[serde(default = "gemma_pre_attn")]
-    query_pre_attn_scalar: f64,
+    #[serde(default = "gemma_hidden")]
+    hidden_size: usize,
+    #[serde(default = "gemma_layers")]
+    num_hidden_layers: usize,
+    #[serde(default = "gemma_heads")]
+    num_attention_heads: usize,
+    #[serde(default = "gemma_head_dim")]
+    head_dim: usize,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "gemma_kv_heads")]
+    num_key_value_heads: usize,
+    #[serde(default = "gemma_theta")]
+    rope_theta: f32,
     #[serde(default = "gemma_local_base")]
     rope_local_base_freq: f32,
+    #[serde(default = "gemma_pre_attn")]
+    query_pre_attn_scalar: f64,
     #[serde(default = "gemma_window")]
     sliding_window: usize,
     #[serde(default = "gemma_pattern")]
     sliding_window_pattern: usize,
+    #[serde(default = "gemma_max_pos")]
+    max_position_embeddings: usize,
+    rope_scaling: Option<Value>,
+}
+
+fn gemma_hidden() -> usize {
+    1152
+}
+
+fn gemma_layers() -> usize {
+    26
+}
+
+fn gemma_heads() -> usize {
+    4
+}
+
+fn gemma_head_dim() -> usize {
+    256
+}
+
+fn gemma_kv_heads() -> usize {
+    1
+}
+
+fn gemma_theta() -> f32 {
+    1_000_000.0
 }
 
 fn gemma_pre_attn() -> f64 {
@@ -353,20 +397,42 @@ fn gemma_pattern() -> usize {
     6
 }
 
+fn gemma_max_pos() -> usize {
+    32768
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as `mx.array(x, mx.bfloat16)` does.
+pub(crate) fn round_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    f32::from_bits(bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
+}
+
 /// (1+w) norms, sandwich norms, GeGLU, scaled embeddings, sliding-window local layers with
 /// their own RoPE base; global layers use `rope_theta` and `rope_scaling`.
 fn gemma3_text(config: &Value) -> Result<DenseSpec, EngineError> {
     let c: Gemma3Text = parse(config, "gemma3_text")?;
-    let dims = c.common.head_dim();
-    let max_pos = c.common.max_position_embeddings.unwrap_or(32768);
-    let global = rope_from_scaling(dims, c.common.rope_theta, c.common.rope_scaling.as_ref(), max_pos)?;
+    let common = Common {
+        hidden_size: c.hidden_size,
+        num_hidden_layers: c.num_hidden_layers,
+        num_attention_heads: c.num_attention_heads,
+        num_key_value_heads: Some(c.num_key_value_heads),
+        head_dim: Some(c.head_dim),
+        rms_norm_eps: c.rms_norm_eps,
+        rope_theta: c.rope_theta,
+        rope_scaling: c.rope_scaling,
+        max_position_embeddings: Some(c.max_position_embeddings),
+        tie_word_embeddings: None,
+    };
+    let dims = c.head_dim;
+    let global = rope_from_scaling(dims, c.rope_theta, common.rope_scaling.as_ref(), c.max_position_embeddings)?;
     let local = RopeSpec::standard(dims, c.rope_local_base_freq);
-    let mut spec = c.common.spec("gemma3_text", true, None);
+    let mut spec = common.spec("gemma3_text", false, None);
     spec.norm_offset = 1.0;
     spec.sandwich_norms = true;
     spec.qk_norm = true;
     spec.activation = Activation::GeluTanh;
-    spec.embed_scale = Some((c.common.hidden_size as f32).sqrt());
+    // `h *= mx.array(hidden_size**0.5, mx.bfloat16)`.
+    spec.embed_scale = Some(round_bf16((c.hidden_size as f32).sqrt()));
     spec.attn_scale = 1.0 / c.query_pre_attn_scalar.sqrt();
     let pattern = c.sliding_window_pattern.max(1);
     for i in 0..spec.layers {
@@ -375,4 +441,61 @@ fn gemma3_text(config: &Value) -> Result<DenseSpec, EngineError> {
         spec.window[i] = sliding.then_some(c.sliding_window);
     }
     Ok(spec)
+}
+
+/// The multimodal wrapper (mlx-lm `gemma3`): gemma3_text under `language_model.`, its
+/// `text_config` completed the way the wrapper's `ModelArgs.__post_init__` does (8 query
+/// and 4 key/value heads unless given; `vocab_size` comes from the top level and is read
+/// here from the tensors).
+fn gemma3(config: &Value) -> Result<DenseSpec, EngineError> {
+    let mut text = config
+        .get("text_config")
+        .filter(|v| v.is_object())
+        .cloned()
+        .ok_or_else(|| EngineError::Metadata(String::from("gemma3 config.json has no `text_config`")))?;
+    if let Some(fields) = text.as_object_mut() {
+        fields.entry("num_attention_heads").or_insert(Value::from(8));
+        fields.entry("num_key_value_heads").or_insert(Value::from(4));
+    }
+    let mut spec = gemma3_text(&text)?;
+    spec.arch = String::from("gemma3");
+    spec.prefix = String::from("language_model.model");
+    spec.head = String::from("language_model.lm_head");
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_mlx() {
+        assert_eq!(round_bf16(8.0), 8.0);
+        assert_eq!(round_bf16(128f32.sqrt()), 11.3125);
+        assert_eq!(round_bf16(3840f32.sqrt()), 62.0);
+        assert_eq!(round_bf16(1.0 + 1.0 / 256.0), 1.0, "a tie rounds to even");
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0, "a tie rounds to even");
+    }
+
+    /// Real Gemma 3 configs leave most of `text_config` to the defaults.
+    #[test]
+    fn gemma3_text_config_defaults_follow_mlx_lm() {
+        let config = serde_json::json!({
+            "model_type": "gemma3",
+            "text_config": {"hidden_size": 3840, "num_hidden_layers": 48, "sliding_window": 1024,
+                            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+        });
+        let spec = dense_spec("gemma3", &config).expect("spec");
+        assert_eq!((spec.heads, spec.kv_heads, spec.head_dim), (8, 4, 256));
+        assert_eq!(spec.prefix, "language_model.model");
+        assert_eq!(spec.embed_scale, Some(62.0));
+        assert_eq!(spec.attn_scale, 1.0 / 16.0);
+        assert_eq!(spec.window[0], Some(1024));
+        assert_eq!(spec.window[5], None);
+        assert!(!spec.tied_embeddings, "the head is tied only when the checkpoint has none");
+        let global = spec.rope[5].as_ref().expect("rope");
+        assert_eq!(global.position_scale, 1.0 / 8.0);
+        let text_only = dense_spec("gemma3_text", &config["text_config"]).expect("spec");
+        assert_eq!((text_only.heads, text_only.kv_heads), (4, 1));
+    }
 }
