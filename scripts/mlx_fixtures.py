@@ -437,6 +437,12 @@ LLAMA_CFG = dense(
 )
 fixture("llama", "llama", LLAMA_CFG)
 
+# Devstral-Small-2507 style `mistral` (mlx-lm maps it to its llama module): head_dim 32
+# with d=64 and 4 heads (q/o are 128 wide, not d), rope_theta 1e9, no sliding window
+fixture("mistral", "llama", dense(model_type="mistral", head_dim=32, rope_theta=1000000000.0,
+                                   rms_norm_eps=1e-5, sliding_window=None,
+                                   tie_word_embeddings=False))
+
 fixture("qwen3", "qwen3", dense(model_type="qwen3", rope_theta=1000000.0,
                                  tie_word_embeddings=True))
 
@@ -965,6 +971,9 @@ NOTES = {
     "llama": dict(
         hl="L=2, d=64, 4 heads/2 kv, head_dim 16, ffn 128, untied lm_head, rope llama3 scaling (factor 8, orig 64), theta 5e5",
         notes="""Standard Llama: `h = x + o(attn(rmsnorm(x)))`, `h + down(silu(gate)*up)`. RoPE non-traditional (rotate-half, NeoX style), `Llama3RoPE` frequency remap: wavelen = 2π·base^(2i/d); wavelen > orig/low_freq_factor -> freq·factor; between orig/high and orig/low -> smooth interpolation `freq / ((1-s)/factor + s)`, s = (orig/wavelen - low)/(high - low). sanitize drops `rotary_emb.inv_freq` and `lm_head.weight` when tied."""),
+    "mistral": dict(
+        hl="Devstral-Small-2507 style: L=2, d=64, 4 heads/2 kv with head_dim 32 (q/o projections 128 wide, wider than d), ffn 128, rope_theta 1e9, sliding_window null, untied",
+        notes="""mlx-lm has no `mistral` module: `MODEL_REMAPPING` loads `model_type: mistral` with `llama`, so everything in the llama notes applies (plain RoPE here, no scaling). Only `head_dim` differs from d/heads, as in Devstral (5120 / 32 heads, head_dim 128). mlx-lm's llama reads `sliding_window` only for layers that `layer_types` marks `sliding_attention`; Mistral configs have no `layer_types`, so every layer is full attention."""),
     "qwen3": dict(
         hl="L=2, d=64, 4/2 heads, head_dim 16, tied embeddings, q_norm/k_norm (per head, RMSNorm over head_dim), theta 1e6",
         notes="""q/k RMSNorm applied per head *before* RoPE. No biases. Tied: no lm_head tensor; logits = h @ dequant(embed_tokens)^T."""),

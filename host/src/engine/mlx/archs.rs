@@ -12,6 +12,7 @@ use crate::engine::EngineError;
 /// mlx-lm's logits by `tests/all/mlx_parity.rs` on `tests/fixtures/mlx/<model_type>`.
 pub const SUPPORTED: &[&str] = &[
     "llama",
+    "mistral",
     "qwen2",
     "qwen3",
     "smollm3",
@@ -193,16 +194,8 @@ pub fn rope_from_scaling(
 /// The dense spec for `model_type`, from `config.json`.
 pub fn dense_spec(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     match model_type {
-        "llama" | "mistral" => {
-            let c: Common = parse(config, model_type)?;
-            let rope = rope_from_scaling(
-                c.head_dim(),
-                c.rope_theta,
-                c.rope_scaling.as_ref(),
-                c.max_position_embeddings.unwrap_or(4096),
-            )?;
-            Ok(c.spec(model_type, false, Some(rope)))
-        }
+        // mlx-lm loads `mistral` with its llama module (`MODEL_REMAPPING`).
+        "llama" | "mistral" => llama(model_type, config),
         "qwen2" => {
             let c: Common = parse(config, model_type)?;
             let rope = rope_from_scaling(c.head_dim(), c.rope_theta, c.rope_scaling.as_ref(), 32768)?;
@@ -223,6 +216,33 @@ pub fn dense_spec(model_type: &str, config: &Value) -> Result<DenseSpec, EngineE
         "gemma3" => gemma3(config),
         other => Err(EngineError::UnsupportedArch(other.to_string())),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct Llama {
+    #[serde(flatten)]
+    common: Common,
+    layer_types: Option<Vec<String>>,
+    sliding_window: Option<usize>,
+}
+
+/// mlx-lm's llama: `sliding_window` applies to the layers `layer_types` marks
+/// `sliding_attention`, and to no layer when there is no `layer_types` (Mistral configs
+/// name a `sliding_window` that mlx-lm does not use).
+fn llama(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
+    let c: Llama = parse(config, model_type)?;
+    let common = &c.common;
+    let max_pos = common.max_position_embeddings.unwrap_or(4096);
+    let rope = rope_from_scaling(common.head_dim(), common.rope_theta, common.rope_scaling.as_ref(), max_pos)?;
+    let mut spec = common.spec(model_type, false, Some(rope));
+    if let Some(types) = &c.layer_types {
+        for (window, kind) in spec.window.iter_mut().zip(types) {
+            if kind == "sliding_attention" {
+                *window = c.sliding_window;
+            }
+        }
+    }
+    Ok(spec)
 }
 
 #[derive(Debug, Deserialize)]
@@ -475,6 +495,20 @@ mod tests {
         assert_eq!(round_bf16(3840f32.sqrt()), 62.0);
         assert_eq!(round_bf16(1.0 + 1.0 / 256.0), 1.0, "a tie rounds to even");
         assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0, "a tie rounds to even");
+    }
+
+    #[test]
+    fn llama_slides_only_where_layer_types_say_so() {
+        let mut config = serde_json::json!({
+            "model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "head_dim": 32, "sliding_window": 4096,
+        });
+        let spec = dense_spec("mistral", &config).expect("spec");
+        assert_eq!(spec.window, vec![None, None]);
+        assert_eq!((spec.head_dim, spec.kv_heads), (32, 4));
+        config["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]);
+        let spec = dense_spec("llama", &config).expect("spec");
+        assert_eq!(spec.window, vec![Some(4096), None]);
     }
 
     /// Real Gemma 3 configs leave most of `text_config` to the defaults.
