@@ -310,6 +310,31 @@ def hf_qwen3_5(w, cfg):
     return minus_one(w, QWEN_NEXT_NORMS)
 
 
+def hf_qwen3_vl(w, cfg):
+    # HF Qwen3-VL (transformers >= 4.57): `model.language_model.*`, `model.visual.*`,
+    # `lm_head` at the top level
+    w = rename_prefix(w, "language_model.model.", "model.language_model.")
+    if "language_model.lm_head.weight" in w:
+        w["lm_head.weight"] = w.pop("language_model.lm_head.weight")
+    w["model.visual.patch_embed.proj.weight"] = np.ones((8, 3, 2, 2, 2), np.float32)
+    return w
+
+
+def hf_qwen3_vl_moe(w, cfg):
+    # HF Qwen3-VL-MoE experts are stored transposed: `experts.gate_up_proj` [E, d, 2I]
+    # (gate columns first), `experts.down_proj` [E, I, d], both without `.weight`
+    for k in list(w.keys()):
+        if k.endswith(".mlp.switch_mlp.gate_proj.weight"):
+            base = k[: -len(".switch_mlp.gate_proj.weight")]
+            g = w.pop(k)
+            u = w.pop(f"{base}.switch_mlp.up_proj.weight")
+            w[f"{base}.experts.gate_up_proj"] = np.concatenate(
+                [np.swapaxes(g, -1, -2), np.swapaxes(u, -1, -2)], axis=-1)
+            w[f"{base}.experts.down_proj"] = np.ascontiguousarray(
+                np.swapaxes(w.pop(f"{base}.switch_mlp.down_proj.weight"), -1, -2))
+    return hf_qwen3_vl(w, cfg)
+
+
 def hf_qwen3_5_moe(w, cfg):
     # HF Qwen3.5-MoE: fused `experts.gate_up_proj` [E, 2I, d] (gate rows first) and
     # `experts.down_proj` [E, d, I], both without `.weight`
@@ -598,6 +623,28 @@ fixture("qwen3_5_moe", "qwen3_5_moe", dict(
     vision_config=dict(model_type="qwen3_5_moe_vision", depth=0),
     tie_word_embeddings=False, eos_token_id=EOS_ID,
 ), to_hf=hf_qwen3_5_moe)
+
+# Qwen3-VL-4B style: mlx-lm runs the text model with its qwen3 module (plain RoPE: the
+# interleaved M-RoPE of text-only positions is ordinary RoPE)
+_MROPE = dict(mrope_interleaved=True, mrope_section=[2, 3, 3], rope_type="default")
+fixture("qwen3_vl", "qwen3_vl", dict(
+    model_type="qwen3_vl",
+    text_config=dense(model_type="qwen3_vl_text", rope_theta=5000000.0,
+                      rope_scaling=_MROPE, tie_word_embeddings=True, attention_bias=False),
+    vision_config=dict(model_type="qwen3_vl", depth=0),
+    tie_word_embeddings=True, eos_token_id=EOS_ID, image_token_id=10,
+), to_hf=hf_qwen3_vl)
+
+# Qwen3-VL-30B-A3B style: the text model is mlx-lm's qwen3_moe
+fixture("qwen3_vl_moe", "qwen3_vl_moe", dict(
+    model_type="qwen3_vl_moe",
+    text_config=dense(model_type="qwen3_vl_moe_text", rope_theta=5000000.0,
+                      rope_scaling=_MROPE, tie_word_embeddings=False, attention_bias=False,
+                      num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
+                      mlp_only_layers=[], moe_intermediate_size=64, norm_topk_prob=True),
+    vision_config=dict(model_type="qwen3_vl_moe", depth=0),
+    tie_word_embeddings=False, eos_token_id=EOS_ID, image_token_id=10,
+), to_hf=hf_qwen3_vl_moe)
 
 fixture("qwen3_next", "qwen3_next", dense(
     model_type="qwen3_next", num_hidden_layers=4, rope_theta=10000000.0,
@@ -1013,6 +1060,12 @@ NOTES = {
     "qwen3_5_moe": dict(
         hl="wrapper `qwen3_5_moe` + text_config `qwen3_5_moe_text`; the qwen3_5 fixture's dims (3 GatedDeltaNet + 1 full attention), every layer MoE: 4 experts top-2 (moe ffn 64) + shared expert (64) with sigmoid shared_expert_gate, untied",
         notes="""mlx-lm's `qwen3_5_moe.Model` is `qwen3_5.Model` with its own sanitize: HF `mlp.experts.gate_up_proj` [E, 2I, d] (no `.weight`; first half of the rows gate, second half up) and `mlp.experts.down_proj` [E, d, I] become `mlp.switch_mlp.{gate,up,down}_proj`; then qwen3_5's sanitize (norms +1, conv1d to `[C,K,1]`). The feed-forward of **every** layer is `Qwen3NextSparseMoeBlock` (softmax router `mlp.gate` -> top-k -> renorm, + `shared_expert` × sigmoid(`shared_expert_gate`)), regardless of `decoder_sparse_step`; router and shared-expert gate quantized at 8 bits. `A_log` stays f32 (qwen3_5's cast_predicate). Names under `language_model.model.*`, `language_model.lm_head`."""),
+    "qwen3_vl": dict(
+        hl="Qwen3-VL-4B style wrapper `qwen3_vl` + text_config `qwen3_vl_text`: L=2, d=64, 4/2 heads, head_dim 16, q/k norms, theta 5e6, interleaved M-RoPE section [2,3,3] (rope_type default), tied",
+        notes="""mlx-lm's `qwen3_vl.Model` is the **qwen3** text model under `language_model`, built from `text_config` (or from the whole config when there is none); `rope_scaling` with `rope_type: default` makes it plain RoPE (text-only M-RoPE positions are equal on all three axes). sanitize drops `visual` / `vision_tower`, lifts the newer HF `model.language_model.*` to `model.*` (dropping `model.visual`), then prefixes everything with `language_model.`; the qwen3 sanitize is not called. Tied: no `lm_head`, `tie_word_embeddings` read from `text_config`. Names under `language_model.model.*`."""),
+    "qwen3_vl_moe": dict(
+        hl="Qwen3-VL-30B-A3B style wrapper `qwen3_vl_moe` + text_config `qwen3_vl_moe_text`: L=2, d=64, 4/2 heads, head_dim 16, 4 experts top-2 (moe ffn 64) on every layer, norm_topk_prob, theta 5e6, M-RoPE section [2,3,3], untied",
+        notes="""The text model is mlx-lm's **qwen3_moe** (see there: q/k norms, `nn.RoPE(head_dim, base=rope_theta)` ignoring `rope_scaling`, softmax router `mlp.gate` quantized at 8 bits). HF stores the experts transposed: `mlp.experts.gate_up_proj` [E, d, 2I] (first I columns gate) and `mlp.experts.down_proj` [E, I, d], no `.weight`; sanitize splits and transposes them into `mlp.switch_mlp.{gate,up,down}_proj.weight`. Newer HF layout `model.language_model.*` + top-level `lm_head` becomes `language_model.model.*` / `language_model.lm_head`; `visual` is dropped."""),
     "qwen3_next": dict(
         hl="L=4 (3 GatedDeltaNet + 1 attention), d=64, same linear-attn dims as qwen3_5, all layers MoE: 4 experts top-2 (moe ffn 64) + shared expert (64) with sigmoid shared_expert_gate",
         notes="""Like qwen3_5 (norm +1 folded in by sanitize, conv1d `[C,K,1]`, gated attention) except that `A_log` is **bf16** here (qwen3_next has no cast_predicate) but the linear attention uses **fused, head-grouped** projections: `in_proj_qkvz` output is reshaped to [num_k_heads, (dk | dk | (nv/nk)·dv | (nv/nk)·dv)] = per k-head q, k, v-group, z-group; `in_proj_ba` to [num_k_heads, (nv/nk) b | (nv/nk) a]. MoE: router `mlp.gate` (8-bit) softmax -> top-k -> renorm (norm_topk_prob) ; plus `shared_expert` SwiGLU × sigmoid(`shared_expert_gate` (Linear d->1, 8-bit)). Experts `mlp.switch_mlp.*` stacked."""),

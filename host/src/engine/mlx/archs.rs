@@ -15,6 +15,7 @@ pub const SUPPORTED: &[&str] = &[
     "mistral",
     "qwen2",
     "qwen3",
+    "qwen3_vl",
     "smollm3",
     "phi3",
     "mistral3",
@@ -201,13 +202,8 @@ pub fn dense_spec(model_type: &str, config: &Value) -> Result<DenseSpec, EngineE
             let rope = rope_from_scaling(c.head_dim(), c.rope_theta, c.rope_scaling.as_ref(), 32768)?;
             Ok(c.spec(model_type, true, Some(rope)))
         }
-        "qwen3" => {
-            let c: Common = parse(config, model_type)?;
-            let rope = rope_from_scaling(c.head_dim(), c.rope_theta, c.rope_scaling.as_ref(), 32768)?;
-            let mut spec = c.spec(model_type, true, Some(rope));
-            spec.qk_norm = true;
-            Ok(spec)
-        }
+        "qwen3" => qwen3(config),
+        "qwen3_vl" => qwen3_vl(config),
         "smollm3" => smollm3(config),
         "phi3" => phi3(config),
         "mistral3" => mistral3(config),
@@ -242,6 +238,35 @@ fn llama(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
             }
         }
     }
+    Ok(spec)
+}
+
+/// mlx-lm's qwen3: `rope_theta` is required, but transformers 5 configs nest it (and the
+/// scaling) in `rope_parameters`, which mlx-lm reads when the top-level fields are absent.
+fn qwen3(config: &Value) -> Result<DenseSpec, EngineError> {
+    let c: Common = parse(config, "qwen3")?;
+    let params = config.get("rope_parameters").filter(|p| p.as_object().is_some_and(|p| !p.is_empty()));
+    let theta = config
+        .get("rope_theta")
+        .filter(|t| !t.is_null())
+        .or_else(|| params.and_then(|p| p.get("rope_theta")))
+        .and_then(Value::as_f64)
+        .ok_or_else(|| EngineError::Metadata(String::from("qwen3 config.json: rope_theta is missing")))?;
+    let scaling = c.rope_scaling.as_ref().or(params);
+    let rope = rope_from_scaling(c.head_dim(), theta as f32, scaling, 32768)?;
+    let mut spec = c.spec("qwen3", true, Some(rope));
+    spec.qk_norm = true;
+    Ok(spec)
+}
+
+/// The Qwen3-VL wrapper: mlx-lm's qwen3 text model, configured by `text_config` (the
+/// whole config when there is none), under `language_model.`. Its interleaved M-RoPE
+/// (`rope_type: default`) is plain RoPE for text.
+fn qwen3_vl(config: &Value) -> Result<DenseSpec, EngineError> {
+    let mut spec = qwen3(config.get("text_config").unwrap_or(config))?;
+    spec.arch = String::from("qwen3_vl");
+    spec.prefix = String::from("language_model.model");
+    spec.head = String::from("language_model.lm_head");
     Ok(spec)
 }
 
@@ -509,6 +534,21 @@ mod tests {
         config["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]);
         let spec = dense_spec("llama", &config).expect("spec");
         assert_eq!(spec.window, vec![Some(4096), None]);
+    }
+
+    /// transformers 5 writes `rope_parameters` instead of `rope_theta` / `rope_scaling`.
+    #[test]
+    fn qwen3_reads_rope_parameters_when_rope_theta_is_absent() {
+        let config = serde_json::json!({
+            "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "head_dim": 16,
+            "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100.0},
+        });
+        let spec = dense_spec("qwen3", &config).expect("spec");
+        let rope = spec.rope[0].as_ref().expect("rope");
+        assert_eq!(rope.position_scale, 0.5);
+        assert!((rope.inv_freq[1] - 100f32.powf(-2.0 / 16.0)).abs() < 1e-7);
+        let missing = serde_json::json!({"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4});
+        assert!(dense_spec("qwen3", &missing).is_err(), "mlx-lm requires rope_theta");
     }
 
     /// Real Gemma 3 configs leave most of `text_config` to the defaults.
