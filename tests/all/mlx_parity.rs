@@ -3,7 +3,7 @@
 //! `scripts/mlx_fixtures.py`). Our last-position logits for a fixed prompt must be within
 //! [`LOGIT_TOLERANCE`] of mlx-lm's float32 logits, and 16 greedy steps through our KV
 //! cache must give mlx-lm's tokens. An architecture we cannot load yet gets an ignored test
-//! with the reason, so the table stays honest (none today: all 21 fixtures pass).
+//! with the reason, so the table stays honest (none today: all 22 fixtures pass).
 
 use std::path::PathBuf;
 

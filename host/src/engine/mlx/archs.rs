@@ -25,6 +25,7 @@ pub const SUPPORTED: &[&str] = &[
     "qwen3_5_moe",
     "qwen3_next",
     "qwen3_moe",
+    "qwen3_vl_moe",
     "gemma4",
     "gpt_oss",
     "glm4_moe",
