@@ -310,6 +310,16 @@ def hf_qwen3_5(w, cfg):
     return minus_one(w, QWEN_NEXT_NORMS)
 
 
+def hf_gemma3n(w, cfg):
+    # HF names are mlx-lm's (`model.language_model.*`, no lm_head); the towers that
+    # sanitize drops
+    w["model.vision_tower.timm_model.conv_stem.conv.weight"] = np.ones((8, 3, 2, 2), np.float32)
+    w["model.audio_tower.subsample_conv_projection.conv_0.conv.weight"] = np.ones((8, 1, 3, 3), np.float32)
+    w["model.embed_vision.embedding.weight"] = np.ones((8, 64), np.float32)
+    w["model.embed_audio.embedding.weight"] = np.ones((8, 64), np.float32)
+    return w
+
+
 def hf_qwen3_vl(w, cfg):
     # HF Qwen3-VL (transformers >= 4.57): `model.language_model.*`, `model.visual.*`,
     # `lm_head` at the top level
@@ -441,7 +451,7 @@ TIED_INIT = dict(emb_std=0.1, final_norm_gain=4.0)
 
 def fixture(name, module, cfg, to_hf=hf_identity, bits=4, group_size=64, mode="affine",
             quant_predicate=None, offset_norms=(), seed_name=None, extra_src_cfg=None,
-            note="", init=None):
+            note="", init=None, cached_prefill=False):
     if init is None:
         c = cfg.get("text_config", cfg)
         init = TIED_INIT if c.get("tie_word_embeddings", True) else {}
@@ -449,6 +459,7 @@ def fixture(name, module, cfg, to_hf=hf_identity, bits=4, group_size=64, mode="a
         module=module, cfg=cfg, to_hf=to_hf, bits=bits, group_size=group_size,
         mode=mode, quant_predicate=quant_predicate, offset_norms=offset_norms,
         seed_name=seed_name or name, extra_src_cfg=extra_src_cfg or {}, note=note,
+        cached_prefill=cached_prefill,
     )
 
 
@@ -705,6 +716,28 @@ fixture("granitemoehybrid", "granitemoehybrid", dict(
     # embedding_multiplier 12 and residual_multiplier 0.22: keep the embeddings tiny
     init=dict(emb_std=0.015, final_norm_gain=32.0))
 
+# gemma-3n-E4B style, every feature at toy size: AltUp over 4 streams, LAuReL, per-layer
+# inputs (a smaller per-layer vocabulary than the model's: ids >= 256 read row 0), KV
+# sharing (layers 2, 3 reuse layers 0, 1), activation sparsity on the first two layers
+fixture("gemma3n", "gemma3n", dict(
+    model_type="gemma3n",
+    text_config=dict(
+        model_type="gemma3n_text", hidden_size=64, num_hidden_layers=4, intermediate_size=128,
+        num_attention_heads=4, head_dim=16, rms_norm_eps=1e-6, vocab_size=VOCAB,
+        num_key_value_heads=2, num_kv_shared_layers=2, vocab_size_per_layer_input=256,
+        sliding_window=6, max_position_embeddings=512, rope_local_base_freq=10000.0,
+        rope_theta=1000000.0, final_logit_softcapping=30.0,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0], hidden_size_per_layer_input=16,
+        altup_num_inputs=4, altup_coef_clip=120.0, altup_correct_scale=True,
+        altup_active_idx=0, laurel_rank=8, query_pre_attn_scalar=16,
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+    ),
+    vision_config=dict(model_type="gemma3n_vision"),
+    audio_config=dict(model_type="gemma3n_audio"),
+    vocab_size=VOCAB, eos_token_id=EOS_ID,
+), to_hf=hf_gemma3n, cached_prefill=True)
+
 for _b in (2, 3, 6, 8):
     fixture(f"llama-{_b}bit", "llama", LLAMA_CFG, bits=_b)
 
@@ -745,9 +778,14 @@ def to_f32(model):
     return model
 
 
-def run_reference(model):
+def run_reference(model, cached_prefill=False):
+    """``cached_prefill``: ``last_logits`` from a prefill into a fresh prompt cache, for
+    models whose no-cache forward is not what generation computes (gemma3n)."""
     prompt = mx.array([PROMPT_IDS])
-    last = model(prompt)[0, -1].astype(mx.float32)
+    if cached_prefill:
+        last = model(prompt, cache=make_prompt_cache(model))[0, -1].astype(mx.float32)
+    else:
+        last = model(prompt)[0, -1].astype(mx.float32)
     mx.eval(last)
 
     cache = make_prompt_cache(model)
@@ -803,8 +841,8 @@ def convert_and_reference(name, spec, salt, out):
     if (out / "README.md").exists():
         (out / "README.md").unlink()
     model, tokenizer, _ = mlx_lm.load(str(out), return_config=True)
-    ref = run_reference(model)
-    ref32 = run_reference(to_f32(model))
+    ref = run_reference(model, spec["cached_prefill"])
+    ref32 = run_reference(to_f32(model), spec["cached_prefill"])
     return tokenizer, ref, ref32
 
 
@@ -948,7 +986,9 @@ model `vocab_size` 320 (ids 259..319 unused). ChatML-like `chat_template`
 * `prompt_ids`: `{prompt}` (a single sequence, batch 1).
 * `last_logits`: full-vocab logits at the last prompt position, no cache, computed
   with the checkpoint as loaded (bf16 activations, bf16 scales/biases),
-  cast to f32 and rounded to 5 decimals.
+  cast to f32 and rounded to 5 decimals. Exception: gemma3n, whose no-cache forward is
+  not what generation computes (see its notes), takes them from a prefill into a fresh
+  `make_prompt_cache(model)`.
 * `greedy_tokens`: {n} argmax tokens continuing the prompt, prefill of the whole
   prompt into `make_prompt_cache(model)` then one token at a time (EOS ignored).
   `greedy_top2_margins`: top1-top2 logit gap at each step (small gap = fragile).
@@ -1054,6 +1094,9 @@ NOTES = {
     "gemma4-moe": dict(
         hl="gemma4 26B-A4B style: L=4 (s,f,s,f), MoE block (4 experts top-2, moe ffn 64) in parallel with dense MLP, attention_k_eq_v on full layers (1 global kv head), no per-layer inputs, no kv sharing",
         notes="""Same as gemma4 plus: full-attention layers have **no v_proj** (`attention_k_eq_v`: values = raw k_proj output, v_norm applied separately without rope) and use `num_global_key_value_heads`. MoE layer: `h1 = post_ffn_norm_1(mlp(pre_ffn_norm(h)))`, router on the un-normed h: `rms_norm(h) * router.scale * d^-0.5 -> router.proj -> top-k -> softmax over the k -> * router.per_expert_scale[idx]`; `h2 = post_ffn_norm_2(experts(pre_ffn_norm_2(h)))` (GeGLU SwitchGLU `experts.switch_glu.*`), then `post_feedforward_layernorm(h1 + h2)`. HF `experts.gate_up_proj` [E, 2I, d] is split in half (first half gate). `router.proj` quantized at 8 bits."""),
+    "gemma3n": dict(
+        hl="gemma-3n-E4B style at toy size: wrapper `gemma3n` + text_config; L=4 (s,f,s,f), d=64, 4 heads/2 kv, head_dim 16, ffn 128, AltUp 4 streams (active 0, coef clip 120, correct_scale), LAuReL rank 8, per-layer inputs 16/layer with vocab_size_per_layer_input 256 < vocab 320, num_kv_shared_layers 2, activation sparsity 0.95 on layers 0-1, sliding_window 6, softcap 30, tied",
+        notes="""Plain `w` RMSNorms; attention scale 1 with q_norm/k_norm (weights) and v RMS-normalised without weight; RoPE (full head_dim) base `rope_local_base_freq` on sliding layers, `rope_theta` on full ones (`rope_scaling` unused). `h0 = embed × sqrt(d)`. **AltUp**: streams `[h0, p_i(h0) × rms(h0)/rms(p_i(h0))]` (`altup_projections.{0,1,2}`); per layer `predict`: m = tanh(modality_router(router_norm(x_active) / d)) ([n]); c = prediction_coefs(m) (weight clipped to ±altup_coef_clip, f32, not quantized: in-dim 4); stream q ← x_q + Σ_p c[q·n+p]·x_p. Block on the active prediction a: `n = input_layernorm(a)`; laurel = n + post_laurel_norm(linear_right(linear_left(n))); `g = a + post_attention_layernorm(attn(n))`; `l = (g + laurel)/sqrt2`; `y = l + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(l)))`. `correct`: coefs = correction_coefs(tanh(router(y))) + 1; stream i ← pred_i + coefs_i·(y − pred_active). Then `f = corrected[active] × altup.correct_output_scale`; `f = post_per_layer_input_norm(per_layer_projection(gelu_tanh(per_layer_input_gate(f)) × pli[layer]))`, added to streams **1..n** only. Per-layer inputs as gemma4 but token ids ≥ `vocab_size_per_layer_input` read row 0. MLP: GeGLU; on layers with sparsity s > 0 the gate becomes `gelu_tanh(max(0, g − (mean(g) + std(g)·sqrt2·erfinv(2s−1))))` (population std over the ffn dim). End: streams 1.. through `altup_unembed_projections`, rescaled to rms(stream 0), averaged; final norm; tied head; `tanh(x/30)·30`. **KV sharing**: layers ≥ L − num_kv_shared_layers attend over the cache of the last earlier layer of the same type (here 2 ← 0, 3 ← 1) — but only when there is a cache: mlx-lm's no-cache forward (`model(ids)`) runs their own k_proj/v_proj instead, so `nocache_check.tokens_match` is false here (max diff ≈ 7.8) and `last_logits` come from a cached prefill. Names under `model.language_model.*`; sanitize drops `vision_tower`, `audio_tower`, `embed_vision`, `embed_audio`."""),
     "qwen3_5": dict(
         hl="wrapper `qwen3_5` + text_config `qwen3_5_text`; L=4 (3 GatedDeltaNet + 1 full attention, full_attention_interval 4), d=64, attention 4/2 heads head_dim 16 with output gate, rope partial 0.25 (4 dims) theta 1e7, linear attn: 2 k-heads × 16, 4 v-heads × 16, conv kernel 4; dense MLP",
         notes="""**Norm weights are converted**: HF Qwen3.5 stores (1+w)-style norms; mlx-lm sanitize adds 1.0 to input_layernorm, post_attention_layernorm, model.norm, q_norm, k_norm when the checkpoint is unconverted (detected by conv1d shape), so MLX files hold the final multiplier (plain `rms_norm(x)*w`). `linear_attn.norm` (gated RMSNorm) is not offset. conv1d stored MLX-style `[C, K, 1]` (depthwise; C = 2·key_dim + value_dim = 128), no bias; causal conv with K-1 zero (or cached) left context then SiLU. Separate projections `in_proj_qkv` (q|k|v concatenated), `in_proj_z`, `in_proj_b`, `in_proj_a`. `A_log` is **float32**. Gated delta rule: q,k L2-normalised (q also × d_k^-0.5), beta = sigmoid(b), g = exp(-exp(A_log) · softplus(a + dt_bias)); state S[h] (Dv×Dk): `S = g·S; S += outer(beta·(v - S k), k); o = S q`; GQA: v-heads / k-heads = 2 (k-head j serves v-heads 2j, 2j+1). Output `out_proj(gated_rmsnorm(o, z))` with gated norm = `rms_norm(o)*w * silu(z)`. Full-attention layers: q_proj outputs 2× (per head [q(hd) | gate(hd)]), o_proj(attn * sigmoid(gate)); q_norm/k_norm per head; rope on first 25% dims. Names under `language_model.model.*`, `language_model.lm_head`."""),

@@ -21,6 +21,7 @@ pub const SUPPORTED: &[&str] = &[
     "mistral3",
     "gemma3_text",
     "gemma3",
+    "gemma3n",
     "qwen3_5",
     "qwen3_5_moe",
     "qwen3_next",
