@@ -215,6 +215,15 @@ def hf_gemma3_text(w, cfg):
     return w
 
 
+def hf_gemma3(w, cfg):
+    # HF Gemma 3 (transformers < 4.52 layout, the one mlx-lm's gemma3 sanitize reads):
+    # `language_model.model.*`, tied (no lm_head), plus the vision tower and projector
+    w.pop("language_model.lm_head.weight", None)
+    w["vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.ones((8, 3, 2, 2), np.float32)
+    w["multi_modal_projector.mm_input_projection_weight"] = np.ones((8, 128), np.float32)
+    return w
+
+
 def hf_mistral3(w, cfg):
     w = rename_prefix(w, "language_model.model.", "model.language_model.")
     if "language_model.lm_head.weight" in w:
@@ -299,6 +308,54 @@ def hf_qwen3_5(w, cfg):
         w["lm_head.weight"] = w.pop("language_model.lm_head.weight")
     w = conv_to_torch(w)
     return minus_one(w, QWEN_NEXT_NORMS)
+
+
+def hf_gemma3n(w, cfg):
+    # HF names are mlx-lm's (`model.language_model.*`, no lm_head); the towers that
+    # sanitize drops
+    w["model.vision_tower.timm_model.conv_stem.conv.weight"] = np.ones((8, 3, 2, 2), np.float32)
+    w["model.audio_tower.subsample_conv_projection.conv_0.conv.weight"] = np.ones((8, 1, 3, 3), np.float32)
+    w["model.embed_vision.embedding.weight"] = np.ones((8, 64), np.float32)
+    w["model.embed_audio.embedding.weight"] = np.ones((8, 64), np.float32)
+    return w
+
+
+def hf_qwen3_vl(w, cfg):
+    # HF Qwen3-VL (transformers >= 4.57): `model.language_model.*`, `model.visual.*`,
+    # `lm_head` at the top level
+    w = rename_prefix(w, "language_model.model.", "model.language_model.")
+    if "language_model.lm_head.weight" in w:
+        w["lm_head.weight"] = w.pop("language_model.lm_head.weight")
+    w["model.visual.patch_embed.proj.weight"] = np.ones((8, 3, 2, 2, 2), np.float32)
+    return w
+
+
+def hf_qwen3_vl_moe(w, cfg):
+    # HF Qwen3-VL-MoE experts are stored transposed: `experts.gate_up_proj` [E, d, 2I]
+    # (gate columns first), `experts.down_proj` [E, I, d], both without `.weight`
+    for k in list(w.keys()):
+        if k.endswith(".mlp.switch_mlp.gate_proj.weight"):
+            base = k[: -len(".switch_mlp.gate_proj.weight")]
+            g = w.pop(k)
+            u = w.pop(f"{base}.switch_mlp.up_proj.weight")
+            w[f"{base}.experts.gate_up_proj"] = np.concatenate(
+                [np.swapaxes(g, -1, -2), np.swapaxes(u, -1, -2)], axis=-1)
+            w[f"{base}.experts.down_proj"] = np.ascontiguousarray(
+                np.swapaxes(w.pop(f"{base}.switch_mlp.down_proj.weight"), -1, -2))
+    return hf_qwen3_vl(w, cfg)
+
+
+def hf_qwen3_5_moe(w, cfg):
+    # HF Qwen3.5-MoE: fused `experts.gate_up_proj` [E, 2I, d] (gate rows first) and
+    # `experts.down_proj` [E, d, I], both without `.weight`
+    for k in list(w.keys()):
+        if k.endswith(".mlp.switch_mlp.gate_proj.weight"):
+            base = k[: -len(".switch_mlp.gate_proj.weight")]
+            g = w.pop(k)
+            u = w.pop(f"{base}.switch_mlp.up_proj.weight")
+            w[f"{base}.experts.gate_up_proj"] = np.concatenate([g, u], axis=-2)
+            w[f"{base}.experts.down_proj"] = w.pop(f"{base}.switch_mlp.down_proj.weight")
+    return hf_qwen3_5(w, cfg)
 
 
 def hf_qwen3_next(w, cfg):
@@ -394,7 +451,7 @@ TIED_INIT = dict(emb_std=0.1, final_norm_gain=4.0)
 
 def fixture(name, module, cfg, to_hf=hf_identity, bits=4, group_size=64, mode="affine",
             quant_predicate=None, offset_norms=(), seed_name=None, extra_src_cfg=None,
-            note="", init=None):
+            note="", init=None, cached_prefill=False):
     if init is None:
         c = cfg.get("text_config", cfg)
         init = TIED_INIT if c.get("tie_word_embeddings", True) else {}
@@ -402,6 +459,7 @@ def fixture(name, module, cfg, to_hf=hf_identity, bits=4, group_size=64, mode="a
         module=module, cfg=cfg, to_hf=to_hf, bits=bits, group_size=group_size,
         mode=mode, quant_predicate=quant_predicate, offset_norms=offset_norms,
         seed_name=seed_name or name, extra_src_cfg=extra_src_cfg or {}, note=note,
+        cached_prefill=cached_prefill,
     )
 
 
@@ -414,6 +472,12 @@ LLAMA_CFG = dense(
     rms_norm_eps=1e-5,
 )
 fixture("llama", "llama", LLAMA_CFG)
+
+# Devstral-Small-2507 style `mistral` (mlx-lm maps it to its llama module): head_dim 32
+# with d=64 and 4 heads (q/o are 128 wide, not d), rope_theta 1e9, no sliding window
+fixture("mistral", "llama", dense(model_type="mistral", head_dim=32, rope_theta=1000000000.0,
+                                   rms_norm_eps=1e-5, sliding_window=None,
+                                   tie_word_embeddings=False))
 
 fixture("qwen3", "qwen3", dense(model_type="qwen3", rope_theta=1000000.0,
                                  tie_word_embeddings=True))
@@ -432,6 +496,30 @@ fixture(
           final_logit_softcapping=None, hidden_activation="gelu_pytorch_tanh"),
     to_hf=hf_gemma3_text,
     offset_norms=("norm.weight", "layernorm.weight"),
+)
+
+# the multimodal wrapper; its text_config is as sparse as real Gemma 3 ones (no head
+# counts, rope_theta, eps, ...: mlx-lm's wrapper defaults 8 / 4 heads, gemma3_text's
+# ModelArgs the rest), vocab_size only at the top level; d=128 so that sqrt(d) is not a
+# bf16 number (gemma3_text scales the embeddings by sqrt(d) rounded to bf16; the
+# unrounded scale still lands within the parity tolerance on this fixture)
+fixture(
+    "gemma3",
+    "gemma3",
+    dict(
+        model_type="gemma3",
+        text_config=dict(model_type="gemma3_text", hidden_size=128, num_hidden_layers=2,
+                         intermediate_size=128, head_dim=16, query_pre_attn_scalar=16,
+                         sliding_window=6, sliding_window_pattern=2,
+                         rope_scaling=dict(factor=8.0, rope_type="linear")),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=8,
+                           num_hidden_layers=0),
+        vocab_size=VOCAB, eos_token_id=EOS_ID, image_token_index=10,
+    ),
+    to_hf=hf_gemma3,
+    offset_norms=("norm.weight", "layernorm.weight"),
+    # sqrt(128) embedding scale and only 2 layers: smaller embeddings than TIED_INIT
+    init=dict(emb_std=0.02, final_norm_gain=16.0),
 )
 
 _phi = dense(model_type="phi3", rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -533,6 +621,42 @@ fixture("qwen3_5", "qwen3_5", dict(
     tie_word_embeddings=False, eos_token_id=EOS_ID,
 ), to_hf=hf_qwen3_5)
 
+fixture("qwen3_5_moe", "qwen3_5_moe", dict(
+    model_type="qwen3_5_moe",
+    text_config=dense(model_type="qwen3_5_moe_text", num_hidden_layers=4,
+                      tie_word_embeddings=False, attention_bias=False,
+                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                      shared_expert_intermediate_size=64, norm_topk_prob=True,
+                      rope_parameters=dict(rope_type="default", rope_theta=10000000.0,
+                                           partial_rotary_factor=0.25,
+                                           mrope_section=[1, 1, 0], mrope_interleaved=True),
+                      **_LIN),
+    vision_config=dict(model_type="qwen3_5_moe_vision", depth=0),
+    tie_word_embeddings=False, eos_token_id=EOS_ID,
+), to_hf=hf_qwen3_5_moe)
+
+# Qwen3-VL-4B style: mlx-lm runs the text model with its qwen3 module (plain RoPE: the
+# interleaved M-RoPE of text-only positions is ordinary RoPE)
+_MROPE = dict(mrope_interleaved=True, mrope_section=[2, 3, 3], rope_type="default")
+fixture("qwen3_vl", "qwen3_vl", dict(
+    model_type="qwen3_vl",
+    text_config=dense(model_type="qwen3_vl_text", rope_theta=5000000.0,
+                      rope_scaling=_MROPE, tie_word_embeddings=True, attention_bias=False),
+    vision_config=dict(model_type="qwen3_vl", depth=0),
+    tie_word_embeddings=True, eos_token_id=EOS_ID, image_token_id=10,
+), to_hf=hf_qwen3_vl)
+
+# Qwen3-VL-30B-A3B style: the text model is mlx-lm's qwen3_moe
+fixture("qwen3_vl_moe", "qwen3_vl_moe", dict(
+    model_type="qwen3_vl_moe",
+    text_config=dense(model_type="qwen3_vl_moe_text", rope_theta=5000000.0,
+                      rope_scaling=_MROPE, tie_word_embeddings=False, attention_bias=False,
+                      num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
+                      mlp_only_layers=[], moe_intermediate_size=64, norm_topk_prob=True),
+    vision_config=dict(model_type="qwen3_vl_moe", depth=0),
+    tie_word_embeddings=False, eos_token_id=EOS_ID, image_token_id=10,
+), to_hf=hf_qwen3_vl_moe)
+
 fixture("qwen3_next", "qwen3_next", dense(
     model_type="qwen3_next", num_hidden_layers=4, rope_theta=10000000.0,
     partial_rotary_factor=0.25, num_experts=4, num_experts_per_tok=2,
@@ -592,6 +716,28 @@ fixture("granitemoehybrid", "granitemoehybrid", dict(
     # embedding_multiplier 12 and residual_multiplier 0.22: keep the embeddings tiny
     init=dict(emb_std=0.015, final_norm_gain=32.0))
 
+# gemma-3n-E4B style, every feature at toy size: AltUp over 4 streams, LAuReL, per-layer
+# inputs (a smaller per-layer vocabulary than the model's: ids >= 256 read row 0), KV
+# sharing (layers 2, 3 reuse layers 0, 1), activation sparsity on the first two layers
+fixture("gemma3n", "gemma3n", dict(
+    model_type="gemma3n",
+    text_config=dict(
+        model_type="gemma3n_text", hidden_size=64, num_hidden_layers=4, intermediate_size=128,
+        num_attention_heads=4, head_dim=16, rms_norm_eps=1e-6, vocab_size=VOCAB,
+        num_key_value_heads=2, num_kv_shared_layers=2, vocab_size_per_layer_input=256,
+        sliding_window=6, max_position_embeddings=512, rope_local_base_freq=10000.0,
+        rope_theta=1000000.0, final_logit_softcapping=30.0,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0], hidden_size_per_layer_input=16,
+        altup_num_inputs=4, altup_coef_clip=120.0, altup_correct_scale=True,
+        altup_active_idx=0, laurel_rank=8, query_pre_attn_scalar=16,
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+    ),
+    vision_config=dict(model_type="gemma3n_vision"),
+    audio_config=dict(model_type="gemma3n_audio"),
+    vocab_size=VOCAB, eos_token_id=EOS_ID,
+), to_hf=hf_gemma3n, cached_prefill=True)
+
 for _b in (2, 3, 6, 8):
     fixture(f"llama-{_b}bit", "llama", LLAMA_CFG, bits=_b)
 
@@ -632,9 +778,14 @@ def to_f32(model):
     return model
 
 
-def run_reference(model):
+def run_reference(model, cached_prefill=False):
+    """``cached_prefill``: ``last_logits`` from a prefill into a fresh prompt cache, for
+    models whose no-cache forward is not what generation computes (gemma3n)."""
     prompt = mx.array([PROMPT_IDS])
-    last = model(prompt)[0, -1].astype(mx.float32)
+    if cached_prefill:
+        last = model(prompt, cache=make_prompt_cache(model))[0, -1].astype(mx.float32)
+    else:
+        last = model(prompt)[0, -1].astype(mx.float32)
     mx.eval(last)
 
     cache = make_prompt_cache(model)
@@ -690,8 +841,8 @@ def convert_and_reference(name, spec, salt, out):
     if (out / "README.md").exists():
         (out / "README.md").unlink()
     model, tokenizer, _ = mlx_lm.load(str(out), return_config=True)
-    ref = run_reference(model)
-    ref32 = run_reference(to_f32(model))
+    ref = run_reference(model, spec["cached_prefill"])
+    ref32 = run_reference(to_f32(model), spec["cached_prefill"])
     return tokenizer, ref, ref32
 
 
@@ -811,7 +962,7 @@ Nothing is downloaded.
    score-correction biases) -> 0.1·N(0,1), embeddings 0.5·N(0,1), lm_head
    4/sqrt(fan_in)·N(0,1), other matrices N(0,1)/sqrt(fan_in), `A_log` = log U(1,16),
    conv1d 0.3·N(0,1). Tied-embedding models use embeddings 0.1·N(0,1) and a final
-   norm multiplier ×4 (granitemoehybrid: 0.015·N(0,1), ×32), otherwise greedy
+   norm multiplier ×4 (gemma3: 0.02·N(0,1), ×16; granitemoehybrid: 0.015·N(0,1), ×32), otherwise greedy
    decoding of a random tied model just repeats its input token.
 2. Those tensors are rewritten into the *unconverted Hugging Face layout*
    (the inverse of the module's `sanitize`: per-expert MoE tensors, fused
@@ -835,7 +986,9 @@ model `vocab_size` 320 (ids 259..319 unused). ChatML-like `chat_template`
 * `prompt_ids`: `{prompt}` (a single sequence, batch 1).
 * `last_logits`: full-vocab logits at the last prompt position, no cache, computed
   with the checkpoint as loaded (bf16 activations, bf16 scales/biases),
-  cast to f32 and rounded to 5 decimals.
+  cast to f32 and rounded to 5 decimals. Exception: gemma3n, whose no-cache forward is
+  not what generation computes (see its notes), takes them from a prefill into a fresh
+  `make_prompt_cache(model)`.
 * `greedy_tokens`: {n} argmax tokens continuing the prompt, prefill of the whole
   prompt into `make_prompt_cache(model)` then one token at a time (EOS ignored).
   `greedy_top2_margins`: top1-top2 logit gap at each step (small gap = fragile).
@@ -905,6 +1058,9 @@ NOTES = {
     "llama": dict(
         hl="L=2, d=64, 4 heads/2 kv, head_dim 16, ffn 128, untied lm_head, rope llama3 scaling (factor 8, orig 64), theta 5e5",
         notes="""Standard Llama: `h = x + o(attn(rmsnorm(x)))`, `h + down(silu(gate)*up)`. RoPE non-traditional (rotate-half, NeoX style), `Llama3RoPE` frequency remap: wavelen = 2π·base^(2i/d); wavelen > orig/low_freq_factor -> freq·factor; between orig/high and orig/low -> smooth interpolation `freq / ((1-s)/factor + s)`, s = (orig/wavelen - low)/(high - low). sanitize drops `rotary_emb.inv_freq` and `lm_head.weight` when tied."""),
+    "mistral": dict(
+        hl="Devstral-Small-2507 style: L=2, d=64, 4 heads/2 kv with head_dim 32 (q/o projections 128 wide, wider than d), ffn 128, rope_theta 1e9, sliding_window null, untied",
+        notes="""mlx-lm has no `mistral` module: `MODEL_REMAPPING` loads `model_type: mistral` with `llama`, so everything in the llama notes applies (plain RoPE here, no scaling). Only `head_dim` differs from d/heads, as in Devstral (5120 / 32 heads, head_dim 128). mlx-lm's llama reads `sliding_window` only for layers that `layer_types` marks `sliding_attention`; Mistral configs have no `layer_types`, so every layer is full attention."""),
     "qwen3": dict(
         hl="L=2, d=64, 4/2 heads, head_dim 16, tied embeddings, q_norm/k_norm (per head, RMSNorm over head_dim), theta 1e6",
         notes="""q/k RMSNorm applied per head *before* RoPE. No biases. Tied: no lm_head tensor; logits = h @ dequant(embed_tokens)^T."""),
@@ -914,6 +1070,9 @@ NOTES = {
     "gemma3_text": dict(
         hl="L=4, d=64, 4 heads/1 kv, head_dim 16, query_pre_attn_scalar 16, sliding_window 6, sliding_window_pattern 2 (layers 1,3 global), rope local 1e4 / global 1e6 with linear scaling factor 8 (global layers only), tied",
         notes="""**Norms are (1+w)**: `rms_norm(x) * (1 + w)` for input/post_attention/pre_feedforward/post_feedforward layernorms, q_norm/k_norm and final norm; stored weights are ~0. Embedding scaled by `sqrt(hidden)` (computed in the activation dtype: `mx.array(64**0.5, bf16)`). Sandwich norms: `h = x + post_attn_norm(attn(input_norm(x)))`, `out = h + post_ffn_norm(mlp(pre_ffn_norm(h)))`. MLP is GeGLU with tanh-approx gelu. Attention scale = query_pre_attn_scalar^-0.5. Layer i is global iff `(i+1) % sliding_window_pattern == 0`; sliding layers use rope_local_base_freq and **no** rope_scaling; global layers use rope_theta + rope_scaling. Sliding window: a query attends to keys with `q - k < window` (mlx RotatingKVCache of size `window`). Tied: mlx-lm sanitize deletes `lm_head` when the checkpoint has no `lm_head.weight`. `final_logit_softcapping` is ignored by mlx-lm gemma3_text."""),
+    "gemma3": dict(
+        hl="multimodal wrapper around gemma3_text; source text_config as sparse as real ones (d=128, L=2, head_dim 16, query_pre_attn_scalar 16, sliding_window 6, pattern 2, linear rope factor 8 on the global layer): 8 heads / 4 kv from the wrapper's defaults, rope_theta 1e6 / local 1e4 and eps 1e-6 from gemma3_text's; vocab_size top-level only; tied",
+        notes="""mlx-lm's `gemma3.Model` wraps `gemma3_text.Model` as `language_model`: its `ModelArgs.__post_init__` copies the top-level `vocab_size` (default 262208) into `text_config` and defaults `num_attention_heads` to 8 and `num_key_value_heads` to 4 there; every other missing field takes gemma3_text's `ModelArgs` default (hidden 1152, head_dim 256, rope_theta 1e6, rope_local_base_freq 1e4, query_pre_attn_scalar 256, sliding_window 512, pattern 6, eps 1e-6). The converter writes the mutated `text_config` back, so this config.json carries `num_attention_heads`, `num_key_value_heads` and `vocab_size` in `text_config` but still lacks rope_theta, eps, ... . sanitize drops `vision_tower` / `multi_modal_projector`, and gemma3_text's sanitize ties the head when there is no `lm_head.weight` (`tie_word_embeddings` in the config is never read). The forward is gemma3_text's (see there); the embedding scale is `sqrt(hidden)` **rounded to bf16** (`mx.array(d**0.5, bfloat16)`), here sqrt(128) = 11.3137 -> 11.3125. Names under `language_model.model.*`."""),
     "phi3": dict(
         hl="L=2, d=64, 4/2 heads (head_dim 16), partial_rotary_factor 0.75 (12 rotary dims), longrope (su) scaling, orig_max 128, max 512, tied",
         notes="""Fused weights: `self_attn.qkv_proj` (rows: q [H·hd], k [KV·hd], v [KV·hd]) and `mlp.gate_up_proj` (rows: gate [ffn] then up [ffn]; `down(silu(gate)*up)`). **mlx-lm's SuScaledRoPE always uses `long_factor`** (never short_factor) and multiplies the rotated part of q and k by `sqrt(1 + ln(max/orig)/ln(orig))` (here max/orig = 4); freqs = long_factor[i] · base^(2i/rot_dims). Only the first 12 dims of each head are rotated (rotate-half within those 12)."""),
@@ -935,9 +1094,21 @@ NOTES = {
     "gemma4-moe": dict(
         hl="gemma4 26B-A4B style: L=4 (s,f,s,f), MoE block (4 experts top-2, moe ffn 64) in parallel with dense MLP, attention_k_eq_v on full layers (1 global kv head), no per-layer inputs, no kv sharing",
         notes="""Same as gemma4 plus: full-attention layers have **no v_proj** (`attention_k_eq_v`: values = raw k_proj output, v_norm applied separately without rope) and use `num_global_key_value_heads`. MoE layer: `h1 = post_ffn_norm_1(mlp(pre_ffn_norm(h)))`, router on the un-normed h: `rms_norm(h) * router.scale * d^-0.5 -> router.proj -> top-k -> softmax over the k -> * router.per_expert_scale[idx]`; `h2 = post_ffn_norm_2(experts(pre_ffn_norm_2(h)))` (GeGLU SwitchGLU `experts.switch_glu.*`), then `post_feedforward_layernorm(h1 + h2)`. HF `experts.gate_up_proj` [E, 2I, d] is split in half (first half gate). `router.proj` quantized at 8 bits."""),
+    "gemma3n": dict(
+        hl="gemma-3n-E4B style at toy size: wrapper `gemma3n` + text_config; L=4 (s,f,s,f), d=64, 4 heads/2 kv, head_dim 16, ffn 128, AltUp 4 streams (active 0, coef clip 120, correct_scale), LAuReL rank 8, per-layer inputs 16/layer with vocab_size_per_layer_input 256 < vocab 320, num_kv_shared_layers 2, activation sparsity 0.95 on layers 0-1, sliding_window 6, softcap 30, tied",
+        notes="""Plain `w` RMSNorms; attention scale 1 with q_norm/k_norm (weights) and v RMS-normalised without weight; RoPE (full head_dim) base `rope_local_base_freq` on sliding layers, `rope_theta` on full ones (`rope_scaling` unused). `h0 = embed × sqrt(d)`. **AltUp**: streams `[h0, p_i(h0) × rms(h0)/rms(p_i(h0))]` (`altup_projections.{0,1,2}`); per layer `predict`: m = tanh(modality_router(router_norm(x_active) / d)) ([n]); c = prediction_coefs(m) (weight clipped to ±altup_coef_clip, f32, not quantized: in-dim 4); stream q ← x_q + Σ_p c[q·n+p]·x_p. Block on the active prediction a: `n = input_layernorm(a)`; laurel = n + post_laurel_norm(linear_right(linear_left(n))); `g = a + post_attention_layernorm(attn(n))`; `l = (g + laurel)/sqrt2`; `y = l + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(l)))`. `correct`: coefs = correction_coefs(tanh(router(y))) + 1; stream i ← pred_i + coefs_i·(y − pred_active). Then `f = corrected[active] × altup.correct_output_scale`; `f = post_per_layer_input_norm(per_layer_projection(gelu_tanh(per_layer_input_gate(f)) × pli[layer]))`, added to streams **1..n** only. Per-layer inputs as gemma4 but token ids ≥ `vocab_size_per_layer_input` read row 0. MLP: GeGLU; on layers with sparsity s > 0 the gate becomes `gelu_tanh(max(0, g − (mean(g) + std(g)·sqrt2·erfinv(2s−1))))` (population std over the ffn dim). End: streams 1.. through `altup_unembed_projections`, rescaled to rms(stream 0), averaged; final norm; tied head; `tanh(x/30)·30`. **KV sharing**: layers ≥ L − num_kv_shared_layers attend over the cache of the last earlier layer of the same type (here 2 ← 0, 3 ← 1) — but only when there is a cache: mlx-lm's no-cache forward (`model(ids)`) runs their own k_proj/v_proj instead, so `nocache_check.tokens_match` is false here (max diff ≈ 7.8) and `last_logits` come from a cached prefill. Names under `model.language_model.*`; sanitize drops `vision_tower`, `audio_tower`, `embed_vision`, `embed_audio`."""),
     "qwen3_5": dict(
         hl="wrapper `qwen3_5` + text_config `qwen3_5_text`; L=4 (3 GatedDeltaNet + 1 full attention, full_attention_interval 4), d=64, attention 4/2 heads head_dim 16 with output gate, rope partial 0.25 (4 dims) theta 1e7, linear attn: 2 k-heads × 16, 4 v-heads × 16, conv kernel 4; dense MLP",
         notes="""**Norm weights are converted**: HF Qwen3.5 stores (1+w)-style norms; mlx-lm sanitize adds 1.0 to input_layernorm, post_attention_layernorm, model.norm, q_norm, k_norm when the checkpoint is unconverted (detected by conv1d shape), so MLX files hold the final multiplier (plain `rms_norm(x)*w`). `linear_attn.norm` (gated RMSNorm) is not offset. conv1d stored MLX-style `[C, K, 1]` (depthwise; C = 2·key_dim + value_dim = 128), no bias; causal conv with K-1 zero (or cached) left context then SiLU. Separate projections `in_proj_qkv` (q|k|v concatenated), `in_proj_z`, `in_proj_b`, `in_proj_a`. `A_log` is **float32**. Gated delta rule: q,k L2-normalised (q also × d_k^-0.5), beta = sigmoid(b), g = exp(-exp(A_log) · softplus(a + dt_bias)); state S[h] (Dv×Dk): `S = g·S; S += outer(beta·(v - S k), k); o = S q`; GQA: v-heads / k-heads = 2 (k-head j serves v-heads 2j, 2j+1). Output `out_proj(gated_rmsnorm(o, z))` with gated norm = `rms_norm(o)*w * silu(z)`. Full-attention layers: q_proj outputs 2× (per head [q(hd) | gate(hd)]), o_proj(attn * sigmoid(gate)); q_norm/k_norm per head; rope on first 25% dims. Names under `language_model.model.*`, `language_model.lm_head`."""),
+    "qwen3_5_moe": dict(
+        hl="wrapper `qwen3_5_moe` + text_config `qwen3_5_moe_text`; the qwen3_5 fixture's dims (3 GatedDeltaNet + 1 full attention), every layer MoE: 4 experts top-2 (moe ffn 64) + shared expert (64) with sigmoid shared_expert_gate, untied",
+        notes="""mlx-lm's `qwen3_5_moe.Model` is `qwen3_5.Model` with its own sanitize: HF `mlp.experts.gate_up_proj` [E, 2I, d] (no `.weight`; first half of the rows gate, second half up) and `mlp.experts.down_proj` [E, d, I] become `mlp.switch_mlp.{gate,up,down}_proj`; then qwen3_5's sanitize (norms +1, conv1d to `[C,K,1]`). The feed-forward of **every** layer is `Qwen3NextSparseMoeBlock` (softmax router `mlp.gate` -> top-k -> renorm, + `shared_expert` × sigmoid(`shared_expert_gate`)), regardless of `decoder_sparse_step`; router and shared-expert gate quantized at 8 bits. `A_log` stays f32 (qwen3_5's cast_predicate). Names under `language_model.model.*`, `language_model.lm_head`."""),
+    "qwen3_vl": dict(
+        hl="Qwen3-VL-4B style wrapper `qwen3_vl` + text_config `qwen3_vl_text`: L=2, d=64, 4/2 heads, head_dim 16, q/k norms, theta 5e6, interleaved M-RoPE section [2,3,3] (rope_type default), tied",
+        notes="""mlx-lm's `qwen3_vl.Model` is the **qwen3** text model under `language_model`, built from `text_config` (or from the whole config when there is none); `rope_scaling` with `rope_type: default` makes it plain RoPE (text-only M-RoPE positions are equal on all three axes). sanitize drops `visual` / `vision_tower`, lifts the newer HF `model.language_model.*` to `model.*` (dropping `model.visual`), then prefixes everything with `language_model.`; the qwen3 sanitize is not called. Tied: no `lm_head`, `tie_word_embeddings` read from `text_config`. Names under `language_model.model.*`."""),
+    "qwen3_vl_moe": dict(
+        hl="Qwen3-VL-30B-A3B style wrapper `qwen3_vl_moe` + text_config `qwen3_vl_moe_text`: L=2, d=64, 4/2 heads, head_dim 16, 4 experts top-2 (moe ffn 64) on every layer, norm_topk_prob, theta 5e6, M-RoPE section [2,3,3], untied",
+        notes="""The text model is mlx-lm's **qwen3_moe** (see there: q/k norms, `nn.RoPE(head_dim, base=rope_theta)` ignoring `rope_scaling`, softmax router `mlp.gate` quantized at 8 bits). HF stores the experts transposed: `mlp.experts.gate_up_proj` [E, d, 2I] (first I columns gate) and `mlp.experts.down_proj` [E, I, d], no `.weight`; sanitize splits and transposes them into `mlp.switch_mlp.{gate,up,down}_proj.weight`. Newer HF layout `model.language_model.*` + top-level `lm_head` becomes `language_model.model.*` / `language_model.lm_head`; `visual` is dropped."""),
     "qwen3_next": dict(
         hl="L=4 (3 GatedDeltaNet + 1 attention), d=64, same linear-attn dims as qwen3_5, all layers MoE: 4 experts top-2 (moe ffn 64) + shared expert (64) with sigmoid shared_expert_gate",
         notes="""Like qwen3_5 (norm +1 folded in by sanitize, conv1d `[C,K,1]`, gated attention) except that `A_log` is **bf16** here (qwen3_next has no cast_predicate) but the linear attention uses **fused, head-grouped** projections: `in_proj_qkvz` output is reshaped to [num_k_heads, (dk | dk | (nv/nk)·dv | (nv/nk)·dv)] = per k-head q, k, v-group, z-group; `in_proj_ba` to [num_k_heads, (nv/nk) b | (nv/nk) a]. MoE: router `mlp.gate` (8-bit) softmax -> top-k -> renorm (norm_topk_prob) ; plus `shared_expert` SwiGLU × sigmoid(`shared_expert_gate` (Linear d->1, 8-bit)). Experts `mlp.switch_mlp.*` stacked."""),

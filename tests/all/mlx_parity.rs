@@ -3,7 +3,7 @@
 //! `scripts/mlx_fixtures.py`). Our last-position logits for a fixed prompt must be within
 //! [`LOGIT_TOLERANCE`] of mlx-lm's float32 logits, and 16 greedy steps through our KV
 //! cache must give mlx-lm's tokens. An architecture we cannot load yet gets an ignored test
-//! with the reason, so the table stays honest (none today: all 17 fixtures pass).
+//! with the reason, so the table stays honest (none today: all 23 fixtures pass).
 
 use std::path::PathBuf;
 
@@ -146,7 +146,7 @@ fn every_mlx_bit_width_matches_mlx_lm() {
 /// prompt fed in chunks (one shorter than the convolution window) must end where one pass does.
 #[test]
 fn recurrent_state_carries_across_chunked_prefill() {
-    for name in ["qwen3_5", "qwen3_next", "nemotron_h", "granitemoehybrid"] {
+    for name in ["qwen3_5", "qwen3_5_moe", "qwen3_next", "nemotron_h", "granitemoehybrid"] {
         let dir = fixture(name);
         let reference: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"))
@@ -254,12 +254,12 @@ fn gemma4_moe() {
     check("gemma4-moe").unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Prefix reuse on models whose layers read other layers' cache entries (Gemma 4's KV
+/// Prefix reuse on models whose layers read other layers' cache entries (Gemma 3n / 4 KV
 /// sharing, sliding windows): truncating the cache and prefilling the rest in chunks must
 /// give the logits of one pass over the whole sequence.
 #[test]
 fn chunked_prefill_after_truncate_matches_one_pass() {
-    for name in ["gemma4", "gemma4-moe", "qwen3_moe"] {
+    for name in ["gemma3n", "gemma4", "gemma4-moe", "qwen3_moe"] {
         let engine = Engine::load(&fixture(name), Device::Cpu, false).expect("loads");
         let tokens: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 256).collect();
         let mut cache = engine.model.new_cache();

@@ -12,15 +12,21 @@ use crate::engine::EngineError;
 /// mlx-lm's logits by `tests/all/mlx_parity.rs` on `tests/fixtures/mlx/<model_type>`.
 pub const SUPPORTED: &[&str] = &[
     "llama",
+    "mistral",
     "qwen2",
     "qwen3",
+    "qwen3_vl",
     "smollm3",
     "phi3",
     "mistral3",
     "gemma3_text",
+    "gemma3",
+    "gemma3n",
     "qwen3_5",
+    "qwen3_5_moe",
     "qwen3_next",
     "qwen3_moe",
+    "qwen3_vl_moe",
     "gemma4",
     "gpt_oss",
     "glm4_moe",
@@ -191,35 +197,79 @@ pub fn rope_from_scaling(
 /// The dense spec for `model_type`, from `config.json`.
 pub fn dense_spec(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     match model_type {
-        "llama" | "mistral" => {
-            let c: Common = parse(config, model_type)?;
-            let rope = rope_from_scaling(
-                c.head_dim(),
-                c.rope_theta,
-                c.rope_scaling.as_ref(),
-                c.max_position_embeddings.unwrap_or(4096),
-            )?;
-            Ok(c.spec(model_type, false, Some(rope)))
-        }
+        // mlx-lm loads `mistral` with its llama module (`MODEL_REMAPPING`).
+        "llama" | "mistral" => llama(model_type, config),
         "qwen2" => {
             let c: Common = parse(config, model_type)?;
             let rope = rope_from_scaling(c.head_dim(), c.rope_theta, c.rope_scaling.as_ref(), 32768)?;
             Ok(c.spec(model_type, true, Some(rope)))
         }
-        "qwen3" => {
-            let c: Common = parse(config, model_type)?;
-            let rope = rope_from_scaling(c.head_dim(), c.rope_theta, c.rope_scaling.as_ref(), 32768)?;
-            let mut spec = c.spec(model_type, true, Some(rope));
-            spec.qk_norm = true;
-            Ok(spec)
-        }
+        "qwen3" => qwen3(config),
+        "qwen3_vl" => qwen3_vl(config),
         "smollm3" => smollm3(config),
         "phi3" => phi3(config),
         "mistral3" => mistral3(config),
         "ministral3" => ministral3(config),
         "gemma3_text" => gemma3_text(config),
+        "gemma3" => gemma3(config),
         other => Err(EngineError::UnsupportedArch(other.to_string())),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct Llama {
+    #[serde(flatten)]
+    common: Common,
+    layer_types: Option<Vec<String>>,
+    sliding_window: Option<usize>,
+}
+
+/// mlx-lm's llama: `sliding_window` applies to the layers `layer_types` marks
+/// `sliding_attention`, and to no layer when there is no `layer_types` (Mistral configs
+/// name a `sliding_window` that mlx-lm does not use).
+fn llama(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
+    let c: Llama = parse(config, model_type)?;
+    let common = &c.common;
+    let max_pos = common.max_position_embeddings.unwrap_or(4096);
+    let rope = rope_from_scaling(common.head_dim(), common.rope_theta, common.rope_scaling.as_ref(), max_pos)?;
+    let mut spec = common.spec(model_type, false, Some(rope));
+    if let Some(types) = &c.layer_types {
+        for (window, kind) in spec.window.iter_mut().zip(types) {
+            if kind == "sliding_attention" {
+                *window = c.sliding_window;
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// mlx-lm's qwen3: `rope_theta` is required, but transformers 5 configs nest it (and the
+/// scaling) in `rope_parameters`, which mlx-lm reads when the top-level fields are absent.
+fn qwen3(config: &Value) -> Result<DenseSpec, EngineError> {
+    let c: Common = parse(config, "qwen3")?;
+    let params = config.get("rope_parameters").filter(|p| p.as_object().is_some_and(|p| !p.is_empty()));
+    let theta = config
+        .get("rope_theta")
+        .filter(|t| !t.is_null())
+        .or_else(|| params.and_then(|p| p.get("rope_theta")))
+        .and_then(Value::as_f64)
+        .ok_or_else(|| EngineError::Metadata(String::from("qwen3 config.json: rope_theta is missing")))?;
+    let scaling = c.rope_scaling.as_ref().or(params);
+    let rope = rope_from_scaling(c.head_dim(), theta as f32, scaling, 32768)?;
+    let mut spec = c.spec("qwen3", true, Some(rope));
+    spec.qk_norm = true;
+    Ok(spec)
+}
+
+/// The Qwen3-VL wrapper: mlx-lm's qwen3 text model, configured by `text_config` (the
+/// whole config when there is none), under `language_model.`. Its interleaved M-RoPE
+/// (`rope_type: default`) is plain RoPE for text.
+fn qwen3_vl(config: &Value) -> Result<DenseSpec, EngineError> {
+    let mut spec = qwen3(config.get("text_config").unwrap_or(config))?;
+    spec.arch = String::from("qwen3_vl");
+    spec.prefix = String::from("language_model.model");
+    spec.head = String::from("language_model.lm_head");
+    Ok(spec)
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,18 +372,60 @@ fn mistral3(config: &Value) -> Result<DenseSpec, EngineError> {
     Ok(spec)
 }
 
+/// mlx-lm's gemma3_text `ModelArgs`, with its defaults (which are not those of [`Common`]).
+/// `tie_word_embeddings` is not among them: mlx-lm ties the head when the checkpoint has
+/// no `lm_head`.
 #[derive(Debug, Deserialize)]
 struct Gemma3Text {
-    #[serde(flatten)]
-    common: Common,
-    #[serde(default = "gemma_pre_attn")]
-    query_pre_attn_scalar: f64,
+    #[serde(default = "gemma_hidden")]
+    hidden_size: usize,
+    #[serde(default = "gemma_layers")]
+    num_hidden_layers: usize,
+    #[serde(default = "gemma_heads")]
+    num_attention_heads: usize,
+    #[serde(default = "gemma_head_dim")]
+    head_dim: usize,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "gemma_kv_heads")]
+    num_key_value_heads: usize,
+    #[serde(default = "gemma_theta")]
+    rope_theta: f32,
     #[serde(default = "gemma_local_base")]
     rope_local_base_freq: f32,
+    #[serde(default = "gemma_pre_attn")]
+    query_pre_attn_scalar: f64,
     #[serde(default = "gemma_window")]
     sliding_window: usize,
     #[serde(default = "gemma_pattern")]
     sliding_window_pattern: usize,
+    #[serde(default = "gemma_max_pos")]
+    max_position_embeddings: usize,
+    rope_scaling: Option<Value>,
+}
+
+fn gemma_hidden() -> usize {
+    1152
+}
+
+fn gemma_layers() -> usize {
+    26
+}
+
+fn gemma_heads() -> usize {
+    4
+}
+
+fn gemma_head_dim() -> usize {
+    256
+}
+
+fn gemma_kv_heads() -> usize {
+    1
+}
+
+fn gemma_theta() -> f32 {
+    1_000_000.0
 }
 
 fn gemma_pre_attn() -> f64 {
@@ -352,20 +444,42 @@ fn gemma_pattern() -> usize {
     6
 }
 
+fn gemma_max_pos() -> usize {
+    32768
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as `mx.array(x, mx.bfloat16)` does.
+pub(crate) fn round_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    f32::from_bits(bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
+}
+
 /// (1+w) norms, sandwich norms, GeGLU, scaled embeddings, sliding-window local layers with
 /// their own RoPE base; global layers use `rope_theta` and `rope_scaling`.
 fn gemma3_text(config: &Value) -> Result<DenseSpec, EngineError> {
     let c: Gemma3Text = parse(config, "gemma3_text")?;
-    let dims = c.common.head_dim();
-    let max_pos = c.common.max_position_embeddings.unwrap_or(32768);
-    let global = rope_from_scaling(dims, c.common.rope_theta, c.common.rope_scaling.as_ref(), max_pos)?;
+    let common = Common {
+        hidden_size: c.hidden_size,
+        num_hidden_layers: c.num_hidden_layers,
+        num_attention_heads: c.num_attention_heads,
+        num_key_value_heads: Some(c.num_key_value_heads),
+        head_dim: Some(c.head_dim),
+        rms_norm_eps: c.rms_norm_eps,
+        rope_theta: c.rope_theta,
+        rope_scaling: c.rope_scaling,
+        max_position_embeddings: Some(c.max_position_embeddings),
+        tie_word_embeddings: None,
+    };
+    let dims = c.head_dim;
+    let global = rope_from_scaling(dims, c.rope_theta, common.rope_scaling.as_ref(), c.max_position_embeddings)?;
     let local = RopeSpec::standard(dims, c.rope_local_base_freq);
-    let mut spec = c.common.spec("gemma3_text", true, None);
+    let mut spec = common.spec("gemma3_text", false, None);
     spec.norm_offset = 1.0;
     spec.sandwich_norms = true;
     spec.qk_norm = true;
     spec.activation = Activation::GeluTanh;
-    spec.embed_scale = Some((c.common.hidden_size as f32).sqrt());
+    // `h *= mx.array(hidden_size**0.5, mx.bfloat16)`.
+    spec.embed_scale = Some(round_bf16((c.hidden_size as f32).sqrt()));
     spec.attn_scale = 1.0 / c.query_pre_attn_scalar.sqrt();
     let pattern = c.sliding_window_pattern.max(1);
     for i in 0..spec.layers {
@@ -374,4 +488,90 @@ fn gemma3_text(config: &Value) -> Result<DenseSpec, EngineError> {
         spec.window[i] = sliding.then_some(c.sliding_window);
     }
     Ok(spec)
+}
+
+/// The multimodal wrapper (mlx-lm `gemma3`): gemma3_text under `language_model.`, its
+/// `text_config` completed the way the wrapper's `ModelArgs.__post_init__` does (8 query
+/// and 4 key/value heads unless given; `vocab_size` comes from the top level and is read
+/// here from the tensors).
+fn gemma3(config: &Value) -> Result<DenseSpec, EngineError> {
+    let mut text = config
+        .get("text_config")
+        .filter(|v| v.is_object())
+        .cloned()
+        .ok_or_else(|| EngineError::Metadata(String::from("gemma3 config.json has no `text_config`")))?;
+    if let Some(fields) = text.as_object_mut() {
+        fields.entry("num_attention_heads").or_insert(Value::from(8));
+        fields.entry("num_key_value_heads").or_insert(Value::from(4));
+    }
+    let mut spec = gemma3_text(&text)?;
+    spec.arch = String::from("gemma3");
+    spec.prefix = String::from("language_model.model");
+    spec.head = String::from("language_model.lm_head");
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_mlx() {
+        assert_eq!(round_bf16(8.0), 8.0);
+        assert_eq!(round_bf16(128f32.sqrt()), 11.3125);
+        assert_eq!(round_bf16(3840f32.sqrt()), 62.0);
+        assert_eq!(round_bf16(1.0 + 1.0 / 256.0), 1.0, "a tie rounds to even");
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0, "a tie rounds to even");
+    }
+
+    #[test]
+    fn llama_slides_only_where_layer_types_say_so() {
+        let mut config = serde_json::json!({
+            "model_type": "mistral", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "head_dim": 32, "sliding_window": 4096,
+        });
+        let spec = dense_spec("mistral", &config).expect("spec");
+        assert_eq!(spec.window, vec![None, None]);
+        assert_eq!((spec.head_dim, spec.kv_heads), (32, 4));
+        config["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]);
+        let spec = dense_spec("llama", &config).expect("spec");
+        assert_eq!(spec.window, vec![Some(4096), None]);
+    }
+
+    /// transformers 5 writes `rope_parameters` instead of `rope_theta` / `rope_scaling`.
+    #[test]
+    fn qwen3_reads_rope_parameters_when_rope_theta_is_absent() {
+        let config = serde_json::json!({
+            "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "head_dim": 16,
+            "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100.0},
+        });
+        let spec = dense_spec("qwen3", &config).expect("spec");
+        let rope = spec.rope[0].as_ref().expect("rope");
+        assert_eq!(rope.position_scale, 0.5);
+        assert!((rope.inv_freq[1] - 100f32.powf(-2.0 / 16.0)).abs() < 1e-7);
+        let missing = serde_json::json!({"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4});
+        assert!(dense_spec("qwen3", &missing).is_err(), "mlx-lm requires rope_theta");
+    }
+
+    /// Real Gemma 3 configs leave most of `text_config` to the defaults.
+    #[test]
+    fn gemma3_text_config_defaults_follow_mlx_lm() {
+        let config = serde_json::json!({
+            "model_type": "gemma3",
+            "text_config": {"hidden_size": 3840, "num_hidden_layers": 48, "sliding_window": 1024,
+                            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+        });
+        let spec = dense_spec("gemma3", &config).expect("spec");
+        assert_eq!((spec.heads, spec.kv_heads, spec.head_dim), (8, 4, 256));
+        assert_eq!(spec.prefix, "language_model.model");
+        assert_eq!(spec.embed_scale, Some(62.0));
+        assert_eq!(spec.attn_scale, 1.0 / 16.0);
+        assert_eq!(spec.window[0], Some(1024));
+        assert_eq!(spec.window[5], None);
+        assert!(!spec.tied_embeddings, "the head is tied only when the checkpoint has none");
+        let global = spec.rope[5].as_ref().expect("rope");
+        assert_eq!(global.position_scale, 1.0 / 8.0);
+        let text_only = dense_spec("gemma3_text", &config["text_config"]).expect("spec");
+        assert_eq!((text_only.heads, text_only.kv_heads), (4, 1));
+    }
 }

@@ -9,8 +9,8 @@
 //! - [`gpt_oss`], [`glm4_moe`], [`deepseek_v3`] (multi-head latent attention), [`minimax`]:
 //!   MoE decoders of their own, built from the shared pieces in [`moe`] (experts that run
 //!   only on the tokens routed to them, mlx-lm's routers, attention with sinks).
-//! - [`qwen3_moe`], [`gemma4`]: architectures with their own files; [`switch`]: the
-//!   stacked experts of the MoE ones.
+//! - [`qwen3_moe`] (also `qwen3_vl_moe`'s text model), [`gemma3n`], [`gemma4`]: architectures
+//!   with their own files; [`switch`]: the stacked experts of the MoE ones.
 //! - [`nemotron_h`], [`granitemoehybrid`]: Mamba-2 hybrids ([`mamba2`]), their convolution
 //!   and SSM state in the same per-sequence cache.
 //!
@@ -28,6 +28,7 @@ pub mod archs;
 pub mod deepseek_v3;
 pub mod dense;
 pub mod gated_delta;
+pub mod gemma3n;
 pub mod gemma4;
 pub mod glm4_moe;
 pub mod gpt_oss;
@@ -65,6 +66,8 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
     let arch = ckpt.model_type()?;
     match arch.as_str() {
         "qwen3_moe" => Ok(Box::new(qwen3_moe::load(ckpt, device, progress)?)),
+        "qwen3_vl_moe" => Ok(Box::new(qwen3_moe::load_vl(ckpt, device, progress)?)),
+        "gemma3n" => Ok(Box::new(gemma3n::Gemma3n::load(ckpt, device, progress)?)),
         "gemma4" | "gemma4_text" => Ok(Box::new(gemma4::Gemma4::load(ckpt, device, progress)?)),
         "qwen3_next" => {
             let spec = qwen3_next::Config::from_json(&ckpt.config)?.spec()?;

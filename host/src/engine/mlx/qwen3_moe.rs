@@ -1,5 +1,6 @@
 //! Qwen3-MoE (mlx-lm `qwen3_moe`): the Qwen3 dense block (q/k norms, plain RoPE) whose MLP
-//! is, on sparse layers, a softmax-routed mixture of SwiGLU experts.
+//! is, on sparse layers, a softmax-routed mixture of SwiGLU experts. Also the text model of
+//! Qwen3-VL-MoE (`qwen3_vl_moe`), under `language_model.`.
 //!
 //! Routing: softmax over all experts (f32), the top `num_experts_per_tok`, optionally
 //! renormalised to sum to one, then the weighted sum of those experts' outputs.
@@ -96,12 +97,37 @@ impl FeedForward for SparseMoe {
 
 /// The dense decoder with [`SparseMoe`] on the sparse layers.
 pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<DenseDecoder, EngineError> {
-    let cfg: Config = parse(&ckpt.config, "qwen3_moe")?;
+    load_text_model(ckpt, &ckpt.config, "qwen3_moe", "model", "lm_head", device, progress)
+}
+
+/// The Qwen3-VL-MoE wrapper (mlx-lm `qwen3_vl_moe`): this text model, configured by
+/// `text_config`, under `language_model.`. Its M-RoPE settings are ignored like all of
+/// qwen3_moe's `rope_scaling` (plain RoPE is what M-RoPE gives text-only positions).
+pub fn load_vl(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<DenseDecoder, EngineError> {
+    let text = ckpt
+        .config
+        .get("text_config")
+        .ok_or_else(|| EngineError::Metadata(String::from("qwen3_vl_moe config.json has no `text_config`")))?;
+    load_text_model(ckpt, text, "qwen3_vl_moe", "language_model.model", "language_model.lm_head", device, progress)
+}
+
+fn load_text_model(
+    ckpt: &Checkpoint,
+    config: &serde_json::Value,
+    arch: &str,
+    prefix: &str,
+    head: &str,
+    device: &Device,
+    progress: bool,
+) -> Result<DenseDecoder, EngineError> {
+    let cfg: Config = parse(config, arch)?;
     let c = &cfg.common;
     // mlx-lm's qwen3_moe attention uses plain `nn.RoPE(head_dim, base=rope_theta)` and
     // ignores `rope_scaling`; so do we, to produce the same logits.
     let rope = RopeSpec::standard(c.head_dim(), c.rope_theta);
-    let mut spec = c.spec("qwen3_moe", false, Some(rope));
+    let mut spec = c.spec(arch, false, Some(rope));
+    spec.prefix = prefix.to_string();
+    spec.head = head.to_string();
     spec.qk_norm = true;
     let custom = |index: usize, prefix: &str| -> Result<Option<Box<dyn FeedForward>>, EngineError> {
         if !cfg.is_sparse(index) {
