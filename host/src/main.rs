@@ -858,7 +858,7 @@ fn generate(registry: &AliasRegistry, args: GenerateArgs) -> anyhow::Result<Exit
         ignore_eos: args.ignore_eos,
         constraint: None,
     };
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = std::io::stdout();
     run_generation(&engine, &request, |event| {
         match event {
             GenerationEvent::Text { text, .. } => {

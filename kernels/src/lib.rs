@@ -111,6 +111,9 @@ pub struct QuantMatrix {
 /// activation row goes past them.
 const ROWS_PER_TASK: usize = 16;
 
+/// Multiply-adds below which a matrix-vector product runs on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 17;
+
 impl QuantMatrix {
     pub fn new(format: Format, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
         if !cols.is_multiple_of(QK) || data.len() != rows * cols / QK * format.block_bytes() {
@@ -159,6 +162,14 @@ impl QuantMatrix {
             }
         };
         if n == 1 {
+            // Waking pool threads costs more than a small matrix-vector product: below
+            // PARALLEL_MIN_WORK multiply-adds, or on one thread, stay on this thread.
+            if rayon::current_num_threads() == 1 || self.rows * self.cols < PARALLEL_MIN_WORK {
+                for (o, v) in out.iter_mut().enumerate() {
+                    *v = dot(o, 0);
+                }
+                return Ok(());
+            }
             out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
                 for (i, v) in chunk.iter_mut().enumerate() {
                     *v = dot(task * ROWS_PER_TASK + i, 0);
@@ -166,13 +177,28 @@ impl QuantMatrix {
             });
             return Ok(());
         }
-        // Feature-major scratch, so each task owns a contiguous slice, then transpose.
+        // Feature-major scratch, so each task owns a contiguous slice, then transpose. Four
+        // activation rows share each unpacked weight block.
+        let act = |r: usize| {
+            let blocks = r * x.blocks_per_row..(r + 1) * x.blocks_per_row;
+            Act { d: &x.d[blocks.clone()], s: &x.s[blocks.clone()], qs: &x.qs[blocks.start * QK..blocks.end * QK] }
+        };
         let mut scratch = vec![0f32; out.len()];
         scratch.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, chunk)| {
             for (i, feature) in chunk.chunks_exact_mut(n).enumerate() {
                 let o = task * ROWS_PER_TASK + i;
-                for (r, v) in feature.iter_mut().enumerate() {
-                    *v = dot(o, r);
+                let mut r = 0;
+                while r + 4 <= n {
+                    let acts = [act(r), act(r + 1), act(r + 2), act(r + 3)];
+                    let dots = match self.format {
+                        Format::Q4_1 => dot4_q4_1(self.row(o), &acts),
+                        Format::Q5_0 => dot4_q5_0(self.row(o), &acts),
+                    };
+                    feature[r..r + 4].copy_from_slice(&dots);
+                    r += 4;
+                }
+                for (rr, v) in feature.iter_mut().enumerate().skip(r) {
+                    *v = dot(o, rr);
                 }
             }
         });
@@ -269,9 +295,39 @@ fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
     }
 }
 
+fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        avx2::dot4_q4_1(row, x)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        scalar::dot4_q4_1(row, x)
+    }
+}
+
+fn dot4_q5_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        avx2::dot4_q5_0(row, x)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        scalar::dot4_q5_0(row, x)
+    }
+}
+
 // The reference for the SIMD versions; the kernel itself on targets without them.
 #[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"), allow(dead_code))]
 mod scalar {
+    pub fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        [dot_q4_1(row, &x[0]), dot_q4_1(row, &x[1]), dot_q4_1(row, &x[2]), dot_q4_1(row, &x[3])]
+    }
+
+    pub fn dot4_q5_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        [dot_q5_0(row, &x[0]), dot_q5_0(row, &x[1]), dot_q5_0(row, &x[2]), dot_q5_0(row, &x[3])]
+    }
+
     use super::{Act, QK, f16};
 
     pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
@@ -381,6 +437,56 @@ mod avx2 {
         }
     }
 
+    /// Four activation rows against one weight row: each block is unpacked once.
+    pub fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        let blocks = row.len() / 20;
+        for a in x {
+            assert!(a.qs.len() >= blocks * QK && a.d.len() >= blocks && a.s.len() >= blocks);
+        }
+        let mut offsets = [0f32; 4];
+        // SAFETY: as in `dot_q4_1`, for each of the four rows.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for b in 0..blocks {
+                let block = &row[b * 20..b * 20 + 20];
+                let (d, m) = (f16(block, 0), f16(block, 2));
+                let qw = bytes_from_nibbles_32(&block[4..]);
+                for (k, a) in x.iter().enumerate() {
+                    offsets[k] += m * a.s[b];
+                    let qx = _mm256_loadu_si256(a.qs[b * QK..].as_ptr().cast());
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), mul_sum_us8(qw, qx), acc[k]);
+                }
+            }
+            [hsum(acc[0]) + offsets[0], hsum(acc[1]) + offsets[1], hsum(acc[2]) + offsets[2], hsum(acc[3]) + offsets[3]]
+        }
+    }
+
+    pub fn dot4_q5_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        let blocks = row.len() / 22;
+        for a in x {
+            assert!(a.qs.len() >= blocks * QK && a.d.len() >= blocks);
+        }
+        // SAFETY: as in `dot_q4_1`, for each of the four rows.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for b in 0..blocks {
+                let block = &row[b * 22..b * 22 + 22];
+                let d = f16(block, 0);
+                let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+                let low = bytes_from_nibbles_32(&block[6..]);
+                let high = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0_u8 as i8));
+                let qw = _mm256_or_si256(low, high);
+                let abs_w = _mm256_sign_epi8(qw, qw);
+                for (k, a) in x.iter().enumerate() {
+                    let qx = _mm256_loadu_si256(a.qs[b * QK..].as_ptr().cast());
+                    let prod = mul_sum_us8(abs_w, _mm256_sign_epi8(qx, qw));
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), prod, acc[k]);
+                }
+            }
+            [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        }
+    }
+
     pub fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
         let blocks = row.len() / 22;
         assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks);
@@ -441,7 +547,7 @@ mod tests {
     #[test]
     fn simd_and_scalar_agree_and_approximate_f32() {
         for format in [Format::Q4_1, Format::Q5_0] {
-            let (rows, cols, n) = (37, 256, 3);
+            let (rows, cols, n) = (37, 256, 6);
             let w = matrix(format, rows, cols);
             let x = activations(n, cols);
             let q = Q8Rows::quantize(&x, cols).expect("quantize");
@@ -483,12 +589,15 @@ mod tests {
         let q = Q8Rows::quantize(&x, 64).expect("quantize");
         let mut one = vec![0f32; 40];
         w.matmul(&q, &mut one).expect("matmul");
-        let twice: Vec<f32> = x.iter().chain(&x).copied().collect();
-        let q2 = Q8Rows::quantize(&twice, 64).expect("quantize");
-        let mut two = vec![0f32; 80];
-        w.matmul(&q2, &mut two).expect("matmul");
-        assert_eq!(&two[..40], &one[..]);
-        assert_eq!(&two[40..], &one[..]);
+        // Five copies: four through the four-row path, one alone; all bit-identical to the
+        // single-row result, so a batched prefill equals token-by-token decoding.
+        let five: Vec<f32> = (0..5).flat_map(|_| x.iter().copied()).collect();
+        let q5 = Q8Rows::quantize(&five, 64).expect("quantize");
+        let mut many = vec![0f32; 200];
+        w.matmul(&q5, &mut many).expect("matmul");
+        for copy in many.chunks_exact(40) {
+            assert_eq!(copy, &one[..]);
+        }
     }
 
     #[test]

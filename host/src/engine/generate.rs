@@ -98,9 +98,28 @@ pub struct TimingsReport {
     pub decode_tps: f64,
 }
 
+/// The threads kernels split work across. The token loop runs on one of them, so a
+/// kernel's parallel loop hands work to warm sibling threads instead of waking a pool
+/// from outside (a futex round trip per matrix product).
+fn compute_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().num_threads(rayon::current_num_threads()).build().ok()).as_ref()
+}
+
 /// Runs `request` on `engine`, calling `on_event` as text arrives. Returning
 /// `ControlFlow::Break` cancels. Always ends with one `Done` event unless it errors.
 pub fn generate(
+    engine: &Engine,
+    request: &GenerationRequest,
+    on_event: impl FnMut(GenerationEvent) -> ControlFlow<()> + Send,
+) -> Result<(), EngineError> {
+    match compute_pool() {
+        Some(pool) => pool.install(|| generate_here(engine, request, on_event)),
+        None => generate_here(engine, request, on_event),
+    }
+}
+
+fn generate_here(
     engine: &Engine,
     request: &GenerationRequest,
     mut on_event: impl FnMut(GenerationEvent) -> ControlFlow<()>,

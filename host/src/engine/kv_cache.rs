@@ -7,11 +7,51 @@
 
 use candle_core::{Result, Tensor};
 
+/// One layer's keys and values: buffers with room along the sequence axis (dim 2), of
+/// which the first `filled` positions are valid. Appending writes in place, so a decode
+/// step copies one position instead of the whole history.
+#[derive(Debug)]
+struct Slot {
+    k: Tensor,
+    v: Tensor,
+    filled: usize,
+}
+
+impl Slot {
+    fn room(&self) -> usize {
+        self.k.dims().get(2).copied().unwrap_or(0)
+    }
+
+    fn views(&self) -> Result<(Tensor, Tensor)> {
+        Ok((self.k.narrow(2, 0, self.filled)?, self.v.narrow(2, 0, self.filled)?))
+    }
+
+    /// Buffers shaped like `like` with `room` positions, holding `keep` of `old`'s.
+    fn allocate(like: &Tensor, like_v: &Tensor, room: usize, old: Option<&Slot>) -> Result<Self> {
+        let with_room = |t: &Tensor| {
+            let mut dims = t.dims().to_vec();
+            dims[2] = room;
+            Tensor::zeros(dims, t.dtype(), t.device())
+        };
+        let (k, v) = (with_room(like)?, with_room(like_v)?);
+        let filled = match old {
+            Some(old) => {
+                let (ok, ov) = old.views()?;
+                k.slice_set(&ok.contiguous()?, 2, 0)?;
+                v.slice_set(&ov.contiguous()?, 2, 0)?;
+                old.filled
+            }
+            None => 0,
+        };
+        Ok(Self { k, v, filled })
+    }
+}
+
 /// Per-layer keys and values, `[1, kv_heads, len, head_dim]` each, and per-layer recurrent
 /// state for layers that have one instead.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<Slot>>,
     /// The tensors a recurrent layer carries from one call to the next, in the layer's own
     /// order; `None` before the layer has seen a token.
     states: Vec<Option<Vec<Tensor>>>,
@@ -22,7 +62,7 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(layers: usize, capacity: usize) -> Self {
-        Self { layers: vec![None; layers], states: vec![None; layers], len: 0, capacity }
+        Self { layers: (0..layers).map(|_| None).collect(), states: vec![None; layers], len: 0, capacity }
     }
 
     /// Tokens cached so far: the position of the next token.
@@ -38,15 +78,27 @@ impl KvCache {
         self.capacity
     }
 
-    /// Appends this step's keys and values for `layer`; returns everything cached for it.
+    /// Appends this step's keys and values for `layer` (`[b, heads, t, dim]`); returns
+    /// everything cached for it.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let slot = &mut self.layers[layer];
-        let (k, v) = match slot.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, k], 2)?, Tensor::cat(&[&pv, v], 2)?),
-            None => (k.clone(), v.clone()),
+        if k.rank() != 4 || v.rank() != 4 {
+            candle_core::bail!("cache entries are [batch, heads, positions, dim], got {:?}", k.dims());
+        }
+        let t = k.dim(2)?;
+        let Some(slot) = self.layers.get_mut(layer) else {
+            candle_core::bail!("layer {layer} is outside the cache");
         };
-        *slot = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        let needed = slot.as_ref().map_or(0, |s| s.filled) + t;
+        if slot.as_ref().is_none_or(|s| s.room() < needed) {
+            // Grow geometrically (at least 256 positions), never past the model's context.
+            let room = needed.next_power_of_two().max(256).min(self.capacity.max(needed));
+            *slot = Some(Slot::allocate(k, v, room, slot.as_ref())?);
+        }
+        let Some(slot) = slot.as_mut() else { candle_core::bail!("cache slot missing") };
+        slot.k.slice_set(&k.contiguous()?, 2, slot.filled)?;
+        slot.v.slice_set(&v.contiguous()?, 2, slot.filled)?;
+        slot.filled += t;
+        slot.views()
     }
 
     /// The recurrent state of `layer`, `None` until [`Self::set_state`] stored one.
@@ -64,7 +116,7 @@ impl KvCache {
     /// Everything cached for `layer` so far (including this step once it appended), for a
     /// layer that attends over another layer's keys and values (Gemma 4's KV sharing).
     pub fn get(&self, layer: usize) -> Option<(Tensor, Tensor)> {
-        self.layers.get(layer).cloned().flatten()
+        self.layers.get(layer)?.as_ref()?.views().ok()
     }
 
     /// Marks `n` more tokens as cached (after every layer appended them).
@@ -86,11 +138,24 @@ impl KvCache {
             self.len = 0;
             return Ok(());
         }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.narrow(2, 0, len)?;
-            *v = v.narrow(2, 0, len)?;
+        for slot in self.layers.iter_mut().flatten() {
+            slot.filled = slot.filled.min(len);
         }
         self.len = len;
         Ok(())
+    }
+}
+
+/// A deep copy: appending to one copy never shows through in the other.
+impl Clone for KvCache {
+    fn clone(&self) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|slot| {
+                slot.as_ref().and_then(|s| Some(Slot { k: s.k.copy().ok()?, v: s.v.copy().ok()?, filled: s.filled }))
+            })
+            .collect();
+        Self { layers, states: self.states.clone(), len: self.len, capacity: self.capacity }
     }
 }
