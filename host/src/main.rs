@@ -940,10 +940,28 @@ fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> 
         resolved.hf_path,
         path.display()
     );
+    // Listen while the model loads: /health answers, /health/ready and the API say 503.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let std_listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    std_listener.set_nonblocking(true)?;
+    let loading = {
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(std_listener.try_clone()?)?;
+        let (done, loaded) = tokio::sync::oneshot::channel::<()>();
+        let server = runtime.spawn(async move {
+            let _ = axum::serve(listener, rapid_host::server::loading_router())
+                .with_graceful_shutdown(async move {
+                    let _ = loaded.await;
+                })
+                .await;
+        });
+        (done, server)
+    };
     let engine = Arc::new(Engine::load(&path, device, true)?);
     // Warm-up: the first forward pass pays for allocations; do it before taking traffic.
     let mut cache = engine.model.new_cache();
     engine.model.forward(&[engine.tokenizer.bos.unwrap_or(0)], &mut cache).context("warm-up failed")?;
+    let _ = engine.grammar();
     drop(cache);
     let limits = ServerLimits {
         max_request_bytes: args.max_request_bytes,
@@ -980,9 +998,11 @@ fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> 
         if args.watch { ", watching for changes" } else { "" }
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (done, loading_server) = loading;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let _ = done.send(());
+        let _ = loading_server.await;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
         eprintln!("  listening on http://{addr}/v1");
         axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("server failed")
     })?;

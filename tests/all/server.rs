@@ -446,3 +446,17 @@ fn serve_loads_the_javascript_plugin() {
     let listing = http_get(port, "/v1/plugins").expect("plugins answers");
     assert!(listing.contains("\"mistral-js\"") && listing.contains("\"mistral\""), "{listing}");
 }
+
+#[tokio::test]
+async fn while_the_model_loads_health_is_up_and_the_rest_says_503() {
+    let app = rapid_host::server::loading_router();
+    let (status, _, body) = send(app.clone(), "GET", "/health", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (method, path) in [("GET", "/health/ready"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")] {
+        let (status, headers, body) = send(app.clone(), method, path, "{}").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+        assert!(headers.contains_key("retry-after"), "{path}");
+        let json: Value = serde_json::from_str(&body).expect("JSON error");
+        assert_openai_error(&json, "model_loading");
+    }
+}

@@ -17,6 +17,8 @@ pub enum AppError {
     Overloaded { limit: usize },
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("the model is still loading; {0} answers once it is ready")]
+    Loading(String),
     #[error("Unknown route {0}")]
     RouteNotFound(String),
     #[error("generation failed: {0}")]
@@ -34,7 +36,7 @@ impl AppError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded { .. } | Self::Loading(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -45,6 +47,7 @@ impl AppError {
             Self::BadRequest { param, code, .. } => ("invalid_request_error", *param, code),
             Self::TooLarge { .. } => ("invalid_request_error", None, "request_too_large"),
             Self::Overloaded { .. } => ("server_error", None, "overloaded"),
+            Self::Loading(_) => ("server_error", None, "model_loading"),
             Self::Unauthorized(_) => ("invalid_request_error", None, "invalid_api_key"),
             Self::RouteNotFound(_) => ("invalid_request_error", None, "not_found"),
             Self::Internal(_) => ("server_error", None, "internal_error"),

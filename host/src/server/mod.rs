@@ -20,6 +20,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -123,7 +124,6 @@ async fn authorize(
     req: Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     if let Some(key) = &state.api_key
         && req.uri().path().starts_with("/v1")
     {
@@ -176,6 +176,17 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authorize))
         .with_state(state)
+}
+
+/// What the socket answers while the model loads: alive, not ready.
+pub fn loading_router() -> Router {
+    Router::new().route("/health", get(|| async { Json(json!({ "status": "ok", "loading": true })) })).fallback(
+        |uri: axum::http::Uri| async move {
+            let mut response = AppError::Loading(uri.path().to_string()).into_response();
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("2"));
+            response
+        },
+    )
 }
 
 async fn health() -> Json<serde_json::Value> {
