@@ -91,7 +91,7 @@ impl Rope {
 #[allow(missing_debug_implementations)]
 pub struct Gemma3 {
     cfg: Config,
-    embeddings: QTensor,
+    embeddings: std::sync::Arc<QTensor>,
     layers: Vec<Layer>,
     norm: Tensor,
     output: QLinear,
@@ -105,11 +105,11 @@ impl Gemma3 {
         let dense = |gguf: &mut GgufFile, name: &str| -> std::result::Result<Tensor, EngineError> {
             Ok(gguf.tensor(name, device)?.dequantize(device)?)
         };
-        let embeddings = gguf.tensor("token_embd.weight", device)?;
+        let embeddings = std::sync::Arc::new(gguf.tensor("token_embd.weight", device)?);
         let output = if gguf.has_tensor("output.weight") {
             QLinear::from_qtensor(gguf.tensor("output.weight", device)?)?
         } else {
-            QLinear::from_qtensor(gguf.tensor("token_embd.weight", device)?)?
+            QLinear::from_shared(&embeddings)?
         };
         let norm = dense(gguf, "output_norm.weight")?;
         let bar = layer_progress(progress, cfg.layers, "gemma3");

@@ -55,7 +55,7 @@ struct Layer {
 #[allow(missing_debug_implementations)]
 pub struct Llama {
     cfg: Config,
-    embeddings: QTensor,
+    embeddings: std::sync::Arc<QTensor>,
     layers: Vec<Layer>,
     norm: Tensor,
     output: QLinear,
@@ -69,13 +69,13 @@ impl Llama {
         let dense = |gguf: &mut GgufFile, name: &str| -> std::result::Result<Tensor, EngineError> {
             Ok(gguf.tensor(name, device)?.dequantize(device)?)
         };
-        let embeddings = gguf.tensor("token_embd.weight", device)?;
+        let embeddings = std::sync::Arc::new(gguf.tensor("token_embd.weight", device)?);
         let norm = dense(gguf, "output_norm.weight")?;
         // Tied embeddings: the output projection reuses the (quantized) embedding table.
         let output = if gguf.has_tensor("output.weight") {
             QLinear::from_qtensor(gguf.tensor("output.weight", device)?)?
         } else {
-            QLinear::from_qtensor(gguf.tensor("token_embd.weight", device)?)?
+            QLinear::from_shared(&embeddings)?
         };
         let bar = layer_progress(progress, cfg.layers, "llama");
         let mut layers = Vec::with_capacity(cfg.layers);

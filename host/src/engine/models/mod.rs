@@ -45,7 +45,24 @@ pub enum QLinear {
 }
 
 impl QLinear {
+    /// A layer over a tensor that something else also holds (a tied embedding table): kept
+    /// once in memory when Candle runs it; our kernels take their own copy of the blocks.
+    pub fn from_shared(tensor: &std::sync::Arc<QTensor>) -> Result<Self> {
+        match Self::blocks(tensor)? {
+            Some(matrix) => Ok(Self::Blocks(matrix)),
+            None => Ok(Self::Candle(QMatMul::from_arc(std::sync::Arc::clone(tensor))?)),
+        }
+    }
+
     pub fn from_qtensor(tensor: QTensor) -> Result<Self> {
+        match Self::blocks(&tensor)? {
+            Some(matrix) => Ok(Self::Blocks(matrix)),
+            None => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
+        }
+    }
+
+    /// The tensor's blocks for our kernels, when its format has one on this device.
+    fn blocks(tensor: &QTensor) -> Result<Option<QuantMatrix>> {
         let format = match tensor.dtype() {
             GgmlDType::Q4_1 => Some(Format::Q4_1),
             GgmlDType::Q5_0 => Some(Format::Q5_0),
@@ -56,10 +73,9 @@ impl QLinear {
         match (format, tensor.device().is_cpu(), tensor.shape().dims2()) {
             (Some(format), true, Ok((rows, cols))) if cols.is_multiple_of(rapid_kernels::QK) => {
                 let data = tensor.data()?.into_owned();
-                let matrix = QuantMatrix::new(format, rows, cols, data).map_err(candle_core::Error::wrap)?;
-                Ok(Self::Blocks(matrix))
+                QuantMatrix::new(format, rows, cols, data).map(Some).map_err(candle_core::Error::wrap)
             }
-            _ => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
+            _ => Ok(None),
         }
     }
 
