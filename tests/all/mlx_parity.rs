@@ -21,8 +21,13 @@ const LOGIT_TOLERANCE: f32 = 2e-3;
 
 /// With 4-bit layers packed, activations are quantized to 8 bits per block of 32 (as
 /// llama.cpp does): logits move by up to this fraction of mlx-lm's logit range (the
-/// fixtures' 64-wide random layers are the worst case for it: 1-2% seen).
-const PACKED_TOLERANCE: f32 = 0.03;
+/// fixtures' 64-wide random layers are the worst case for it: 1-2% on the dense ones,
+/// up to 4.7% on the deeper hybrid and MoE ones, whose attention and MLP layers are packed
+/// as well).
+const PACKED_TOLERANCE: f32 = 0.05;
+
+/// Every layer in f32: what the tests that compare against mlx-lm's f32 logits load.
+const EXACT: LoadOptions = LoadOptions { mlx_dequantize_all: true };
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/mlx").join(name)
@@ -30,7 +35,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Checks one fixture; returns a description of the first mismatch.
 fn check(name: &str) -> Result<(), String> {
-    check_with(name, &LoadOptions { mlx_dequantize_all: true }, LOGIT_TOLERANCE)
+    check_with(name, &EXACT, LOGIT_TOLERANCE)
 }
 
 /// As [`check`], with the weights as `options` load them and logits held to `tolerance`.
@@ -165,7 +170,7 @@ fn recurrent_state_carries_across_chunked_prefill() {
             .filter_map(|v| v.as_f64())
             .map(|v| v as f32)
             .collect();
-        let engine = Engine::load(&dir, Device::Cpu, false).expect("loads");
+        let engine = Engine::load_with(&dir, Device::Cpu, false, &EXACT).expect("loads");
         let mut cache = engine.model.new_cache();
         let mut logits = Vec::new();
         for chunk in [&prompt[..1], &prompt[1..3], &prompt[3..]] {
@@ -187,7 +192,7 @@ fn chunked_prefill(name: &str, cuts: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let numbers = |v: &Value| -> Vec<f64> { v.as_array().expect("array").iter().filter_map(Value::as_f64).collect() };
     let prompt: Vec<u32> = numbers(&reference["prompt_ids"]).into_iter().map(|v| v as u32).collect();
     let expected: Vec<f32> = numbers(&reference["f32"]["last_logits"]).into_iter().map(|v| v as f32).collect();
-    let engine = Engine::load(&dir, Device::Cpu, false).expect("loads");
+    let engine = Engine::load_with(&dir, Device::Cpu, false, &EXACT).expect("loads");
     let mut cache = engine.model.new_cache();
     let mut logits = Vec::new();
     let mut start = 0;

@@ -376,7 +376,7 @@ impl DeepseekV3 {
                         None => None,
                     };
                     FeedForward::Sparse(SigmoidMoe {
-                        gate: ckpt.linear(&format!("{m}.gate"), device)?,
+                        gate: ckpt.packed_linear(&format!("{m}.gate"), device)?,
                         router,
                         experts: Experts::load(ckpt, &format!("{m}.switch_mlp"), experts, Glu::Swiglu, device)?,
                         shared,

@@ -12,7 +12,7 @@
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 
-use super::Checkpoint;
+use super::{Checkpoint, MlxLinear, dense_linear};
 use crate::engine::EngineError;
 use crate::engine::models::rms_norm;
 
@@ -48,17 +48,17 @@ pub struct GatedDeltaNet {
     spec: DeltaNetSpec,
     eps: f64,
     /// `[q | k | v]` rows, in the order the convolution channels expect.
-    qkv: candle_nn::Linear,
-    z: candle_nn::Linear,
-    b: candle_nn::Linear,
-    a: candle_nn::Linear,
+    qkv: MlxLinear,
+    z: MlxLinear,
+    b: MlxLinear,
+    a: MlxLinear,
     /// Depthwise convolution taps: `taps[j]` `[conv_dim]` multiplies input `t + j`.
     taps: Vec<Tensor>,
     /// `-exp(A_log)` per value head.
     neg_a: Tensor,
     dt_bias: Tensor,
     norm: Tensor,
-    out: candle_nn::Linear,
+    out: MlxLinear,
 }
 
 impl std::fmt::Debug for GatedDeltaNet {
@@ -89,10 +89,10 @@ impl GatedDeltaNet {
         let [qkv, z, b, a] = if spec.fused_projections {
             Self::unfuse(ckpt, prefix, spec, device)?
         } else {
-            let linear = |name: &str| ckpt.linear(&format!("{prefix}.{name}"), device);
+            let linear = |name: &str| ckpt.packed_linear(&format!("{prefix}.{name}"), device);
             [linear("in_proj_qkv")?, linear("in_proj_z")?, linear("in_proj_b")?, linear("in_proj_a")?]
         };
-        if qkv.weight().dim(0)? != spec.conv_dim() || z.weight().dim(0)? != spec.value_dim() {
+        if qkv.out_features()? != spec.conv_dim() || z.out_features()? != spec.value_dim() {
             return Err(shape_error(prefix, "the input projection"));
         }
         // MLX layout `[C, K, 1]`: channel c, tap j.
@@ -114,7 +114,7 @@ impl GatedDeltaNet {
             neg_a,
             dt_bias: ckpt.tensor(&format!("{prefix}.dt_bias"), device)?,
             norm: ckpt.tensor(&format!("{prefix}.norm.weight"), device)?,
-            out: ckpt.linear(&format!("{prefix}.out_proj"), device)?,
+            out: ckpt.packed_linear(&format!("{prefix}.out_proj"), device)?,
         })
     }
 
@@ -127,7 +127,7 @@ impl GatedDeltaNet {
         prefix: &str,
         spec: DeltaNetSpec,
         device: &Device,
-    ) -> std::result::Result<[candle_nn::Linear; 4], EngineError> {
+    ) -> std::result::Result<[MlxLinear; 4], EngineError> {
         let (nk, dk, dv) = (spec.key_heads, spec.key_head_dim, spec.value_head_dim);
         let group = spec.value_heads / nk;
         let qkvz = ckpt.weight(&format!("{prefix}.in_proj_qkvz"), device)?;
@@ -149,7 +149,7 @@ impl GatedDeltaNet {
         let k = rows(&qkvz, dk, dk)?;
         let v = rows(&qkvz, 2 * dk, group * dv)?;
         let z = rows(&qkvz, 2 * dk + group * dv, group * dv)?;
-        let linear = |w: Tensor| candle_nn::Linear::new(w, None);
+        let linear = |w: Tensor| dense_linear(w, None);
         Ok([
             linear(Tensor::cat(&[q, k, v], 0)?),
             linear(z),

@@ -19,10 +19,10 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Checkpoint;
 use super::archs::{parse, rope_from_scaling};
 use super::dense::{Activation, RopeSpec};
 use super::switch::{Route, SwitchGlu, score_rows, softmax, top_k};
+use super::{Checkpoint, MlxLinear};
 use crate::engine::models::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
@@ -216,18 +216,18 @@ fn meta(message: impl Into<String>) -> EngineError {
 /// A layer's own key/value projections (absent on KV-shared layers).
 #[derive(Debug)]
 struct KvProjection {
-    k: candle_nn::Linear,
+    k: MlxLinear,
     /// `None` with `attention_k_eq_v`: values are the raw `k_proj` output.
-    v: Option<candle_nn::Linear>,
+    v: Option<MlxLinear>,
     k_norm: Tensor,
     kv_heads: usize,
 }
 
 #[derive(Debug)]
 struct Attention {
-    q: candle_nn::Linear,
+    q: MlxLinear,
     q_norm: Tensor,
-    o: candle_nn::Linear,
+    o: MlxLinear,
     kv: Option<KvProjection>,
     /// The layer whose cache entry this layer attends over: itself, or on a KV-shared
     /// layer the last earlier layer of the same type.
@@ -284,17 +284,17 @@ impl Attention {
 /// GeGLU MLP.
 #[derive(Debug)]
 struct Mlp {
-    gate: candle_nn::Linear,
-    up: candle_nn::Linear,
-    down: candle_nn::Linear,
+    gate: MlxLinear,
+    up: MlxLinear,
+    down: MlxLinear,
 }
 
 impl Mlp {
     fn load(ckpt: &Checkpoint, prefix: &str, device: &Device) -> Result<Self, EngineError> {
         Ok(Self {
-            gate: ckpt.linear(&format!("{prefix}.gate_proj"), device)?,
-            up: ckpt.linear(&format!("{prefix}.up_proj"), device)?,
-            down: ckpt.linear(&format!("{prefix}.down_proj"), device)?,
+            gate: ckpt.packed_linear(&format!("{prefix}.gate_proj"), device)?,
+            up: ckpt.packed_linear(&format!("{prefix}.up_proj"), device)?,
+            down: ckpt.packed_linear(&format!("{prefix}.down_proj"), device)?,
         })
     }
 
@@ -308,7 +308,7 @@ impl Mlp {
 struct Moe {
     /// `router.scale * hidden^-0.5`, the router's RMSNorm weight.
     router_norm: Tensor,
-    router: candle_nn::Linear,
+    router: MlxLinear,
     per_expert_scale: Vec<f32>,
     top_k: usize,
     experts: SwitchGlu,
@@ -331,7 +331,7 @@ impl Moe {
         let norm = |name: &str| ckpt.tensor(&format!("{l}.{name}.weight"), device);
         Ok(Self {
             router_norm: (ckpt.tensor(&format!("{l}.router.scale"), device)? * (cfg.hidden_size as f64).powf(-0.5))?,
-            router: ckpt.linear(&format!("{l}.router.proj"), device)?,
+            router: ckpt.packed_linear(&format!("{l}.router.proj"), device)?,
             per_expert_scale,
             top_k,
             experts,
@@ -367,8 +367,8 @@ impl Moe {
 /// A layer's gate over its per-layer input.
 #[derive(Debug)]
 struct PerLayerGate {
-    gate: candle_nn::Linear,
-    projection: candle_nn::Linear,
+    gate: MlxLinear,
+    projection: MlxLinear,
     post_norm: Tensor,
 }
 
@@ -390,7 +390,7 @@ struct Layer {
 struct PerLayerInputs {
     /// `[vocab_per_layer, layers * width]`.
     embeddings: Tensor,
-    projection: candle_nn::Linear,
+    projection: MlxLinear,
     projection_norm: Tensor,
     width: usize,
 }
@@ -435,7 +435,7 @@ impl Gemma4 {
         let first_shared = cfg.first_kv_shared();
         let eps = cfg.rms_norm_eps;
         let tensor = |name: &str| ckpt.tensor(name, &device);
-        let linear = |name: &str| ckpt.linear(name, &device);
+        let linear = |name: &str| ckpt.packed_linear(name, &device);
 
         let embeddings = ckpt.weight(&format!("{prefix}.embed_tokens"), &device)?;
         let head = if cfg.tie_word_embeddings || !ckpt.has(&format!("{head_name}.weight")) {

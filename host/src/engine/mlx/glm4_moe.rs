@@ -211,7 +211,7 @@ impl Glm4Moe {
                         None => None,
                     };
                     FeedForward::Sparse(SigmoidMoe {
-                        gate: ckpt.linear(&format!("{m}.gate"), device)?,
+                        gate: ckpt.packed_linear(&format!("{m}.gate"), device)?,
                         router,
                         experts: Experts::load(ckpt, &format!("{m}.switch_mlp"), experts, Glu::Swiglu, device)?,
                         shared,

@@ -162,7 +162,7 @@ impl MiniMax {
                 scale: 1.0,
             };
             let moe = SigmoidMoe {
-                gate: ckpt.linear(&format!("{m}.gate"), device)?,
+                gate: ckpt.packed_linear(&format!("{m}.gate"), device)?,
                 router,
                 experts: Experts::load(ckpt, &format!("{m}.switch_mlp"), cfg.num_local_experts, Glu::Swiglu, device)?,
                 shared: None,

@@ -16,13 +16,14 @@
 //!
 //! [`load`] picks the model for a checkpoint's `model_type`.
 //!
-//! How weights are held: in the dense decoder, 4-bit affine layers whose scales and biases
-//! are f16 values (bf16 checkpoints: all but the tiniest) are repacked as GGUF Q4_1 blocks
-//! holding exactly the same weights, and run through our Q4_1 kernel with 8-bit
-//! activations: memory stays at ~0.6 bytes per weight. Everything else (other bit widths,
-//! mxfp4, experts, the other architectures, or [`Checkpoint::dequantize_all`]) is
-//! dequantized to f32 at load time, bit for bit what `mx.dequantize` gives, at 4 bytes
-//! per weight. The parity tests check both against mlx-lm.
+//! How weights are held: 4-bit affine linear layers whose scales and biases are f16 values
+//! (bf16 checkpoints: all but the tiniest) are repacked as GGUF Q4_1 blocks holding exactly
+//! the same weights and run through our Q4_1 kernel with 8-bit activations (~0.6 bytes per
+//! weight), wherever an architecture loads them with [`Checkpoint::packed_linear`]: the
+//! dense decoder, gemma4, qwen3_next / qwen3_5 and the dense and shared-expert MLPs of
+//! [`moe`]. Everything else (other bit widths, mxfp4, stacked experts, the other files, or
+//! [`Checkpoint::dequantize_all`]) is dequantized to f32 at load time, bit for bit what
+//! `mx.dequantize` gives, at 4 bytes per weight. The parity tests check both against mlx-lm.
 
 pub mod archs;
 pub mod deepseek_v3;
@@ -302,11 +303,26 @@ impl Checkpoint {
     }
 }
 
+/// A dense (f32) layer from a weight and an optional bias, for layers built from
+/// reshaped or split tensors.
+pub fn dense_linear(weight: Tensor, bias: Option<Tensor>) -> MlxLinear {
+    MlxLinear::Dense(candle_nn::Linear::new(weight, bias))
+}
+
 /// A linear layer of an MLX checkpoint: packed Q4_1 blocks through our kernel, or f32.
-#[allow(missing_debug_implementations)]
+#[derive(Clone)]
 pub enum MlxLinear {
     Dense(candle_nn::Linear),
     Packed { matrix: rapid_kernels::QuantMatrix, bias: Option<Tensor> },
+}
+
+impl std::fmt::Debug for MlxLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dense(linear) => write!(f, "MlxLinear::Dense({:?})", linear.weight().dims()),
+            Self::Packed { matrix, .. } => write!(f, "MlxLinear::Packed(Q4_1 {}x{})", matrix.rows(), matrix.cols()),
+        }
+    }
 }
 
 impl MlxLinear {

@@ -9,7 +9,7 @@
 
 use candle_core::{D, Device, Module, Result, Tensor};
 
-use super::Checkpoint;
+use super::{Checkpoint, MlxLinear, dense_linear};
 use crate::engine::EngineError;
 use crate::engine::models::{attention_mask, repeat_kv, rms_norm};
 
@@ -44,9 +44,9 @@ impl Glu {
 /// A gated feed-forward: `down(act(gate(x), up(x)))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate: candle_nn::Linear,
-    up: candle_nn::Linear,
-    down: candle_nn::Linear,
+    gate: MlxLinear,
+    up: MlxLinear,
+    down: MlxLinear,
     glu: Glu,
 }
 
@@ -54,9 +54,9 @@ impl Mlp {
     /// The SwiGLU MLP under `prefix` (`gate_proj`, `up_proj`, `down_proj`).
     pub fn load(ckpt: &Checkpoint, prefix: &str, device: &Device) -> std::result::Result<Self, EngineError> {
         Ok(Self {
-            gate: ckpt.linear(&format!("{prefix}.gate_proj"), device)?,
-            up: ckpt.linear(&format!("{prefix}.up_proj"), device)?,
-            down: ckpt.linear(&format!("{prefix}.down_proj"), device)?,
+            gate: ckpt.packed_linear(&format!("{prefix}.gate_proj"), device)?,
+            up: ckpt.packed_linear(&format!("{prefix}.up_proj"), device)?,
+            down: ckpt.packed_linear(&format!("{prefix}.down_proj"), device)?,
             glu: Glu::Swiglu,
         })
     }
@@ -82,7 +82,7 @@ impl Experts {
         device: &Device,
     ) -> std::result::Result<Self, EngineError> {
         // Split once at load time so that each expert is a plain matmul afterwards.
-        let stacked = |name: &str| -> std::result::Result<Vec<candle_nn::Linear>, EngineError> {
+        let stacked = |name: &str| -> std::result::Result<Vec<MlxLinear>, EngineError> {
             let module = format!("{prefix}.{name}");
             let w = ckpt.weight(&module, device)?;
             if w.rank() != 3 || w.dim(0)? != count {
@@ -97,9 +97,7 @@ impl Experts {
             {
                 return Err(EngineError::Metadata(format!("{module}.bias has shape {:?}", b.dims())));
             }
-            (0..count)
-                .map(|e| Ok(candle_nn::Linear::new(w.get(e)?, bias.as_ref().map(|b| b.get(e)).transpose()?)))
-                .collect()
+            (0..count).map(|e| Ok(dense_linear(w.get(e)?, bias.as_ref().map(|b| b.get(e)).transpose()?))).collect()
         };
         let (gates, ups, downs) = (stacked("gate_proj")?, stacked("up_proj")?, stacked("down_proj")?);
         let experts =
@@ -216,7 +214,7 @@ impl SigmoidRouter {
 /// MoE `shared_experts`; MiniMax has none).
 #[derive(Debug, Clone)]
 pub struct SigmoidMoe {
-    pub gate: candle_nn::Linear,
+    pub gate: MlxLinear,
     pub router: SigmoidRouter,
     pub experts: Experts,
     pub shared: Option<Mlp>,

@@ -10,10 +10,10 @@ use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Checkpoint;
 use super::archs::rope_from_scaling;
 use super::dense::RopeSpec;
 use super::gated_delta::{DeltaNetSpec, GatedDeltaNet};
+use super::{Checkpoint, MlxLinear, dense_linear};
 use crate::engine::models::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
@@ -142,17 +142,17 @@ impl HybridSpec {
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 struct Mlp {
-    gate: candle_nn::Linear,
-    up: candle_nn::Linear,
-    down: candle_nn::Linear,
+    gate: MlxLinear,
+    up: MlxLinear,
+    down: MlxLinear,
 }
 
 impl Mlp {
     fn load(ckpt: &Checkpoint, prefix: &str, device: &Device) -> std::result::Result<Self, EngineError> {
         Ok(Self {
-            gate: ckpt.linear(&format!("{prefix}.gate_proj"), device)?,
-            up: ckpt.linear(&format!("{prefix}.up_proj"), device)?,
-            down: ckpt.linear(&format!("{prefix}.down_proj"), device)?,
+            gate: ckpt.packed_linear(&format!("{prefix}.gate_proj"), device)?,
+            up: ckpt.packed_linear(&format!("{prefix}.up_proj"), device)?,
+            down: ckpt.packed_linear(&format!("{prefix}.down_proj"), device)?,
         })
     }
 
@@ -165,10 +165,10 @@ impl Mlp {
 /// expert scaled by `sigmoid(shared_expert_gate(x))`.
 struct SparseMoe {
     spec: MoeSpec,
-    router: candle_nn::Linear,
+    router: MlxLinear,
     experts: Vec<Mlp>,
     shared: Mlp,
-    shared_gate: candle_nn::Linear,
+    shared_gate: MlxLinear,
 }
 
 impl SparseMoe {
@@ -191,9 +191,9 @@ impl SparseMoe {
             .zip(ups)
             .zip(downs)
             .map(|((gate, up), down)| Mlp {
-                gate: candle_nn::Linear::new(gate, None),
-                up: candle_nn::Linear::new(up, None),
-                down: candle_nn::Linear::new(down, None),
+                gate: dense_linear(gate, None),
+                up: dense_linear(up, None),
+                down: dense_linear(down, None),
             })
             .collect();
         if spec.top_k == 0 || spec.top_k > spec.experts {
@@ -201,10 +201,10 @@ impl SparseMoe {
         }
         Ok(Self {
             spec,
-            router: ckpt.linear(&format!("{prefix}.gate"), device)?,
+            router: ckpt.packed_linear(&format!("{prefix}.gate"), device)?,
             experts,
             shared: Mlp::load(ckpt, &format!("{prefix}.shared_expert"), device)?,
-            shared_gate: ckpt.linear(&format!("{prefix}.shared_expert_gate"), device)?,
+            shared_gate: ckpt.packed_linear(&format!("{prefix}.shared_expert_gate"), device)?,
         })
     }
 
@@ -247,17 +247,17 @@ impl SparseMoe {
 /// `Qwen3NextAttention`: q/k RMSNorm per head, partial RoPE, and an output gate that
 /// `q_proj` produces alongside the queries (per head `[q | gate]`).
 struct GatedAttention {
-    q: candle_nn::Linear,
-    k: candle_nn::Linear,
-    v: candle_nn::Linear,
-    o: candle_nn::Linear,
+    q: MlxLinear,
+    k: MlxLinear,
+    v: MlxLinear,
+    o: MlxLinear,
     q_norm: Tensor,
     k_norm: Tensor,
 }
 
 impl GatedAttention {
     fn load(ckpt: &Checkpoint, prefix: &str, device: &Device) -> std::result::Result<Self, EngineError> {
-        let linear = |name: &str| ckpt.linear(&format!("{prefix}.{name}"), device);
+        let linear = |name: &str| ckpt.packed_linear(&format!("{prefix}.{name}"), device);
         Ok(Self {
             q: linear("q_proj")?,
             k: linear("k_proj")?,
