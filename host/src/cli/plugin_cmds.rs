@@ -1,0 +1,159 @@
+//! `parse`, `plugin test`: parser and policy plugins driven from the command line.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use crate::*;
+use rapid_host::host_facts::{ByteSize, HostFacts};
+use rapid_host::parsers::{AssembledMessage, ParserPipeline, PipelineConfig};
+use rapid_host::plugins::{PluginKind, PluginRuntime, PluginSet, SandboxLimits};
+use rapid_host::registry::AliasRegistry;
+use rapid_host::resolve::ModelResolver;
+
+/// Runs `input` through a parser pipeline, whole or `chunk` characters at a time.
+pub(crate) fn parse_text(
+    set: &PluginSet,
+    config: &PipelineConfig,
+    input: &str,
+    chunk: Option<usize>,
+) -> anyhow::Result<AssembledMessage> {
+    let mut pipeline = ParserPipeline::new(set, config)?;
+    let mut message = AssembledMessage::default();
+    match chunk {
+        Some(n) => {
+            let chars: Vec<char> = input.chars().collect();
+            for piece in chars.chunks(n) {
+                message.extend(&pipeline.feed(&piece.iter().collect::<String>()));
+            }
+        }
+        None => message.extend(&pipeline.feed(input)),
+    }
+    message.extend(&pipeline.finish());
+    for reason in &message.malformed {
+        eprintln!("warning: malformed tool call kept as content: {reason}");
+    }
+    for failure in &pipeline.failures {
+        eprintln!("warning: {failure}; the rest of the output was passed through unparsed");
+    }
+    Ok(message)
+}
+
+/// `rapid-host plugin test`: every fixture case at every standard chunking; a table; exit 1
+/// if anything fails.
+pub(crate) fn plugin_test(wasm: &Path, fixture_path: &Path, with_plugins: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use rapid_host::parsers::fixtures::{self, standard_chunkings};
+
+    let runtime = PluginRuntime::new(SandboxLimits::default(), PluginRuntime::default_cache_dir())?;
+    let mut set = PluginSet::empty(runtime);
+    // The plugin under test first, so it wins over a same-named one among the companions.
+    set.load_file(wasm);
+    if let Some(failure) = set.failures.first() {
+        bail!("{}", failure.error);
+    }
+    if let Some(dir) = with_plugins {
+        set.load_dir_into(dir)?;
+    }
+    let summary = set.plugins.first().context("plugin did not register")?.clone();
+    println!("{} ({} {}, rapid:plugin@{})", wasm.display(), summary.name, summary.version, summary.wit_version);
+    if summary.kind == PluginKind::AliasPolicy {
+        return policy_test(&set, &summary.name, fixture_path);
+    }
+    let own_tool: Vec<&str> =
+        summary.provides.iter().filter(|c| c.kind == "tool-call-parser").map(|c| c.name.as_str()).collect();
+    let own_reasoning: Vec<&str> =
+        summary.provides.iter().filter(|c| c.kind == "reasoning-parser").map(|c| c.name.as_str()).collect();
+
+    let chunkings = standard_chunkings();
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut problems = Vec::new();
+    let (mut passed, mut failed) = (0, 0);
+    for file in fixtures::load(fixture_path)? {
+        let file_label = file_name(&file.path);
+        for case in &file.cases {
+            let mut config = file.config(case);
+            // Fixtures that name no parser use the plugin's own (when it has exactly one).
+            if config.tool_parser.is_none() && config.reasoning_parser.is_none() {
+                match (own_tool.as_slice(), own_reasoning.as_slice()) {
+                    ([tool], _) => config.tool_parser = Some((*tool).to_string()),
+                    ([], [reasoning]) => config.reasoning_parser = Some((*reasoning).to_string()),
+                    _ => {}
+                }
+            }
+            let mut marks = Vec::new();
+            let mut ok = true;
+            for chunking in &chunkings {
+                let outcome = fixtures::run(&set, &config, &case.raw, chunking)
+                    .map_err(|e| e.to_string())
+                    .and_then(|run| fixtures::check(&case.expect, &run));
+                match outcome {
+                    Ok(()) => marks.push(String::from("ok")),
+                    Err(diff) => {
+                        marks.push(String::from("FAIL"));
+                        if ok {
+                            problems.push(format!("{file_label} / {}, chunks {chunking}: {diff}", case.name));
+                        }
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                passed += 1
+            } else {
+                failed += 1
+            }
+            rows.push([
+                file_label.clone(),
+                case.name.clone(),
+                marks.join(" "),
+                String::from(if ok { "pass" } else { "FAIL" }),
+            ]);
+        }
+    }
+    let chunk_header = format!("CHUNKS ({})", chunkings.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
+    print_table(&["FIXTURE", "CASE", chunk_header.as_str(), "RESULT"], &rows);
+    for problem in &problems {
+        println!("  {problem}");
+    }
+    println!("\n{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Alias-policy fixtures: model name (and free memory) → expected resolution or refusal.
+pub(crate) fn policy_test(set: &PluginSet, policy_name: &str, fixture_path: &Path) -> anyhow::Result<ExitCode> {
+    use rapid_host::resolve::PolicyFixtures;
+
+    let registry = AliasRegistry::builtin()?;
+    let policy = set.policy(policy_name).context("policy did not register")?;
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    let mut problems = Vec::new();
+    let (mut passed, mut failed) = (0, 0);
+    for (path, fixtures) in PolicyFixtures::load(fixture_path)? {
+        for case in &fixtures.cases {
+            let mut facts = HostFacts::detect("cpu");
+            if let Some(free) = &case.free_memory {
+                facts.free_memory_bytes = free.parse::<ByteSize>().map_err(anyhow::Error::msg)?.0;
+            }
+            let outcome = ModelResolver::new(&registry, policy, facts).resolve(&case.model);
+            let result = match case.check(&outcome) {
+                Ok(()) => {
+                    passed += 1;
+                    "pass"
+                }
+                Err(diff) => {
+                    failed += 1;
+                    problems.push(format!("{} / {}: {diff}", file_name(&path), case.name));
+                    "FAIL"
+                }
+            };
+            rows.push([file_name(&path), case.name.clone(), String::from(result)]);
+        }
+    }
+    print_table(&["FIXTURE", "CASE", "RESULT"], &rows);
+    for problem in &problems {
+        println!("  {problem}");
+    }
+    println!("\n{passed} passed, {failed} failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,159 @@
+//! `serve`: load, listen (answering 503 while loading), shut down gracefully.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+
+use crate::*;
+use rapid_host::plugins::PluginHub;
+use rapid_host::registry::AliasRegistry;
+use rapid_host::server::{AppState, router};
+
+pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use rapid_host::engine::Engine;
+    use rapid_host::server::ServerLimits;
+    use rapid_host::server::metrics::Metrics;
+    use rapid_host::server::run::Runner;
+
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("cannot set threads")?;
+    }
+    let hub = PluginHub::load(plugin_runtime(&args.plugins)?, &args.plugins.plugins)?;
+    if args.watch {
+        hub.watch(std::time::Duration::from_millis(500)).context("cannot start the plugin watcher")?;
+    }
+    let set = hub.current();
+    for failure in &set.failures {
+        tracing::warn!("skipped {}: {}", failure.file.display(), failure.error);
+    }
+    let model = args.model.clone().unwrap_or_else(|| registry.default_alias().to_string());
+    let resolved = match resolve(registry, &set, &args.plugins, &model)? {
+        Ok(resolved) => resolved,
+        Err(code) => return Ok(code),
+    };
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("`{}:{}` is not a valid listen address", args.host, args.port))?;
+    // Parsers: the alias's, unless overridden; `none` turns one off.
+    let pick = |flag: &Option<String>, from_alias: Option<&String>| match flag.as_deref() {
+        Some("none") => None,
+        Some(name) => Some(name.to_string()),
+        None => from_alias.cloned(),
+    };
+    let profile = resolved.profile.as_ref();
+    let tool_parser = pick(&args.tool_call_parser, profile.and_then(|p| p.tool_call_parser.as_ref()));
+    let reasoning_parser = pick(&args.reasoning_parser, profile.and_then(|p| p.reasoning_parser.as_ref()));
+    for (kind, name, known) in [
+        ("tool-call", &tool_parser, set.tool_parser_names()),
+        ("reasoning", &reasoning_parser, set.reasoning_parser_names()),
+    ] {
+        if let Some(name) = name
+            && !known.contains(name)
+        {
+            bail!("the {kind} parser `{name}` is not among the plugins in {}", args.plugins.plugins.display());
+        }
+    }
+
+    let path = model_file(&resolved, &args.models_dir, args.offline)?;
+    let device = rapid_host::engine::device(&args.device)?;
+    eprintln!("rapid-host {}", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "  model    {} -> {} ({})",
+        resolved.alias.as_deref().unwrap_or(&resolved.requested),
+        resolved.hf_path,
+        path.display()
+    );
+    // Listen while the model loads: /health answers, /health/ready and the API say 503.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let std_listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    std_listener.set_nonblocking(true)?;
+    let loading = {
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(std_listener.try_clone()?)?;
+        let (done, loaded) = tokio::sync::oneshot::channel::<()>();
+        let server = runtime.spawn(async move {
+            let _ = axum::serve(listener, rapid_host::server::loading_router())
+                .with_graceful_shutdown(async move {
+                    let _ = loaded.await;
+                })
+                .await;
+        });
+        (done, server)
+    };
+    let engine = Arc::new(Engine::load(&path, device, true)?);
+    // Warm-up: the first forward pass pays for allocations; do it before taking traffic.
+    let mut cache = engine.model.new_cache();
+    engine.model.forward(&[engine.tokenizer.bos.unwrap_or(0)], &mut cache).context("warm-up failed")?;
+    let _ = engine.grammar();
+    drop(cache);
+    let limits = ServerLimits {
+        max_request_bytes: args.max_request_bytes,
+        max_concurrent_requests: args.max_concurrent_requests,
+        default_max_tokens: args.max_tokens,
+    };
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let metrics = Arc::new(Metrics::default());
+    let state = AppState {
+        model: resolved.clone(),
+        created,
+        plugins: Arc::clone(&hub),
+        runner: Arc::new(Runner::new(Arc::clone(&engine), limits.max_concurrent_requests, Arc::clone(&metrics))),
+        engine,
+        tool_parser: tool_parser.clone(),
+        reasoning_parser: reasoning_parser.clone(),
+        limits,
+        metrics,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+    };
+    for note in &resolved.notes {
+        eprintln!("  note     {note}");
+    }
+    eprintln!(
+        "  parsers  tool calls: {}, reasoning: {}",
+        tool_parser.as_deref().unwrap_or("none"),
+        reasoning_parser.as_deref().unwrap_or("none")
+    );
+    eprintln!(
+        "  plugins  {} loaded from {} ({} failed){}",
+        set.plugins.len(),
+        args.plugins.plugins.display(),
+        set.failures.len(),
+        if args.watch { ", watching for changes" } else { "" }
+    );
+
+    let (done, loading_server) = loading;
+    runtime.block_on(async move {
+        let _ = done.send(());
+        let _ = loading_server.await;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        eprintln!("  listening on http://{addr}/v1");
+        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("server failed")
+    })?;
+    eprintln!("rapid-host stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM: stop accepting; in-flight streams finish (or end with the process).
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
