@@ -120,8 +120,8 @@ async fn a_named_tool_choice_calls_that_tool() {
 
 #[tokio::test]
 async fn parsers_without_a_grammar_fall_back_to_host_json_calls() {
-    // qwen3_coder_xml offers no grammar; with no parser at all the host reads calls itself too.
-    for parser in [Some("qwen3_coder_xml"), None] {
+    // kimi offers no grammar; with no parser at all the host reads calls itself too.
+    for parser in [Some("kimi"), None] {
         let mut state = state();
         state.tool_parser = parser.map(str::to_string);
         let (status, body) = chat(
@@ -138,6 +138,41 @@ async fn parsers_without_a_grammar_fall_back_to_host_json_calls() {
         assert_valid_call(&body, "get_time");
         assert!(body["choices"][0]["message"]["content"].is_null(), "{body}");
     }
+}
+
+#[test]
+fn the_exported_parser_grammars_compile_for_the_model() {
+    use rapid_host::engine::constraint::GrammarCompiler;
+    let state = state();
+    let plugins = state.plugins.current();
+    let tools = weather_tools().to_string();
+    let compiler = state.engine.grammar().expect("grammar compiler");
+    for parser in ["hermes", "llama", "qwen3_coder_xml"] {
+        let lark = rapid_host::parsers::tool_call_grammar(&plugins, parser, &tools)
+            .expect("plugin call")
+            .unwrap_or_else(|| panic!("{parser} exports a grammar"));
+        if let Err(e) = compiler.compile(GrammarCompiler::lark(&lark)) {
+            panic!("{parser}: {e}\n{lark}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn qwen_xml_forced_calls_use_the_parsers_own_format() {
+    let mut state = state();
+    state.tool_parser = Some(String::from("qwen3_coder_xml"));
+    let (status, body) = chat(
+        state,
+        json!({
+            "messages": [{"role": "user", "content": "Weather in Oslo for 2 days?"}],
+            "tools": weather_tools(),
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "max_tokens": 80, "temperature": 0
+        }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_valid_call(&body, "get_weather");
 }
 
 #[tokio::test]

@@ -47,6 +47,10 @@ impl ParserPlugin for Qwen3Coder {
         }
         Ok(Box::new(ToolCallSplitter::new(QwenXml, Tools::parse(&config.tools_json))))
     }
+
+    fn tool_call_grammar(_parser: &str, tools_json: &str) -> Option<String> {
+        rapid_plugin_sdk::grammar::qwen_xml_calls(tools_json)
+    }
 }
 
 type Component = Adapter<Qwen3Coder>;

@@ -80,6 +80,66 @@ pub fn json_calls_in_markers(
     ))
 }
 
+/// The value of one `<parameter=KEY>` in the Qwen3-Coder XML format: strings are written
+/// raw (text without `<`, the format has no escaping; a string `enum` as its literals),
+/// every other type as JSON under the parameter's own schema (so `minimum`, `enum`, nested
+/// objects hold). Each ends with the newline before the closer.
+fn xml_value(schema: &Value) -> String {
+    let kind = schema.get("type").and_then(Value::as_str);
+    let strings: Option<Vec<&str>> =
+        schema.get("enum").and_then(Value::as_array).map(|o| o.iter().filter_map(Value::as_str).collect());
+    match (kind, strings) {
+        (_, Some(options)) if !options.is_empty() && Some(options.len()) == schema["enum"].as_array().map(Vec::len) => {
+            let texts: Vec<String> = options.iter().map(|o| literal(&format!("{o}\n"))).collect();
+            format!("({})", texts.join(" | "))
+        }
+        (Some("string") | None, _) => String::from("/[^<\\n][^<]*\\n/"),
+        _ => {
+            let mut schema = schema.clone();
+            schema["x-guidance"] = compact_json_options();
+            format!("%json {schema} \"\\n\"")
+        }
+    }
+}
+
+/// Calls in the Qwen3-Coder XML format: `<tool_call>\n<function=NAME>\n<parameter=KEY>\n
+/// VALUE\n</parameter>\n</function>\n</tool_call>`, required parameters in schema order.
+pub fn qwen_xml_calls(tools_json: &str) -> Option<String> {
+    let tools: Vec<Value> = serde_json::from_str(tools_json).ok()?;
+    let mut rules = Vec::new();
+    let mut functions = Vec::new();
+    for (f, tool) in tools.iter().enumerate() {
+        let function = tool.get("function").unwrap_or(tool);
+        let name = function.get("name").and_then(Value::as_str)?;
+        let params = parameters_schema(tool);
+        let required: Vec<&str> = params
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut body = Vec::new();
+        for (k, key) in required.iter().enumerate() {
+            let schema = params.pointer(&format!("/properties/{key}")).cloned().unwrap_or(Value::Null);
+            rules.push(format!(
+                "f{f}_p{k}: {} {} \"</parameter>\\n\"",
+                literal(&format!("<parameter={key}>\n")),
+                xml_value(&schema)
+            ));
+            body.push(format!("f{f}_p{k}"));
+        }
+        rules.push(format!("f{f}: {} {} \"</function>\\n\"", literal(&format!("<function={name}>\n")), body.join(" ")));
+        functions.push(format!("f{f}"));
+    }
+    if functions.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "start: tool_call (\"\\n\" tool_call)*\ntool_call: \"<tool_call>\\n\" ({}) \"</tool_call>\"\n{}\n",
+        functions.join(" | "),
+        rules.join("\n")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +167,18 @@ mod tests {
         assert!(lark.starts_with("start: tool_call (\"\\n\" tool_call)*\n"), "{lark}");
         assert!(lark.contains("tool_call: \"<tool_call>\\n\" payload \"\\n</tool_call>\""), "{lark}");
         assert!(lark.contains("payload: %json {"), "{lark}");
+    }
+
+    #[test]
+    fn qwen_xml_grammar_types_each_required_parameter() {
+        let tools = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",
+            "properties":{"city":{"type":"string"},"days":{"type":"integer"},"unit":{"enum":["c","f"]}},
+            "required":["city","days","unit"]}}}]"#;
+        let lark = qwen_xml_calls(tools).expect("grammar");
+        assert!(lark.contains("f0: \"<function=get_weather>\\n\" f0_p0 f0_p1 f0_p2 \"</function>\\n\""), "{lark}");
+        assert!(lark.contains("f0_p1: \"<parameter=days>\\n\" %json {"), "{lark}");
+        assert!(lark.contains("(\"c\\n\" | \"f\\n\")"), "{lark}");
+        assert_eq!(qwen_xml_calls("[]"), None);
     }
 
     #[test]
