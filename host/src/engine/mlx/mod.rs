@@ -19,9 +19,10 @@
 //! How weights are held: 4-bit affine linear layers whose scales and biases are f16 values
 //! (bf16 checkpoints: all but the tiniest) are repacked as GGUF Q4_1 blocks holding exactly
 //! the same weights and run through our Q4_1 kernel with 8-bit activations (~0.6 bytes per
-//! weight), wherever an architecture loads them with [`Checkpoint::packed_linear`]: the
-//! dense decoder, gemma4, qwen3_next / qwen3_5 and the dense and shared-expert MLPs of
-//! [`moe`]. Everything else (other bit widths, mxfp4, stacked experts, the other files, or
+//! weight), wherever an architecture loads them with [`Checkpoint::packed_linear`] or
+//! [`Checkpoint::packed_experts`]: the dense decoder, gemma4, qwen3_next / qwen3_5, and the
+//! MLPs and stacked experts of [`moe`] and [`switch`]. Everything else (other bit widths,
+//! mxfp4, the remaining files, or
 //! [`Checkpoint::dequantize_all`]) is dequantized to f32 at load time, bit for bit what
 //! `mx.dequantize` gives, at 4 bytes per weight. The parity tests check both against mlx-lm.
 
@@ -193,6 +194,11 @@ impl Checkpoint {
         self.config["model_type"].as_str().map(str::to_string).ok_or_else(|| meta("config.json has no `model_type`"))
     }
 
+    /// The stored shape of tensor `name` (packed, for quantized weights).
+    pub fn raw_dims(&self, name: &str) -> Result<Vec<usize>, EngineError> {
+        Ok(self.raw(name)?.dims().to_vec())
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
@@ -275,18 +281,24 @@ impl Checkpoint {
     /// Module `prefix` as Q4_1 blocks, when it is a 4-bit affine matrix with f16-exact
     /// scales and biases and packing is on.
     pub fn q4_1(&self, prefix: &str, device: &Device) -> Result<Option<rapid_kernels::QuantMatrix>, EngineError> {
+        if self.raw(&format!("{prefix}.weight"))?.rank() != 2 {
+            return Ok(None);
+        }
+        self.q4_1_rows(prefix, device)
+    }
+
+    /// As [`Self::q4_1`], with every leading dimension (stacked experts) folded into rows.
+    fn q4_1_rows(&self, prefix: &str, device: &Device) -> Result<Option<rapid_kernels::QuantMatrix>, EngineError> {
         if self.dequantize_all || !device.is_cpu() {
             return Ok(None);
         }
         let Some(spec) = self.quant_of(prefix)? else { return Ok(None) };
-        let packed = self.raw(&format!("{prefix}.weight"))?;
-        let (rows, packed_cols) = match packed.dims() {
-            [rows, cols] => (*rows, *cols),
-            _ => return Ok(None),
-        };
         if spec.mxfp4 || spec.bits != 4 {
             return Ok(None);
         }
+        let packed = self.raw(&format!("{prefix}.weight"))?;
+        let Some((&packed_cols, lead)) = packed.dims().split_last() else { return Ok(None) };
+        let rows: usize = lead.iter().product();
         let in_features = packed_cols * 8;
         let words: Vec<u32> = packed.flatten_all()?.to_vec1()?;
         let floats = |name: &str| -> Result<Vec<f32>, EngineError> {
@@ -300,6 +312,37 @@ impl Checkpoint {
         rapid_kernels::QuantMatrix::new(rapid_kernels::Format::Q4_1, rows, in_features, blocks)
             .map(Some)
             .map_err(|e| meta(format!("`{prefix}`: {e}")))
+    }
+
+    /// The `count` experts stacked in module `prefix` (`[E, out, in]`), each its own layer
+    /// with its row of `prefix.bias` when there is one: packed when exact, else f32.
+    pub fn packed_experts(&self, prefix: &str, count: usize, device: &Device) -> Result<Vec<MlxLinear>, EngineError> {
+        let bias = self.bias(prefix, device)?;
+        let bias_of =
+            |e: usize| -> Result<Option<Tensor>, EngineError> { Ok(bias.as_ref().map(|b| b.get(e)).transpose()?) };
+        let shape_error =
+            |dims: &[usize]| meta(format!("{prefix} has shape {dims:?}, expected {count} stacked experts"));
+        let stored = self.raw_dims(&format!("{prefix}.weight"))?;
+        if stored.len() != 3 || stored[0] != count {
+            return Err(shape_error(&stored));
+        }
+        if let Some(all) = self.q4_1_rows(prefix, device)? {
+            if count == 0 || !all.rows().is_multiple_of(count) {
+                return Err(shape_error(&[all.rows(), all.cols()]));
+            }
+            let per = all.rows() / count;
+            let parts = all.split_rows(&vec![per; count]).map_err(|e| meta(format!("`{prefix}`: {e}")))?;
+            return parts
+                .into_iter()
+                .enumerate()
+                .map(|(e, matrix)| Ok(MlxLinear::Packed { matrix, bias: bias_of(e)? }))
+                .collect();
+        }
+        let w = self.weight(prefix, device)?;
+        if w.rank() != 3 || w.dim(0)? != count {
+            return Err(shape_error(w.dims()));
+        }
+        (0..count).map(|e| Ok(dense_linear(w.get(e)?, bias_of(e)?))).collect()
     }
 }
 

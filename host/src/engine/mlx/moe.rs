@@ -9,7 +9,7 @@
 
 use candle_core::{D, Device, Module, Result, Tensor};
 
-use super::{Checkpoint, MlxLinear, dense_linear};
+use super::{Checkpoint, MlxLinear};
 use crate::engine::EngineError;
 use crate::engine::models::{attention_mask, repeat_kv, rms_norm};
 
@@ -81,24 +81,8 @@ impl Experts {
         glu: Glu,
         device: &Device,
     ) -> std::result::Result<Self, EngineError> {
-        // Split once at load time so that each expert is a plain matmul afterwards.
-        let stacked = |name: &str| -> std::result::Result<Vec<MlxLinear>, EngineError> {
-            let module = format!("{prefix}.{name}");
-            let w = ckpt.weight(&module, device)?;
-            if w.rank() != 3 || w.dim(0)? != count {
-                return Err(EngineError::Metadata(format!(
-                    "{module} has shape {:?}, expected {count} stacked experts",
-                    w.dims()
-                )));
-            }
-            let bias = ckpt.bias(&module, device)?;
-            if let Some(b) = &bias
-                && b.dims() != [count, w.dim(1)?]
-            {
-                return Err(EngineError::Metadata(format!("{module}.bias has shape {:?}", b.dims())));
-            }
-            (0..count).map(|e| Ok(dense_linear(w.get(e)?, bias.as_ref().map(|b| b.get(e)).transpose()?))).collect()
-        };
+        // Split once at load time so that each expert is a plain matmul (packed when exact).
+        let stacked = |name: &str| ckpt.packed_experts(&format!("{prefix}.{name}"), count, device);
         let (gates, ups, downs) = (stacked("gate_proj")?, stacked("up_proj")?, stacked("down_proj")?);
         let experts =
             gates.into_iter().zip(ups).zip(downs).map(|((gate, up), down)| Mlp { gate, up, down, glu }).collect();

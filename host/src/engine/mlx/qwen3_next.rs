@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::archs::rope_from_scaling;
 use super::dense::RopeSpec;
 use super::gated_delta::{DeltaNetSpec, GatedDeltaNet};
-use super::{Checkpoint, MlxLinear, dense_linear};
+use super::{Checkpoint, MlxLinear};
 use crate::engine::models::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
@@ -173,29 +173,11 @@ struct SparseMoe {
 
 impl SparseMoe {
     fn load(ckpt: &Checkpoint, prefix: &str, spec: MoeSpec, device: &Device) -> std::result::Result<Self, EngineError> {
-        // Stacked `[experts, out, in]`, split once so that each expert is a plain matmul.
-        let stacked = |name: &str| -> std::result::Result<Vec<Tensor>, EngineError> {
-            let w = ckpt.weight(&format!("{prefix}.switch_mlp.{name}"), device)?;
-            if w.rank() != 3 || w.dim(0)? != spec.experts {
-                return Err(EngineError::Metadata(format!(
-                    "{prefix}.switch_mlp.{name} has shape {:?}, expected {} experts",
-                    w.dims(),
-                    spec.experts
-                )));
-            }
-            Ok((0..spec.experts).map(|e| w.get(e)).collect::<Result<Vec<_>>>()?)
-        };
+        // Stacked `[experts, out, in]`, split once so that each expert is a plain matmul
+        // (packed when exact).
+        let stacked = |name: &str| ckpt.packed_experts(&format!("{prefix}.switch_mlp.{name}"), spec.experts, device);
         let (gates, ups, downs) = (stacked("gate_proj")?, stacked("up_proj")?, stacked("down_proj")?);
-        let experts = gates
-            .into_iter()
-            .zip(ups)
-            .zip(downs)
-            .map(|((gate, up), down)| Mlp {
-                gate: dense_linear(gate, None),
-                up: dense_linear(up, None),
-                down: dense_linear(down, None),
-            })
-            .collect();
+        let experts = gates.into_iter().zip(ups).zip(downs).map(|((gate, up), down)| Mlp { gate, up, down }).collect();
         if spec.top_k == 0 || spec.top_k > spec.experts {
             return Err(EngineError::Metadata(format!("{prefix}: top-{} of {} experts", spec.top_k, spec.experts)));
         }

@@ -8,8 +8,8 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::Checkpoint;
 use super::dense::Activation;
+use super::{Checkpoint, MlxLinear};
 use crate::engine::EngineError;
 
 /// The experts a token was routed to, with the weight of each one's output.
@@ -17,9 +17,9 @@ pub type Route = Vec<(usize, f32)>;
 
 #[derive(Debug)]
 struct Expert {
-    gate: candle_nn::Linear,
-    up: candle_nn::Linear,
-    down: candle_nn::Linear,
+    gate: MlxLinear,
+    up: MlxLinear,
+    down: MlxLinear,
 }
 
 /// `down(act(gate(x)) * up(x))` for each of `E` experts.
@@ -37,27 +37,16 @@ impl SwitchGlu {
         activation: Activation,
         device: &Device,
     ) -> std::result::Result<Self, EngineError> {
-        let stacked = |name: &str| ckpt.weight(&format!("{prefix}.{name}"), device);
-        let (gate, up, down) = (stacked("gate_proj")?, stacked("up_proj")?, stacked("down_proj")?);
-        let count = gate.dim(0)?;
-        if gate.rank() != 3 || up.dims() != gate.dims() || down.dim(0)? != count {
-            return Err(EngineError::Metadata(format!(
-                "{prefix}: expert projections {:?} / {:?} / {:?} are not stacked alike",
-                gate.dims(),
-                up.dims(),
-                down.dims()
-            )));
-        }
-        // Each expert's matrices are views into the stacked tensors (no copy).
-        let experts = (0..count)
-            .map(|e| {
-                Ok(Expert {
-                    gate: candle_nn::Linear::new(gate.get(e)?, None),
-                    up: candle_nn::Linear::new(up.get(e)?, None),
-                    down: candle_nn::Linear::new(down.get(e)?, None),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let count = ckpt.raw_dims(&format!("{prefix}.gate_proj.weight"))?.first().copied().unwrap_or(0);
+        // Each expert is its own layer: packed Q4_1 when exact, else an f32 view.
+        let stacked = |name: &str| ckpt.packed_experts(&format!("{prefix}.{name}"), count, device);
+        let (gates, ups, downs) = (stacked("gate_proj")?, stacked("up_proj")?, stacked("down_proj")?);
+        let experts = gates
+            .into_iter()
+            .zip(ups)
+            .zip(downs)
+            .map(|((gate, up), down)| Expert { gate, up, down })
+            .collect::<Vec<_>>();
         Ok(Self { experts, activation })
     }
 
