@@ -48,7 +48,7 @@ def build(out: Path):
     print(f"built {out} ({n / 1e6:.0f}M stored values)", file=sys.stderr)
 
 
-def measure(binary: Path, model: Path, threads: int, dequantize: bool):
+def measure(binary: Path, model: Path, threads: int, dequantize: bool, device: str = "cpu"):
     env = dict(os.environ)
     env.pop("RAPID_HOST_MLX_DEQUANTIZE", None)
     if dequantize:
@@ -61,7 +61,7 @@ def measure(binary: Path, model: Path, threads: int, dequantize: bool):
     )
     prompt = "The history of the printing press " * 12
     cmd = [str(binary), "generate", str(model), "--prompt", prompt, "--max-tokens", "64", "--ignore-eos",
-           "--threads", str(threads), "--plugins", str(ROOT / "plugins")]
+           "--threads", str(threads), "--device", device, "--plugins", str(ROOT / "plugins")]
     doc = json.loads(subprocess.run([sys.executable, "-c", helper, *cmd], capture_output=True, text=True,
                                     env=env, check=True).stdout)
     m = STATS.search(doc["err"])

@@ -8,11 +8,15 @@
 //! The AVX2 paths are compiled when the target has AVX2 (the repository builds for
 //! x86-64-v3, see `.cargo/config.toml`); other targets use the scalar versions, which are
 //! also the reference the tests hold the SIMD ones to.
+//!
+//! [`attention`] is the decode-side companion: causal attention over a sequence's cache.
 
 // SIMD intrinsics need `unsafe`; each use is an arithmetic intrinsic on in-bounds data.
 #![allow(unsafe_code)]
 
 use rayon::prelude::*;
+
+pub mod attention;
 
 /// Values per quantization block.
 pub const QK: usize = 32;

@@ -7,13 +7,12 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
 use rapid_host::engine::mlx::archs::SUPPORTED;
 use rapid_host::engine::sampling::argmax;
 use rapid_host::engine::{Engine, LoadOptions};
 use serde_json::Value;
 
-use crate::support::repo_root;
+use crate::support::{repo_root, test_device};
 
 /// Max |ours - mlx-lm| over the vocabulary. Both sides dequantize to the same f32
 /// weights; what is left is summation order.
@@ -45,7 +44,7 @@ fn check_with(name: &str, options: &LoadOptions, tolerance: f32) -> Result<(), S
         &std::fs::read_to_string(dir.join("reference.json")).map_err(|e| format!("{name}: reference.json: {e}"))?,
     )
     .map_err(|e| format!("{name}: {e}"))?;
-    let engine = Engine::load_with(&dir, Device::Cpu, false, options).map_err(|e| format!("{name}: {e}"))?;
+    let engine = Engine::load_with(&dir, test_device(), false, options).map_err(|e| format!("{name}: {e}"))?;
     let prompt: Vec<u32> = reference["prompt_ids"]
         .as_array()
         .ok_or("no prompt_ids")?
@@ -170,7 +169,7 @@ fn recurrent_state_carries_across_chunked_prefill() {
             .filter_map(|v| v.as_f64())
             .map(|v| v as f32)
             .collect();
-        let engine = Engine::load_with(&dir, Device::Cpu, false, &EXACT).expect("loads");
+        let engine = Engine::load_with(&dir, test_device(), false, &EXACT).expect("loads");
         let mut cache = engine.model.new_cache();
         let mut logits = Vec::new();
         for chunk in [&prompt[..1], &prompt[1..3], &prompt[3..]] {
@@ -192,7 +191,7 @@ fn chunked_prefill(name: &str, cuts: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let numbers = |v: &Value| -> Vec<f64> { v.as_array().expect("array").iter().filter_map(Value::as_f64).collect() };
     let prompt: Vec<u32> = numbers(&reference["prompt_ids"]).into_iter().map(|v| v as u32).collect();
     let expected: Vec<f32> = numbers(&reference["f32"]["last_logits"]).into_iter().map(|v| v as f32).collect();
-    let engine = Engine::load_with(&dir, Device::Cpu, false, &EXACT).expect("loads");
+    let engine = Engine::load_with(&dir, test_device(), false, &EXACT).expect("loads");
     let mut cache = engine.model.new_cache();
     let mut logits = Vec::new();
     let mut start = 0;
@@ -224,7 +223,7 @@ fn moe_architectures_prefill_in_chunks() {
 #[test]
 fn mamba_scan_blocks_match_token_by_token_decode() {
     for name in ["nemotron_h", "granitemoehybrid"] {
-        let engine = Engine::load(&fixture(name), Device::Cpu, false).expect("loads");
+        let engine = Engine::load(&fixture(name), test_device(), false).expect("loads");
         let prompt: Vec<u32> = (0..258u32).map(|i| (i * 37 + 11) % 256).collect();
         let mut cache = engine.model.new_cache();
         let one_pass: Vec<f32> = engine.model.forward(&prompt, &mut cache).and_then(|t| t.to_vec1()).expect("prefill");
@@ -242,7 +241,7 @@ fn mamba_scan_blocks_match_token_by_token_decode() {
 
 #[test]
 fn the_chat_template_and_tokenizer_come_from_the_checkpoint() {
-    let engine = Engine::load(&fixture("qwen3"), Device::Cpu, false).expect("loads");
+    let engine = Engine::load(&fixture("qwen3"), test_device(), false).expect("loads");
     assert_eq!(engine.template.source, "chat_template.jinja");
     let messages = serde_json::json!([{"role": "user", "content": "hi"}]);
     let prompt = engine.template.render(&messages, None, true, &serde_json::Map::new()).expect("renders");
@@ -265,7 +264,7 @@ fn gemma4_moe() {
 #[test]
 fn chunked_prefill_after_truncate_matches_one_pass() {
     for name in ["gemma3n", "gemma4", "gemma4-moe", "qwen3_moe"] {
-        let engine = Engine::load(&fixture(name), Device::Cpu, false).expect("loads");
+        let engine = Engine::load(&fixture(name), test_device(), false).expect("loads");
         let tokens: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 256).collect();
         let mut cache = engine.model.new_cache();
         let whole: Vec<f32> = engine.model.forward(&tokens, &mut cache).and_then(|t| t.to_vec1()).expect("forward");

@@ -7,8 +7,20 @@ use rapid_host::host_facts::HostFacts;
 use rapid_host::plugins::{AliasPolicyPlugin, PluginRuntime, PluginSet, SandboxLimits};
 use rapid_host::registry::AliasRegistry;
 
+/// The checkout the tests read fixtures from: where they were built, unless
+/// `RAPID_HOST_REPO` names a copy (a test binary carried to a GPU machine).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    match std::env::var_os("RAPID_HOST_REPO") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
+}
+
+/// The device model tests run on: `RAPID_HOST_TEST_DEVICE` (cpu, cuda, metal), cpu by default,
+/// so the same tests check a GPU build where one is lent.
+pub fn test_device() -> candle_core::Device {
+    let name = std::env::var("RAPID_HOST_TEST_DEVICE").unwrap_or_else(|_| "cpu".to_string());
+    rapid_host::engine::device(&name).unwrap_or_else(|e| panic!("RAPID_HOST_TEST_DEVICE={name}: {e}"))
 }
 
 pub fn plugins_dir() -> PathBuf {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rapid_kernels::QuantMatrix;
 
 use super::{Checkpoint, MlxLinear};
-use crate::engine::models::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
+use crate::engine::models::{CausalLm, attention_mask, causal_attention, layer_progress, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,15 +316,7 @@ impl DenseDecoder {
             q = q.broadcast_mul(&Tensor::from_vec(scale, (1, 1, t, 1), x.device())?)?;
         }
         let (k, v) = cache.append(index, &k, &v)?;
-        let group = s.heads / s.kv_heads;
-        let k = repeat_kv(&k, group)?;
-        let v = repeat_kv(&v, group)?;
-        let mut scores = (q.matmul(&k.t()?)? * s.attn_scale)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, s.heads * s.head_dim))?;
+        let out = causal_attention(&q.contiguous()?, &k, &v, s.window[index], s.attn_scale, mask)?;
         layer.o.forward(&out)
     }
 

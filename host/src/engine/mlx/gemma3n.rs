@@ -109,7 +109,7 @@ impl Attention {
         let k = repeat_kv(&k, group)?;
         let v = repeat_kv(&v, group)?;
         // Attention scale 1: q and k are RMS-normalised instead.
-        let mut scores = q.matmul(&k.t()?)?;
+        let mut scores = q.contiguous()?.matmul(&k.t()?)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }

@@ -365,7 +365,7 @@ impl HybridAttention {
         let group = self.heads / self.kv_heads;
         let k = repeat_kv(&k, group)?;
         let v = repeat_kv(&v, group)?;
-        let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let mut scores = (q.contiguous()?.matmul(&k.t()?)? * self.scale)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }

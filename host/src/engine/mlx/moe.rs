@@ -268,7 +268,7 @@ pub fn attend(
     }
     let k = repeat_kv(k, heads / kv_heads)?;
     let v = repeat_kv(v, heads / kv_heads)?;
-    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    let mut scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
     if let Some(mask) = mask {
         scores = scores.broadcast_add(mask)?;
     }

@@ -274,7 +274,7 @@ impl GatedAttention {
         let group = spec.heads / spec.kv_heads.max(1);
         let k = repeat_kv(&k, group)?;
         let v = repeat_kv(&v, group)?;
-        let mut scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
+        let mut scores = (q.contiguous()?.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }

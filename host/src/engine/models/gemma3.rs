@@ -8,7 +8,7 @@
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, QLinear, attention_mask, layer_progress, repeat_kv, rms_norm};
+use super::{CausalLm, QLinear, attention_mask, causal_attention, layer_progress, rms_norm};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -152,7 +152,7 @@ impl Gemma3 {
         x: &Tensor,
         cache: &mut KvCache,
         rope: (&Tensor, &Tensor),
-        mask: &Tensor,
+        (mask, window): (&Tensor, Option<usize>),
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, t, _) = x.dims3()?;
@@ -163,14 +163,10 @@ impl Gemma3 {
         let k = rms_norm(&k, &layer.k_norm, cfg.rms_eps)?.transpose(1, 2)?.contiguous()?;
         let q = candle_nn::rotary_emb::rope(&q, rope.0, rope.1)?;
         let k = candle_nn::rotary_emb::rope(&k, rope.0, rope.1)?;
-        let (k, v) = cache.append(index, &k, &v)?;
-        let group = cfg.heads / cfg.kv_heads;
-        let k = repeat_kv(&k, group)?;
-        let v = repeat_kv(&v, group)?;
+        // The cache holds f16, as llama.cpp's does: half the memory, and its rounding.
+        let (k, v) = cache.append(index, &k.to_dtype(DType::F16)?, &v.to_dtype(DType::F16)?)?;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, cfg.heads * cfg.head_dim))?;
+        let out = causal_attention(&q, &k, &v, window, scale, Some(mask))?;
         layer.wo.forward(&out)
     }
 }
@@ -192,9 +188,9 @@ impl CausalLm for Gemma3 {
         let local_mask = attention_mask(t, past, Some(cfg.sliding_window), device)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let (rope, m) = if cfg.is_local(index) {
-                ((&local.0, &local.1), &local_mask)
+                ((&local.0, &local.1), (&local_mask, Some(cfg.sliding_window)))
             } else {
-                ((&global.0, &global.1), &global_mask)
+                ((&global.0, &global.1), (&global_mask, None))
             };
             let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
             let h = self.attention(layer, index, &h, cache, rope, m)?;

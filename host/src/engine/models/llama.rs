@@ -6,7 +6,7 @@
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, QLinear, attention_mask, layer_progress, repeat_kv, rms_norm};
+use super::{CausalLm, QLinear, attention_mask, causal_attention, layer_progress, rms_norm};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -121,18 +121,10 @@ impl Llama {
         let sin = self.sin.narrow(0, pos, t)?;
         let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
         let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
-        let (k, v) = cache.append(index, &k, &v)?;
-        let group = cfg.heads / cfg.kv_heads;
-        let k = repeat_kv(&k, group)?;
-        let v = repeat_kv(&v, group)?;
+        // The cache holds f16, as llama.cpp's does: half the memory, and its rounding.
+        let (k, v) = cache.append(index, &k.to_dtype(DType::F16)?, &v.to_dtype(DType::F16)?)?;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?;
-        let out = out.transpose(1, 2)?.reshape((b, t, cfg.heads * cfg.head_dim))?;
+        let out = causal_attention(&q, &k, &v, None, scale, mask)?;
         layer.wo.forward(&out)
     }
 }

@@ -115,6 +115,94 @@ pub fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
     x.unsqueeze(2)?.expand((b, h, group, t, d))?.reshape((b, h * group, t, d))
 }
 
+/// Causal attention of roped queries `q` (`[1, heads, t, head_dim]`) over everything cached
+/// for the layer (`k`, `v`: `[1, kv_heads, past + t, head_dim]`, the views
+/// [`KvCache::append`] returns); `[1, t, heads * head_dim]` out.
+///
+/// On CPU (f32 queries, an f32 or f16 cache) this is [`rapid_kernels::attention`], reading
+/// the cache buffers in place:
+/// one pass per (query, head), identical for a batch and for single steps. Elsewhere (GPU,
+/// other dtypes) it is the same formula in Candle operations, with `mask` (from
+/// [`attention_mask`], `None` for one query without a window).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<usize>,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, heads, t, d) = q.dims4()?;
+    let (_, kv_heads, len, _) = k.dims4()?;
+    if let Some(out) = cpu_attention(q, k, v, window, scale)? {
+        return Tensor::from_vec(out, (b, t, heads * d), q.device());
+    }
+    let k = repeat_kv(&k.to_dtype(q.dtype())?, heads / kv_heads)?;
+    let v = repeat_kv(&v.to_dtype(q.dtype())?, heads / kv_heads)?;
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    } else if window.is_some_and(|w| w < len) {
+        scores = scores.broadcast_add(&attention_mask(t, len - t, window, q.device())?)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, heads * d))
+}
+
+/// The kernel's answer when the inputs are CPU buffers it can read in place: f32 queries
+/// over an f32 or f16 cache.
+fn cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>, scale: f64) -> Result<Option<Vec<f32>>> {
+    use candle_core::{DType, Storage};
+    let (b, heads, t, d) = q.dims4()?;
+    let (_, kv_heads, len, _) = k.dims4()?;
+    if b != 1 || !q.device().is_cpu() || q.dtype() != DType::F32 || k.dtype() != v.dtype() || !q.is_contiguous() {
+        return Ok(None);
+    }
+    let q = q.flatten_all()?;
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let (v_storage, v_layout) = v.storage_and_layout();
+    // Both cache views must be `[1, kv_heads, room, d]` buffers narrowed along positions.
+    let stride = k_layout.stride();
+    if stride[3] != 1 || stride[2] != d || k_layout.stride() != v_layout.stride() || stride[1] % d != 0 {
+        return Ok(None);
+    }
+    let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*q_storage, &*k_storage, &*v_storage) else {
+        return Ok(None);
+    };
+    let shape = rapid_kernels::attention::AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+        kv_stride: stride[1] / d,
+        past: len - t,
+        window,
+        scale: scale as f32,
+    };
+    let qs = &qs.as_slice::<f32>()?[q_layout.start_offset()..];
+    let mut out = vec![0.0f32; heads * t * d];
+    let (k_start, v_start) = (k_layout.start_offset(), v_layout.start_offset());
+    let done = match k.dtype() {
+        DType::F32 => rapid_kernels::attention::attend(
+            &qs[..out.len()],
+            &ks.as_slice::<f32>()?[k_start..],
+            &vs.as_slice::<f32>()?[v_start..],
+            &shape,
+            &mut out,
+        ),
+        DType::F16 => rapid_kernels::attention::attend(
+            &qs[..out.len()],
+            &ks.as_slice::<half::f16>()?[k_start..],
+            &vs.as_slice::<half::f16>()?[v_start..],
+            &shape,
+            &mut out,
+        ),
+        _ => return Ok(None),
+    };
+    done.map_err(candle_core::Error::wrap)?;
+    Ok(Some(out))
+}
+
 /// `[t, past + t]` additive mask: causal, and with a window only the last `window`
 /// positions are visible.
 pub fn attention_mask(t: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
@@ -142,4 +230,47 @@ pub fn layer_progress(enabled: bool, layers: usize, what: &str) -> indicatif::Pr
     );
     bar.set_message(what.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::KvCache;
+    use candle_core::DType;
+
+    /// The CPU kernel and the Candle formulation agree, for grouped heads, a window and a
+    /// cache with spare room; an f16 cache within f16 rounding.
+    #[test]
+    fn cpu_attention_matches_the_candle_formula() -> Result<()> {
+        let device = Device::Cpu;
+        let cases = [
+            (4, 1, 256, 5, 7, None, DType::F32),
+            (9, 3, 64, 0, 6, Some(3), DType::F32),
+            (4, 1, 256, 40, 1, None, DType::F16),
+        ];
+        for (heads, kv_heads, d, past, t, window, dtype) in cases {
+            let mut cache = KvCache::new(1, 4096);
+            let fill = |n: usize, h: usize| Tensor::randn(0f32, 1.0, (1, h, n, d), &device)?.to_dtype(dtype);
+            let (mut k, mut v) = cache.append(0, &fill(past.max(1), kv_heads)?, &fill(past.max(1), kv_heads)?)?;
+            if past == 0 {
+                cache.truncate(0)?;
+            }
+            cache.advance(past);
+            if t > 0 {
+                (k, v) = cache.append(0, &fill(t, kv_heads)?, &fill(t, kv_heads)?)?;
+            }
+            let q = Tensor::randn(0f32, 1.0, (1, heads, t, d), &device)?;
+            let ours = causal_attention(&q, &k, &v, window, 0.1, None)?;
+            let mask = attention_mask(t, k.dim(2)? - t, window, &device)?;
+            let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+            let (kk, vv) = (repeat_kv(&k, heads / kv_heads)?, repeat_kv(&v, heads / kv_heads)?);
+            let scores = (q.matmul(&kk.t()?)? * 0.1)?.broadcast_add(&mask)?;
+            let want = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&vv.contiguous()?)?;
+            let want = want.transpose(1, 2)?.reshape((1, t, heads * d))?;
+            let worst = (ours - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let tolerance = if dtype == DType::F16 { 2e-3 } else { 1e-4 };
+            assert!(worst < tolerance, "{heads}/{kv_heads}x{d} past {past} t {t} {dtype:?}: {worst}");
+        }
+        Ok(())
+    }
 }
