@@ -19,25 +19,29 @@ use crate::KernelError;
 /// A cached key / value element: how it widens to f32, and how an f32 operand is rounded
 /// to its precision before a product with it.
 pub trait CacheValue: Copy + Send + Sync + 'static {
-    fn widen(self) -> f32;
     fn round(x: f32) -> f32;
+    /// `row` as f32: itself, or widened into `buf` (F16C, eight at a time, where available).
+    fn widen<'a>(row: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
 }
 
 impl CacheValue for f32 {
-    fn widen(self) -> f32 {
-        self
-    }
     fn round(x: f32) -> f32 {
         x
+    }
+    fn widen<'a>(row: &'a [Self], _buf: &'a mut Vec<f32>) -> &'a [f32] {
+        row
     }
 }
 
 impl CacheValue for f16 {
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
     fn round(x: f32) -> f32 {
         f16::from_f32(x).to_f32()
+    }
+    fn widen<'a>(row: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        use half::slice::HalfFloatSliceExt;
+        buf.resize(row.len(), 0.0);
+        row.convert_to_f32_slice(buf);
+        buf
     }
 }
 
@@ -115,7 +119,11 @@ pub fn attend<T: CacheValue>(
 struct Scratch {
     query: Vec<f32>,
     weights: Vec<f32>,
+    /// `[STEP][head_dim]`: lane `j % STEP` of every output dimension.
     lanes: Vec<f32>,
+    row: Vec<f32>,
+    red: Vec<f32>,
+    tail: Vec<f64>,
 }
 
 /// One head of one query: softmax(q·K · scale) V over positions `first..keys.len() / d`.
@@ -135,7 +143,7 @@ fn head<T: CacheValue>(
     s.weights.clear();
     let mut max = f32::NEG_INFINITY;
     for key in keys[first * d..].chunks_exact(d) {
-        let score = dot(&s.query, key) * scale;
+        let score = dot(&s.query, T::widen(key, &mut s.row)) * scale;
         max = max.max(score);
         s.weights.push(score);
     }
@@ -147,40 +155,49 @@ fn head<T: CacheValue>(
     let inv = (1.0 / sum) as f32;
     s.weights.iter_mut().for_each(|w| *w = T::round(*w * inv));
     // out[c] = Σ_j w[j] v[j][c], each c accumulated like `dot` over absolute positions j
-    // (the masked ones before `first` contribute exact zeros there).
+    // (the masked ones before `first` contribute exact zeros there); the lanes are laid out
+    // so the inner loop runs along c.
     s.lanes.clear();
-    s.lanes.resize(d * STEP, 0.0);
+    s.lanes.resize(STEP * d, 0.0);
     let full = visible - visible % STEP;
-    for (j, value) in values.chunks_exact(d).enumerate().take(full).skip(first) {
+    for j in first..full {
         let w = s.weights[j - first];
-        let lane = j % STEP;
-        for (c, x) in value.iter().enumerate() {
-            let acc = &mut s.lanes[c * STEP + lane];
-            *acc = w.mul_add(x.widen(), *acc);
+        let value = T::widen(&values[j * d..][..d], &mut s.row);
+        let acc = &mut s.lanes[(j % STEP) * d..][..d];
+        for (a, x) in acc.iter_mut().zip(value) {
+            *a = w.mul_add(*x, *a);
         }
     }
-    for (c, o) in out.iter_mut().enumerate() {
-        let mut total = reduce(&s.lanes[c * STEP..][..STEP]) as f64;
+    reduce_columns(&s.lanes, &mut s.red, out);
+    if full.max(first) < visible {
+        s.tail.clear();
+        s.tail.resize(d, 0.0);
         for j in full.max(first)..visible {
-            total += (s.weights[j - first] * values[j * d + c].widen()) as f64;
+            let w = s.weights[j - first];
+            let value = T::widen(&values[j * d..][..d], &mut s.row);
+            for (t, x) in s.tail.iter_mut().zip(value) {
+                *t += (w * x) as f64;
+            }
         }
-        *o = total as f32;
+        for (o, t) in out.iter_mut().zip(&s.tail) {
+            *o = (*o as f64 + t) as f32;
+        }
     }
 }
 
-/// `Σ a·b` with `b` widened: 32-value steps into 4 x 8 lanes with fused multiply-adds, the
-/// lanes reduced as ggml does, a remainder of fewer than 32 added in f64.
-fn dot<T: CacheValue>(a: &[f32], b: &[T]) -> f32 {
+/// `Σ a·b`: 32-value steps into 4 x 8 lanes with fused multiply-adds, the lanes reduced as
+/// ggml does, a remainder of fewer than 32 added in f64.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; STEP];
     let full = a.len() - a.len() % STEP;
     for (x, y) in a[..full].chunks_exact(STEP).zip(b[..full].chunks_exact(STEP)) {
         for l in 0..STEP {
-            lanes[l] = x[l].mul_add(y[l].widen(), lanes[l]);
+            lanes[l] = x[l].mul_add(y[l], lanes[l]);
         }
     }
     let mut total = reduce(&lanes) as f64;
     for (x, y) in a[full..].iter().zip(&b[full..]) {
-        total += (x * y.widen()) as f64;
+        total += (x * y) as f64;
     }
     total as f32
 }
@@ -196,6 +213,26 @@ fn reduce(lanes: &[f32]) -> f32 {
     }
     let t0 = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
     (t0[0] + t0[1]) + (t0[2] + t0[3])
+}
+
+/// [`reduce`] for every column of `[STEP][d]` lanes at once (same order, vectorized along d);
+/// `red` is scratch.
+fn reduce_columns(lanes: &[f32], red: &mut Vec<f32>, out: &mut [f32]) {
+    let d = out.len();
+    let lane = |k: usize| &lanes[k * d..][..d];
+    red.resize(8 * d, 0.0);
+    for (l, x) in red.chunks_exact_mut(d).enumerate() {
+        let pairs = lane(l).iter().zip(lane(16 + l)).zip(lane(8 + l).iter().zip(lane(24 + l)));
+        for (x, ((a, b), (c, e))) in x.iter_mut().zip(pairs) {
+            *x = (a + b) + (c + e);
+        }
+    }
+    let x = |l: usize| &red[l * d..][..d];
+    let low = x(0).iter().zip(x(4)).zip(x(1).iter().zip(x(5)));
+    let high = x(2).iter().zip(x(6)).zip(x(3).iter().zip(x(7)));
+    for (o, (((x0, x4), (x1, x5)), ((x2, x6), (x3, x7)))) in out.iter_mut().zip(low.zip(high)) {
+        *o = ((x0 + x4) + (x1 + x5)) + ((x2 + x6) + (x3 + x7));
+    }
 }
 
 #[cfg(test)]
