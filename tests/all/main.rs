@@ -5,6 +5,7 @@
 mod auth;
 mod authoring;
 mod cli;
+mod gguf_device;
 mod hub;
 mod limits;
 mod loading;

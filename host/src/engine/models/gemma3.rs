@@ -8,7 +8,7 @@
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, QLinear, attention_mask, causal_attention, layer_progress, rms_norm};
+use super::{CausalLm, QLinear, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -163,8 +163,8 @@ impl Gemma3 {
         let k = rms_norm(&k, &layer.k_norm, cfg.rms_eps)?.transpose(1, 2)?.contiguous()?;
         let q = candle_nn::rotary_emb::rope(&q, rope.0, rope.1)?;
         let k = candle_nn::rotary_emb::rope(&k, rope.0, rope.1)?;
-        // The cache holds f16, as llama.cpp's does: half the memory, and its rounding.
-        let (k, v) = cache.append(index, &k.to_dtype(DType::F16)?, &v.to_dtype(DType::F16)?)?;
+        let dtype = cache_dtype(x.device());
+        let (k, v) = cache.append(index, &k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
         let out = causal_attention(&q, &k, &v, window, scale, Some(mask))?;
         layer.wo.forward(&out)

@@ -6,7 +6,7 @@
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, QLinear, attention_mask, causal_attention, layer_progress, rms_norm};
+use super::{CausalLm, QLinear, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -121,8 +121,8 @@ impl Llama {
         let sin = self.sin.narrow(0, pos, t)?;
         let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
         let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
-        // The cache holds f16, as llama.cpp's does: half the memory, and its rounding.
-        let (k, v) = cache.append(index, &k.to_dtype(DType::F16)?, &v.to_dtype(DType::F16)?)?;
+        let dtype = cache_dtype(x.device());
+        let (k, v) = cache.append(index, &k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
         let out = causal_attention(&q, &k, &v, None, scale, mask)?;
         layer.wo.forward(&out)

@@ -115,6 +115,13 @@ pub fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
     x.unsqueeze(2)?.expand((b, h, group, t, d))?.reshape((b, h * group, t, d))
 }
 
+/// What GGUF models keep their keys and values in: f16 on CPU, as llama.cpp does (half the
+/// memory, and its rounding, which [`causal_attention`] reproduces there); f32 on GPUs,
+/// where attention is Candle's matmuls, which need one dtype on both sides.
+pub fn cache_dtype(device: &Device) -> candle_core::DType {
+    if device.is_cpu() { candle_core::DType::F16 } else { candle_core::DType::F32 }
+}
+
 /// Causal attention of roped queries `q` (`[1, heads, t, head_dim]`) over everything cached
 /// for the layer (`k`, `v`: `[1, kv_heads, past + t, head_dim]`, the views
 /// [`KvCache::append`] returns); `[1, t, heads * head_dim]` out.
