@@ -26,12 +26,32 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Serve(args) => args.threads,
+        Command::Generate(args) => args.threads,
+        _ => None,
+    };
+    if let Some(n) = threads {
+        limit_compute_threads(n.max(1));
+    }
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--threads N` for every pool: rayon's, Candle's and its barrier pool (which our kernels
+/// share) all size themselves from these variables when first used.
+#[allow(unsafe_code)]
+fn limit_compute_threads(n: usize) {
+    // SAFETY: called from `main` before anything has started a thread (the runtime, the
+    // plugin engine and every pool start later), so nothing reads the environment meanwhile.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
 }
 

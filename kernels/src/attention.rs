@@ -11,10 +11,8 @@
 //! weights are rounded to f16 before their products, each product accumulates in f32 over
 //! 4 x 8 lanes of 32-value steps with fused multiply-adds, and the softmax sums in f64.
 
-use half::f16;
-use rayon::prelude::*;
-
 use crate::KernelError;
+use half::f16;
 
 /// A cached key / value element: how it widens to f32, and how an f32 operand is rounded
 /// to its precision before a product with it.
@@ -104,13 +102,18 @@ pub fn attend<T: CacheValue>(
         head(query, keys, values, first, shape.scale, out_head, scratch);
     };
     let work = t * heads * (past + t) * d;
-    if work < PARALLEL_MIN_WORK || rayon::current_num_threads() == 1 {
+    if work < PARALLEL_MIN_WORK || crate::threads::available() == 1 {
         let mut scratch = Scratch::default();
         out.chunks_exact_mut(d).enumerate().for_each(|(index, out_head)| pair(index, out_head, &mut scratch));
     } else {
-        out.par_chunks_exact_mut(d)
-            .enumerate()
-            .for_each_init(Scratch::default, |scratch, (index, out_head)| pair(index, out_head, scratch));
+        // A few (query, head) pairs per task, each task with its own scratch.
+        let per_task = (PARALLEL_MIN_WORK / ((past + t) * d)).clamp(1, 64);
+        crate::threads::for_each_chunk(out, per_task * d, |task, heads_out| {
+            let mut scratch = Scratch::default();
+            for (k, out_head) in heads_out.chunks_exact_mut(d).enumerate() {
+                pair(task * per_task + k, out_head, &mut scratch);
+            }
+        });
     }
     Ok(())
 }

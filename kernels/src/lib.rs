@@ -14,9 +14,8 @@
 // SIMD intrinsics need `unsafe`; each use is an arithmetic intrinsic on in-bounds data.
 #![allow(unsafe_code)]
 
-use rayon::prelude::*;
-
 pub mod attention;
+pub mod threads;
 
 /// Values per quantization block.
 pub const QK: usize = 32;
@@ -168,13 +167,13 @@ impl QuantMatrix {
         if n == 1 {
             // Waking pool threads costs more than a small matrix-vector product: below
             // PARALLEL_MIN_WORK multiply-adds, or on one thread, stay on this thread.
-            if rayon::current_num_threads() == 1 || self.rows * self.cols < PARALLEL_MIN_WORK {
+            if threads::available() == 1 || self.rows * self.cols < PARALLEL_MIN_WORK {
                 for (o, v) in out.iter_mut().enumerate() {
                     *v = dot(o, 0);
                 }
                 return Ok(());
             }
-            out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
+            threads::for_each_chunk(out, ROWS_PER_TASK, |task, chunk| {
                 for (i, v) in chunk.iter_mut().enumerate() {
                     *v = dot(task * ROWS_PER_TASK + i, 0);
                 }
@@ -188,7 +187,7 @@ impl QuantMatrix {
             Act { d: &x.d[blocks.clone()], s: &x.s[blocks.clone()], qs: &x.qs[blocks.start * QK..blocks.end * QK] }
         };
         let mut scratch = vec![0f32; out.len()];
-        scratch.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, chunk)| {
+        threads::for_each_chunk(&mut scratch, ROWS_PER_TASK * n, |task, chunk| {
             for (i, feature) in chunk.chunks_exact_mut(n).enumerate() {
                 let o = task * ROWS_PER_TASK + i;
                 let mut r = 0;

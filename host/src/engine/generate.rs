@@ -98,9 +98,10 @@ pub struct TimingsReport {
     pub decode_tps: f64,
 }
 
-/// The threads kernels split work across. The token loop runs on one of them, so a
-/// kernel's parallel loop hands work to warm sibling threads instead of waking a pool
-/// from outside (a futex round trip per matrix product).
+/// The rayon threads Candle's own parallel operations (element-wise maps over large
+/// tensors, f32 matrix products) split across while the token loop runs on one of them.
+/// Our quantized kernels and attention use Candle's barrier pool instead
+/// (`rapid_kernels::threads`), whose spinning workers answer faster than a rayon join.
 fn compute_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().num_threads(rayon::current_num_threads()).build().ok()).as_ref()
