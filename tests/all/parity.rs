@@ -106,6 +106,9 @@ fn follows_llama_cpp(file: &str, name: &str, limit: f32) {
             want.len()
         ));
     }
+    if std::env::var_os("RAPID_HOST_PARITY_REPORT").is_some() {
+        eprintln!("{name} against llama.cpp:\n{}", report.join("\n"));
+    }
     assert!(worst <= limit, "{name} against llama.cpp (gap limit {limit}):\n{}", report.join("\n"));
 }
 
@@ -130,19 +133,22 @@ fn gemma3_tokenizes_like_llama_cpp() {
 }
 
 // Measured 2026-11-26, with llama.cpp's attention arithmetic (f16 cache, f16 queries and
-// weights, its accumulation order): 32/32, 12/32, 12/12 (EOS) and 15/32 tokens; the drifts
-// are near ties (gap <= 0.08). What still differs: RMS norm and softmax sums (llama.cpp sums
-// in f64 / vector exp), RoPE angles, SiLU's vector exp.
+// weights, its accumulation order) and its RoPE angles (iterated products): 32/32, 27/32,
+// 12/12 (EOS) and 6/32 tokens; teacher-forced, our top token is llama.cpp's at 32, 31, 12
+// and 31 steps, the misses near ties (gaps 0.069 and 0.087; RAPID_HOST_PARITY_REPORT=1
+// prints them). What still differs: ggml's vector exp in SiLU and softmax, RMS norm sums.
 #[test]
-#[ignore = "2 of 4 prompts drift after 12-15 tokens at near ties (gap <= 0.08, smollm2_follows_llama_cpp_within_near_ties); token-exact needs bit-exact kernels for every op"]
+#[ignore = "2 of 4 prompts drift at one near tie each (gap <= 0.09, smollm2_follows_llama_cpp_within_near_ties); token-exact needs bit-exact kernels for every op"]
 fn smollm2_greedy_matches_llama_cpp_token_for_token() {
     check_model("SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1", true);
 }
 
 // Measured 2026-11-25: 18, 23, 23 and 7 of 32 tokens matched before drift; 2026-11-26, with
-// llama.cpp's attention arithmetic (f16 cache): 32, 32, 23 and 32.
+// llama.cpp's attention arithmetic (f16 cache): 32, 32, 23 and 32; with its RoPE angles as
+// well: 32, 23, 23, 7. Which prompts drift changes with any last-bit change: the K-quant
+// layers run on Candle's kernels, whose noise (see the batched/stepped test) outweighs the rest.
 #[test]
-#[ignore = "1 of 4 prompts drifts after 23 tokens at a near tie (gemma3_follows_llama_cpp_within_near_ties); K-quant layers still on Candle kernels"]
+#[ignore = "prompts drift after 7-23 tokens at near ties (gemma3_follows_llama_cpp_within_near_ties); K-quant layers still on Candle kernels"]
 fn gemma3_greedy_matches_llama_cpp_token_for_token() {
     check_model("gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m", true);
 }
@@ -249,7 +255,10 @@ fn smollm2_batched_prefill_equals_token_by_token_decoding() {
 // grows it from there. Exactness needs an attention that computes each query row the
 // same way whatever the batch.
 // 2026-11-26: attention is now our own, per row (rapid_kernels::attention); the gap is 0.74,
-// so what is left is Candle's K-quant matmuls (repacked for many rows, not for one).
+// so what is left is Candle's K-quant matmuls (repacked for many rows, not for one). With
+// position-exact RoPE tables (rope_tables) it passes on the development VM (gap 0), but a
+// last-bit change in the norms brought 0.89 back, and Candle picks its x86 kernels by CPU
+// level at run time, so it stays ignored until the K-quant layers run on our own kernels.
 #[test]
 #[ignore = "Candle's K-quant matmuls differ between one and many rows, amplified by 8-bit activation rounding (see the comment above)"]
 fn gemma3_batched_prefill_equals_token_by_token_decoding() {

@@ -8,7 +8,7 @@
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, QLinear, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm};
+use super::{CausalLm, QLinear, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm, rope_tables};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -69,22 +69,18 @@ struct Layer {
 
 /// RoPE tables, computed for positions as they are reached (not 131k up front).
 struct Rope {
-    inv_freq: Tensor,
+    head_dim: usize,
+    base: f32,
+    device: Device,
 }
 
 impl Rope {
     fn new(head_dim: usize, base: f32, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect();
-        Ok(Self { inv_freq: Tensor::from_vec(inv, (1, half), device)? })
+        Ok(Self { head_dim, base, device: device.clone() })
     }
 
     fn tables(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
-        let positions = Tensor::arange(start as u32, (start + len) as u32, self.inv_freq.device())?
-            .to_dtype(DType::F32)?
-            .reshape((len, 1))?;
-        let freqs = positions.matmul(&self.inv_freq)?;
-        Ok((freqs.cos()?, freqs.sin()?))
+        rope_tables(self.head_dim, self.base, start, len, &self.device)
     }
 }
 

@@ -6,7 +6,7 @@
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, QLinear, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm};
+use super::{CausalLm, QLinear, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm, rope_tables};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -99,7 +99,7 @@ impl Llama {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let (cos, sin) = rope_tables(&cfg, device)?;
+        let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, 0, cfg.context_length, device)?;
         Ok(Self { cfg, embeddings, layers, norm, output, cos, sin })
     }
 
@@ -127,18 +127,6 @@ impl Llama {
         let out = causal_attention(&q, &k, &v, None, scale, mask)?;
         layer.wo.forward(&out)
     }
-}
-
-fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
-    let half = cfg.head_dim / 2;
-    let inv_freq: Vec<f32> =
-        (0..half).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32)).collect();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-    let positions = Tensor::arange(0u32, cfg.context_length as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((cfg.context_length, 1))?;
-    let freqs = positions.matmul(&inv_freq)?;
-    Ok((freqs.cos()?, freqs.sin()?))
 }
 
 impl CausalLm for Llama {

@@ -101,7 +101,31 @@ pub fn packed_matmul(m: &QuantMatrix, x: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, dims, x.device())
 }
 
+/// Rotary tables `(cos, sin)`, `[len, head_dim / 2]`, for positions `start..start + len`,
+/// computed as llama.cpp does: each pair's angle is the position times `base^(-2/dims)`
+/// raised by repeated f32 multiplication, not by `powf` per pair (the angles differ in the
+/// last bits, which reach the logits through the keys' f16 rounding).
+pub fn rope_tables(head_dim: usize, base: f32, start: usize, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let step = base.powf(-2.0 / head_dim as f32);
+    let mut cos = Vec::with_capacity(len * half);
+    let mut sin = Vec::with_capacity(len * half);
+    for pos in start..start + len {
+        let mut theta = pos as f32;
+        for _ in 0..half {
+            cos.push(theta.cos());
+            sin.push(theta.sin());
+            theta *= step;
+        }
+    }
+    Ok((Tensor::from_vec(cos, (len, half), device)?, Tensor::from_vec(sin, (len, half), device)?))
+}
+
 /// RMS normalization over the last dimension.
+///
+/// Candle's arithmetic (f32 sum, `x / sqrt(..)`). llama.cpp's (f64 sum, `x * (1 / sqrt(..))`)
+/// was tried on 2026-11-26 and moved SmolLM2's teacher-forced gaps to llama.cpp the wrong
+/// way (0.07 / 0.09 -> 0.11 / 0.18): what is left is dominated by other operations.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     candle_nn::ops::rms_norm(x, weight, eps as f32)
 }
