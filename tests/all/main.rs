@@ -6,6 +6,7 @@ mod auth;
 mod authoring;
 mod cli;
 mod gguf_device;
+mod gguf_from_mlx;
 mod hub;
 mod limits;
 mod loading;

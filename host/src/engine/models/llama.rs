@@ -1,7 +1,10 @@
-//! Llama-architecture models from GGUF (SmolLM2, Llama 3.x, ...).
+//! Llama-architecture models from GGUF (SmolLM2, Llama 3.x, ...), and the Qwen 2 / Qwen 3
+//! variants of the same decoder (`qwen2`: biases on Q, K and V; `qwen3`: RMS norms on each
+//! query and key head).
 //!
-//! GGUF stores Q and K permuted for llama.cpp's interleaved rotary embedding, so this
-//! file rotates adjacent pairs (`rope_i`), as llama.cpp does.
+//! GGUF stores a llama's Q and K permuted for llama.cpp's interleaved rotary embedding, so
+//! llama rotates adjacent pairs (`rope_i`), as llama.cpp does; Qwen files are not permuted and
+//! rotate the two halves of each head (`rope`, llama.cpp's NEOX mode).
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
@@ -21,21 +24,27 @@ pub struct Config {
     pub rope_theta: f32,
     pub rms_eps: f64,
     pub context_length: usize,
+    /// Rotate halves of each head (Qwen) rather than adjacent pairs (llama).
+    pub neox_rope: bool,
 }
 
 impl Config {
-    pub fn from_gguf(gguf: &GgufFile) -> std::result::Result<Self, EngineError> {
-        let heads = gguf.u32("llama.attention.head_count")? as usize;
-        let hidden = gguf.u32("llama.embedding_length")? as usize;
+    /// `arch` is the GGUF `general.architecture`, the prefix of every hyper-parameter key.
+    pub fn from_gguf(gguf: &GgufFile, arch: &str) -> std::result::Result<Self, EngineError> {
+        let key = |name: &str| format!("{arch}.{name}");
+        let heads = gguf.u32(&key("attention.head_count"))? as usize;
+        let hidden = gguf.u32(&key("embedding_length"))? as usize;
+        let head_dim = gguf.u32_or(&key("attention.key_length"), (hidden / heads) as u32) as usize;
         Ok(Self {
-            layers: gguf.u32("llama.block_count")? as usize,
+            layers: gguf.u32(&key("block_count"))? as usize,
             hidden,
             heads,
-            kv_heads: gguf.u32_or("llama.attention.head_count_kv", heads as u32) as usize,
-            head_dim: gguf.u32_or("llama.rope.dimension_count", (hidden / heads) as u32) as usize,
-            rope_theta: gguf.f32_or("llama.rope.freq_base", 10_000.0),
-            rms_eps: f64::from(gguf.f32_or("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-            context_length: gguf.u32_or("llama.context_length", 4096) as usize,
+            kv_heads: gguf.u32_or(&key("attention.head_count_kv"), heads as u32) as usize,
+            head_dim: gguf.u32_or(&key("rope.dimension_count"), head_dim as u32) as usize,
+            rope_theta: gguf.f32_or(&key("rope.freq_base"), 10_000.0),
+            rms_eps: f64::from(gguf.f32_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)),
+            context_length: gguf.u32_or(&key("context_length"), 4096) as usize,
+            neox_rope: arch != "llama",
         })
     }
 }
@@ -45,6 +54,10 @@ struct Layer {
     wq: QLinear,
     wk: QLinear,
     wv: QLinear,
+    /// Qwen 2's projection biases for Q, K and V.
+    biases: Option<[Tensor; 3]>,
+    /// Qwen 3's per-head RMS norms of queries and keys.
+    qk_norms: Option<[Tensor; 2]>,
     wo: QLinear,
     ffn_norm: Tensor,
     w_gate: QLinear,
@@ -64,8 +77,13 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(gguf: &mut GgufFile, device: &Device, progress: bool) -> std::result::Result<Self, EngineError> {
-        let cfg = Config::from_gguf(gguf)?;
+    pub fn load(
+        gguf: &mut GgufFile,
+        arch: &str,
+        device: &Device,
+        progress: bool,
+    ) -> std::result::Result<Self, EngineError> {
+        let cfg = Config::from_gguf(gguf, arch)?;
         let dense = |gguf: &mut GgufFile, name: &str| -> std::result::Result<Tensor, EngineError> {
             Ok(gguf.tensor(name, device)?.dequantize(device)?)
         };
@@ -77,7 +95,7 @@ impl Llama {
         } else {
             QLinear::from_shared(&embeddings)?
         };
-        let bar = layer_progress(progress, cfg.layers, "llama");
+        let bar = layer_progress(progress, cfg.layers, arch);
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let mut q = |name: &str| -> std::result::Result<QLinear, EngineError> {
@@ -85,11 +103,25 @@ impl Llama {
             };
             let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
             let (w_gate, w_up, w_down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);
+            let biases = if gguf.has_tensor(&format!("blk.{i}.attn_q.bias")) {
+                let mut b = |name: &str| dense(gguf, &format!("blk.{i}.{name}.bias"));
+                Some([b("attn_q")?, b("attn_k")?, b("attn_v")?])
+            } else {
+                None
+            };
+            let qk_norms = if gguf.has_tensor(&format!("blk.{i}.attn_q_norm.weight")) {
+                let mut n = |name: &str| dense(gguf, &format!("blk.{i}.{name}.weight"));
+                Some([n("attn_q_norm")?, n("attn_k_norm")?])
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: dense(gguf, &format!("blk.{i}.attn_norm.weight"))?,
                 wq,
                 wk,
                 wv,
+                biases,
+                qk_norms,
                 wo,
                 ffn_norm: dense(gguf, &format!("blk.{i}.ffn_norm.weight"))?,
                 w_gate,
@@ -114,13 +146,27 @@ impl Llama {
         let cfg = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let pos = cache.len();
-        let q = layer.wq.forward(x)?.reshape((b, t, cfg.heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let k = layer.wk.forward(x)?.reshape((b, t, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let v = layer.wv.forward(x)?.reshape((b, t, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let project = |w: &QLinear, bias: Option<&Tensor>, norm: Option<&Tensor>, heads: usize| -> Result<Tensor> {
+            let mut h = w.forward(x)?;
+            if let Some(bias) = bias {
+                h = h.broadcast_add(bias)?;
+            }
+            let mut h = h.reshape((b, t, heads, cfg.head_dim))?;
+            if let Some(norm) = norm {
+                h = rms_norm(&h, norm, cfg.rms_eps)?;
+            }
+            h.transpose(1, 2)?.contiguous()
+        };
+        let bias = |i: usize| layer.biases.as_ref().map(|b| &b[i]);
+        let norm = |i: usize| layer.qk_norms.as_ref().map(|n| &n[i]);
+        let q = project(&layer.wq, bias(0), norm(0), cfg.heads)?;
+        let k = project(&layer.wk, bias(1), norm(1), cfg.kv_heads)?;
+        let v = project(&layer.wv, bias(2), None, cfg.kv_heads)?;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
-        let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+        let rope = if cfg.neox_rope { candle_nn::rotary_emb::rope } else { candle_nn::rotary_emb::rope_i };
+        let q = rope(&q, &cos, &sin)?;
+        let k = rope(&k, &cos, &sin)?;
         let dtype = cache_dtype(x.device());
         let (k, v) = cache.append(index, &k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();

@@ -29,7 +29,7 @@ pub fn load(
     progress: bool,
 ) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
     match arch {
-        "llama" => Ok(Box::new(llama::Llama::load(gguf, device, progress)?)),
+        "llama" | "qwen2" | "qwen3" => Ok(Box::new(llama::Llama::load(gguf, arch, device, progress)?)),
         "gemma3" => Ok(Box::new(gemma3::Gemma3::load(gguf, device, progress)?)),
         other => Err(EngineError::UnsupportedArch(other.to_string())),
     }
