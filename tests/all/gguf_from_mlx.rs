@@ -3,7 +3,7 @@
 //! llama.cpp's converter names them, Q and K not permuted: Qwen uses NEOX rotation) and
 //! compares our logits for the fixture's prompt with mlx-lm's f32 logits, plus mlx-lm's
 //! greedy tokens. The GGUF path keeps an f16 cache and f16 queries (llama.cpp's arithmetic),
-//! hence a looser bound than the MLX path's 2e-3.
+//! hence a looser bound than the MLX path's 2e-3. Runs on `RAPID_HOST_TEST_DEVICE`.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +15,7 @@ use rapid_host::engine::mlx::Checkpoint;
 use rapid_host::engine::sampling::argmax;
 use serde_json::Value as Json;
 
-use crate::support::repo_root;
+use crate::support::{repo_root, test_device};
 
 const TOLERANCE: f32 = 1e-2;
 
@@ -139,7 +139,7 @@ fn check(name: &str) {
         .filter_map(Json::as_f64)
         .map(|v| v as f32)
         .collect();
-    let engine = Engine::load(&path, Device::Cpu, false).expect("loads the GGUF");
+    let engine = Engine::load(&path, test_device(), false).expect("loads the GGUF");
     let mut cache = engine.model.new_cache();
     let logits: Vec<f32> = engine.model.forward(&prompt, &mut cache).and_then(|t| t.to_vec1()).expect("forward");
     let worst = logits.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
