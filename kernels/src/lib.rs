@@ -1,9 +1,10 @@
 //! Quantized matrix products for the block formats Candle 0.11 runs as scalar code on AVX2
 //! machines (its SIMD paths for them need AVX-512): GGUF `Q4_1` (all of SmolLM2's linear
 //! layers, and the exact image of MLX 4-bit affine groups) and `Q5_0` (most of
-//! gemma-3-270m). Weights stay in their GGUF blocks; activations are quantized to 8 bits
-//! per block of 32, as llama.cpp does, and each block product is an integer dot product
-//! scaled once.
+//! gemma-3-270m); and `Q8_0`, the tied embedding / output table of both (for gemma, 168M of
+//! its 270M weights), where Candle has SIMD but no VNNI path. Weights stay in their GGUF
+//! blocks; activations are quantized to 8 bits per block of 32, as llama.cpp does, and each
+//! block product is an integer dot product scaled once.
 //!
 //! The AVX2 paths are compiled when the target has AVX2 (the repository builds for
 //! x86-64-v3, see `.cargo/config.toml`); other targets use the scalar versions, which are
@@ -42,6 +43,9 @@ pub enum Format {
     Q4_1,
     /// `d: f16, qh: [u8; 4], qs: [u8; 16]`; `w = d * (q - 16)`, q in 0..32.
     Q5_0,
+    /// `d: f16, qs: [i8; 32]`; `w = d * q` (the tied embedding / output tables of both
+    /// default models, and gemma's V projections).
+    Q8_0,
 }
 
 impl Format {
@@ -49,6 +53,7 @@ impl Format {
         match self {
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,
+            Self::Q8_0 => 34,
         }
     }
 }
@@ -162,6 +167,7 @@ impl QuantMatrix {
             match self.format {
                 Format::Q4_1 => dot_q4_1(self.row(o), &act),
                 Format::Q5_0 => dot_q5_0(self.row(o), &act),
+                Format::Q8_0 => dot_q8_0(self.row(o), &act),
             }
         };
         if n == 1 {
@@ -196,6 +202,7 @@ impl QuantMatrix {
                     let dots = match self.format {
                         Format::Q4_1 => dot4_q4_1(self.row(o), &acts),
                         Format::Q5_0 => dot4_q5_0(self.row(o), &acts),
+                        Format::Q8_0 => dot4_q8_0(self.row(o), &acts),
                     };
                     feature[r..r + 4].copy_from_slice(&dots);
                     r += 4;
@@ -259,6 +266,10 @@ impl QuantMatrix {
                         out.push(d * (q - 16) as f32);
                     }
                 }
+                Format::Q8_0 => {
+                    let d = f16(block, 0);
+                    out.extend(block[2..34].iter().map(|&q| d * f32::from(q as i8)));
+                }
             }
         }
         out
@@ -306,6 +317,28 @@ fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
     {
         scalar::dot4_q4_1(row, x)
+    }
+}
+
+fn dot_q8_0(row: &[u8], x: &Act<'_>) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        avx2::dot_q8_0(row, x)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        scalar::dot_q8_0(row, x)
+    }
+}
+
+fn dot4_q8_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        avx2::dot4_q8_0(row, x)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        [dot_q8_0(row, &x[0]), dot_q8_0(row, &x[1]), dot_q8_0(row, &x[2]), dot_q8_0(row, &x[3])]
     }
 }
 
@@ -361,6 +394,16 @@ mod scalar {
                 acc += (q - 16) * i32::from(qx[j]);
             }
             sum += d * x.d[b] * acc as f32;
+        }
+        sum
+    }
+
+    pub fn dot_q8_0(row: &[u8], x: &Act<'_>) -> f32 {
+        let mut sum = 0f32;
+        for (b, block) in row.chunks_exact(34).enumerate() {
+            let qx = &x.qs[b * QK..(b + 1) * QK];
+            let acc: i32 = block[2..34].iter().zip(qx).map(|(&w, &a)| i32::from(w as i8) * i32::from(a)).sum();
+            sum += f16(block, 0) * x.d[b] * acc as f32;
         }
         sum
     }
@@ -536,6 +579,49 @@ mod avx2 {
         }
     }
 
+    #[inline(always)]
+    pub(super) unsafe fn dot_q8_0_impl<const VNNI: bool>(row: &[u8], x: &Act<'_>) -> f32 {
+        let blocks = row.len() / 34;
+        assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks);
+        // SAFETY: as in `dot_q4_1`.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for b in 0..blocks {
+                let block = &row[b * 34..b * 34 + 34];
+                let qw = _mm256_loadu_si256(block[2..].as_ptr().cast());
+                let qx = _mm256_loadu_si256(x.qs[b * QK..].as_ptr().cast());
+                // As llama.cpp's vec_dot_q8_0_q8_0: |w| times x with w's sign.
+                let prod = mul_sum_us8::<VNNI>(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(block, 0) * x.d[b]), prod, acc);
+            }
+            hsum(acc)
+        }
+    }
+
+    #[inline(always)]
+    pub(super) unsafe fn dot4_q8_0_impl<const VNNI: bool>(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        let blocks = row.len() / 34;
+        for a in x {
+            assert!(a.qs.len() >= blocks * QK && a.d.len() >= blocks);
+        }
+        // SAFETY: as in `dot_q4_1`, for each of the four rows.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for b in 0..blocks {
+                let block = &row[b * 34..b * 34 + 34];
+                let d = f16(block, 0);
+                let qw = _mm256_loadu_si256(block[2..].as_ptr().cast());
+                let abs_w = _mm256_sign_epi8(qw, qw);
+                for (k, a) in x.iter().enumerate() {
+                    let qx = _mm256_loadu_si256(a.qs[b * QK..].as_ptr().cast());
+                    let prod = mul_sum_us8::<VNNI>(abs_w, _mm256_sign_epi8(qx, qw));
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), prod, acc[k]);
+                }
+            }
+            [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        }
+    }
+
     pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
         // SAFETY: the VNNI version runs only where the CPU has those instructions.
         unsafe { if vnni() { dot_q4_1_vnni(row, x) } else { dot_q4_1_impl::<false>(row, x) } }
@@ -579,6 +665,28 @@ mod avx2 {
         // SAFETY: as in the AVX2 version; the caller checked for VNNI.
         unsafe { dot_q5_0_impl::<true>(row, x) }
     }
+
+    pub fn dot_q8_0(row: &[u8], x: &Act<'_>) -> f32 {
+        // SAFETY: the VNNI version runs only where the CPU has those instructions.
+        unsafe { if vnni() { dot_q8_0_vnni(row, x) } else { dot_q8_0_impl::<false>(row, x) } }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
+    unsafe fn dot_q8_0_vnni(row: &[u8], x: &Act<'_>) -> f32 {
+        // SAFETY: as in the AVX2 version; the caller checked for VNNI.
+        unsafe { dot_q8_0_impl::<true>(row, x) }
+    }
+
+    pub fn dot4_q8_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        // SAFETY: the VNNI version runs only where the CPU has those instructions.
+        unsafe { if vnni() { dot4_q8_0_vnni(row, x) } else { dot4_q8_0_impl::<false>(row, x) } }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
+    unsafe fn dot4_q8_0_vnni(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        // SAFETY: as in the AVX2 version; the caller checked for VNNI.
+        unsafe { dot4_q8_0_impl::<true>(row, x) }
+    }
 }
 
 #[cfg(test)]
@@ -616,7 +724,7 @@ mod tests {
 
     #[test]
     fn simd_and_scalar_agree_and_approximate_f32() {
-        for format in [Format::Q4_1, Format::Q5_0] {
+        for format in [Format::Q4_1, Format::Q5_0, Format::Q8_0] {
             let (rows, cols, n) = (37, 256, 6);
             let w = matrix(format, rows, cols);
             let x = activations(n, cols);
@@ -634,6 +742,7 @@ mod tests {
                     let scalar = match format {
                         Format::Q4_1 => scalar::dot_q4_1(w.row(o), &act),
                         Format::Q5_0 => scalar::dot_q5_0(w.row(o), &act),
+                        Format::Q8_0 => scalar::dot_q8_0(w.row(o), &act),
                     };
                     let got = out[r * rows + o];
                     assert!(
@@ -668,7 +777,7 @@ mod tests {
             qs: &q.qs[r * cols..(r + 1) * cols],
         };
         let acts = [act(0), act(1), act(2), act(3)];
-        for format in [Format::Q4_1, Format::Q5_0] {
+        for format in [Format::Q4_1, Format::Q5_0, Format::Q8_0] {
             let w = matrix(format, 9, cols);
             for o in 0..9 {
                 let row = w.row(o);
@@ -681,11 +790,15 @@ mod tests {
                         Format::Q5_0 => {
                             (avx2::dot_q5_0_impl::<false>(row, &acts[0]), avx2::dot4_q5_0_impl::<false>(row, &acts))
                         }
+                        Format::Q8_0 => {
+                            (avx2::dot_q8_0_impl::<false>(row, &acts[0]), avx2::dot4_q8_0_impl::<false>(row, &acts))
+                        }
                     }
                 };
                 let (best1, best4) = match format {
                     Format::Q4_1 => (avx2::dot_q4_1(row, &acts[0]), avx2::dot4_q4_1(row, &acts)),
                     Format::Q5_0 => (avx2::dot_q5_0(row, &acts[0]), avx2::dot4_q5_0(row, &acts)),
+                    Format::Q8_0 => (avx2::dot_q8_0(row, &acts[0]), avx2::dot4_q8_0(row, &acts)),
                 };
                 assert_eq!(plain1.to_bits(), best1.to_bits(), "{format:?} row {o}");
                 assert_eq!(plain4.map(f32::to_bits), best4.map(f32::to_bits), "{format:?} row {o}");

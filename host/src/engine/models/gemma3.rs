@@ -5,10 +5,11 @@
 //! already added), per-head Q/K norms, GELU gating, half-rotation RoPE, and five local
 //! (sliding-window, RoPE base 10k) layers for every global one.
 
-use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, QLinear, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm, rope_tables};
+use super::{
+    CausalLm, QLinear, TokenTable, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm, rope_tables,
+};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -87,7 +88,7 @@ impl Rope {
 #[allow(missing_debug_implementations)]
 pub struct Gemma3 {
     cfg: Config,
-    embeddings: std::sync::Arc<QTensor>,
+    embeddings: TokenTable,
     layers: Vec<Layer>,
     norm: Tensor,
     output: QLinear,
@@ -101,11 +102,11 @@ impl Gemma3 {
         let dense = |gguf: &mut GgufFile, name: &str| -> std::result::Result<Tensor, EngineError> {
             Ok(gguf.tensor(name, device)?.dequantize(device)?)
         };
-        let embeddings = std::sync::Arc::new(gguf.tensor("token_embd.weight", device)?);
+        let embeddings = TokenTable::new(gguf.tensor("token_embd.weight", device)?)?;
         let output = if gguf.has_tensor("output.weight") {
             QLinear::from_qtensor(gguf.tensor("output.weight", device)?)?
         } else {
-            QLinear::from_shared(&embeddings)?
+            embeddings.tied_head()?
         };
         let norm = dense(gguf, "output_norm.weight")?;
         let bar = layer_progress(progress, cfg.layers, "gemma3");
@@ -176,8 +177,7 @@ impl CausalLm for Gemma3 {
         if past + t > cfg.context_length {
             candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, cfg.context_length);
         }
-        let ids = Tensor::new(tokens, device)?;
-        let mut x = (self.embeddings.embedding(&ids)?.unsqueeze(0)? * (cfg.hidden as f64).sqrt())?;
+        let mut x = (self.embeddings.lookup(tokens, device)?.unsqueeze(0)? * (cfg.hidden as f64).sqrt())?;
         let global = self.global_rope.tables(past, t)?;
         let local = self.local_rope.tables(past, t)?;
         let global_mask = attention_mask(t, past, None, device)?;

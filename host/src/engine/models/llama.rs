@@ -6,10 +6,11 @@
 //! llama rotates adjacent pairs (`rope_i`), as llama.cpp does; Qwen files are not permuted and
 //! rotate the two halves of each head (`rope`, llama.cpp's NEOX mode).
 
-use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{CausalLm, QLinear, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm, rope_tables};
+use super::{
+    CausalLm, QLinear, TokenTable, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm, rope_tables,
+};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -68,7 +69,7 @@ struct Layer {
 #[allow(missing_debug_implementations)]
 pub struct Llama {
     cfg: Config,
-    embeddings: std::sync::Arc<QTensor>,
+    embeddings: TokenTable,
     layers: Vec<Layer>,
     norm: Tensor,
     output: QLinear,
@@ -87,13 +88,13 @@ impl Llama {
         let dense = |gguf: &mut GgufFile, name: &str| -> std::result::Result<Tensor, EngineError> {
             Ok(gguf.tensor(name, device)?.dequantize(device)?)
         };
-        let embeddings = std::sync::Arc::new(gguf.tensor("token_embd.weight", device)?);
+        let embeddings = TokenTable::new(gguf.tensor("token_embd.weight", device)?)?;
         let norm = dense(gguf, "output_norm.weight")?;
         // Tied embeddings: the output projection reuses the (quantized) embedding table.
         let output = if gguf.has_tensor("output.weight") {
             QLinear::from_qtensor(gguf.tensor("output.weight", device)?)?
         } else {
-            QLinear::from_shared(&embeddings)?
+            embeddings.tied_head()?
         };
         let bar = layer_progress(progress, cfg.layers, arch);
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -183,8 +184,7 @@ impl CausalLm for Llama {
         if past + t > self.cfg.context_length {
             candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, self.cfg.context_length);
         }
-        let ids = Tensor::new(tokens, device)?;
-        let mut x = self.embeddings.embedding(&ids)?.unsqueeze(0)?;
+        let mut x = self.embeddings.lookup(tokens, device)?.unsqueeze(0)?;
         let mask = if t > 1 { Some(attention_mask(t, past, None, device)?) } else { None };
         for (index, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();

@@ -5,6 +5,8 @@ pub mod gemma3;
 pub mod llama;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use std::sync::Arc;
+
 use candle_core::{Device, Module, Result, Tensor};
 use rapid_kernels::{Format, Q8Rows, QuantMatrix};
 
@@ -35,28 +37,62 @@ pub fn load(
     }
 }
 
-/// A quantized linear layer (`y = x · Wᵀ`). Q4_1 and Q5_0 weights on the CPU run through
-/// our own AVX2 kernels (`rapid-kernels`: Candle 0.11 has only scalar code for them on
-/// AVX2 machines); every other block type goes through Candle's `QMatMul`.
+/// A quantized linear layer (`y = x · Wᵀ`). Q4_1, Q5_0 and Q8_0 weights on the CPU run
+/// through our own kernels (`rapid-kernels`: Candle 0.11 has only scalar code for the first
+/// two on AVX2 machines, and no VNNI path for any); every other block type goes through
+/// Candle's `QMatMul`.
 #[allow(missing_debug_implementations)]
 pub enum QLinear {
     Candle(QMatMul),
-    Blocks(QuantMatrix),
+    Blocks(Arc<QuantMatrix>),
 }
 
-impl QLinear {
-    /// A layer over a tensor that something else also holds (a tied embedding table): kept
-    /// once in memory when Candle runs it; our kernels take their own copy of the blocks.
-    pub fn from_shared(tensor: &std::sync::Arc<QTensor>) -> Result<Self> {
-        match Self::blocks(tensor)? {
-            Some(matrix) => Ok(Self::Blocks(matrix)),
-            None => Ok(Self::Candle(QMatMul::from_arc(std::sync::Arc::clone(tensor))?)),
+/// The token embedding table, which a tied output head shares: held once, in our blocks
+/// where a kernel of ours runs the head, else as Candle's tensor.
+#[allow(missing_debug_implementations)]
+pub enum TokenTable {
+    Candle(Arc<QTensor>),
+    Blocks(Arc<QuantMatrix>),
+}
+
+impl TokenTable {
+    pub fn new(tensor: QTensor) -> Result<Self> {
+        Ok(match QLinear::blocks(&tensor)? {
+            Some(matrix) => Self::Blocks(Arc::new(matrix)),
+            None => Self::Candle(Arc::new(tensor)),
+        })
+    }
+
+    /// Rows `ids` as f32, `[ids.len(), hidden]`.
+    pub fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Self::Candle(table) => table.embedding(&Tensor::new(ids, device)?),
+            Self::Blocks(table) => {
+                let mut rows = Vec::with_capacity(ids.len() * table.cols());
+                for &id in ids {
+                    if id as usize >= table.rows() {
+                        candle_core::bail!("token {id} is outside the vocabulary of {}", table.rows());
+                    }
+                    rows.extend(table.dequantize_row(id as usize));
+                }
+                Tensor::from_vec(rows, (ids.len(), table.cols()), device)
+            }
         }
     }
 
+    /// The output projection of a model whose head is tied to this table.
+    pub fn tied_head(&self) -> Result<QLinear> {
+        Ok(match self {
+            Self::Candle(table) => QLinear::Candle(QMatMul::from_arc(Arc::clone(table))?),
+            Self::Blocks(table) => QLinear::Blocks(Arc::clone(table)),
+        })
+    }
+}
+
+impl QLinear {
     pub fn from_qtensor(tensor: QTensor) -> Result<Self> {
         match Self::blocks(&tensor)? {
-            Some(matrix) => Ok(Self::Blocks(matrix)),
+            Some(matrix) => Ok(Self::Blocks(Arc::new(matrix))),
             None => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
         }
     }
@@ -66,6 +102,7 @@ impl QLinear {
         let format = match tensor.dtype() {
             GgmlDType::Q4_1 => Some(Format::Q4_1),
             GgmlDType::Q5_0 => Some(Format::Q5_0),
+            GgmlDType::Q8_0 => Some(Format::Q8_0),
             _ => None,
         };
         // RAPID_HOST_CANDLE_KERNELS=1 runs Candle's kernels everywhere (A/B comparisons).
