@@ -287,70 +287,30 @@ struct Act<'a> {
     qs: &'a [i8],
 }
 
-fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    {
-        avx2::dot_q4_1(row, x)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-    {
-        scalar::dot_q4_1(row, x)
-    }
+/// The kernel for this build: the AVX2 one (with its run-time VNNI choice) where the target
+/// has AVX2 and FMA, else the scalar reference.
+macro_rules! kernel {
+    ($($name:ident ($x:ty) -> $ret:ty;)*) => {$(
+        fn $name(row: &[u8], x: $x) -> $ret {
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            {
+                avx2::$name(row, x)
+            }
+            #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+            {
+                scalar::$name(row, x)
+            }
+        }
+    )*};
 }
 
-fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    {
-        avx2::dot_q5_0(row, x)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-    {
-        scalar::dot_q5_0(row, x)
-    }
-}
-
-fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    {
-        avx2::dot4_q4_1(row, x)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-    {
-        scalar::dot4_q4_1(row, x)
-    }
-}
-
-fn dot_q8_0(row: &[u8], x: &Act<'_>) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    {
-        avx2::dot_q8_0(row, x)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-    {
-        scalar::dot_q8_0(row, x)
-    }
-}
-
-fn dot4_q8_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    {
-        avx2::dot4_q8_0(row, x)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-    {
-        [dot_q8_0(row, &x[0]), dot_q8_0(row, &x[1]), dot_q8_0(row, &x[2]), dot_q8_0(row, &x[3])]
-    }
-}
-
-fn dot4_q5_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    {
-        avx2::dot4_q5_0(row, x)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-    {
-        scalar::dot4_q5_0(row, x)
-    }
+kernel! {
+    dot_q4_1(&Act<'_>) -> f32;
+    dot4_q4_1(&[Act<'_>; 4]) -> [f32; 4];
+    dot_q5_0(&Act<'_>) -> f32;
+    dot4_q5_0(&[Act<'_>; 4]) -> [f32; 4];
+    dot_q8_0(&Act<'_>) -> f32;
+    dot4_q8_0(&[Act<'_>; 4]) -> [f32; 4];
 }
 
 // The reference for the SIMD versions; the kernel itself on targets without them.
@@ -362,6 +322,10 @@ mod scalar {
 
     pub fn dot4_q5_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
         [dot_q5_0(row, &x[0]), dot_q5_0(row, &x[1]), dot_q5_0(row, &x[2]), dot_q5_0(row, &x[3])]
+    }
+
+    pub fn dot4_q8_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        [dot_q8_0(row, &x[0]), dot_q8_0(row, &x[1]), dot_q8_0(row, &x[2]), dot_q8_0(row, &x[3])]
     }
 
     use super::{Act, QK, f16};
@@ -528,9 +492,59 @@ mod avx2 {
         }
     }
 
+    /// A Q5_0 block as `(d, q - 16)`, signed bytes: where the high bit is clear, the top
+    /// nibble is set.
     #[inline(always)]
-    pub(super) unsafe fn dot4_q5_0_impl<const VNNI: bool>(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        let blocks = row.len() / 22;
+    unsafe fn q5_0_block(block: &[u8]) -> (f32, __m256i) {
+        unsafe {
+            let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+            let low = bytes_from_nibbles_32(&block[6..]);
+            let high = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0_u8 as i8));
+            (f16(block, 0), _mm256_or_si256(low, high))
+        }
+    }
+
+    /// A Q8_0 block as `(d, q)`.
+    #[inline(always)]
+    unsafe fn q8_0_block(block: &[u8]) -> (f32, __m256i) {
+        // SAFETY: a Q8_0 block is 34 bytes, its codes the 32 after the scale.
+        unsafe { (f16(block, 0), _mm256_loadu_si256(block[2..34].as_ptr().cast())) }
+    }
+
+    /// Σ w·x over a row of `bytes`-sized blocks whose codes `decode` gives as signed bytes
+    /// (`w = d * q`), as llama.cpp's `vec_dot_q5_0_q8_0` / `vec_dot_q8_0_q8_0`: |w| times x
+    /// with w's sign, one scaled integer sum per block.
+    #[inline(always)]
+    unsafe fn dot_signed<const VNNI: bool>(
+        row: &[u8],
+        x: &Act<'_>,
+        bytes: usize,
+        decode: impl Fn(&[u8]) -> (f32, __m256i),
+    ) -> f32 {
+        let blocks = row.len() / bytes;
+        assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks);
+        // SAFETY: as in `dot_q4_1`.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for b in 0..blocks {
+                let (d, qw) = decode(&row[b * bytes..(b + 1) * bytes]);
+                let qx = _mm256_loadu_si256(x.qs[b * QK..].as_ptr().cast());
+                let prod = mul_sum_us8::<VNNI>(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[b]), prod, acc);
+            }
+            hsum(acc)
+        }
+    }
+
+    /// [`dot_signed`] for four activation rows: each block is decoded once.
+    #[inline(always)]
+    unsafe fn dot4_signed<const VNNI: bool>(
+        row: &[u8],
+        x: &[Act<'_>; 4],
+        bytes: usize,
+        decode: impl Fn(&[u8]) -> (f32, __m256i),
+    ) -> [f32; 4] {
+        let blocks = row.len() / bytes;
         for a in x {
             assert!(a.qs.len() >= blocks * QK && a.d.len() >= blocks);
         }
@@ -538,12 +552,7 @@ mod avx2 {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 4];
             for b in 0..blocks {
-                let block = &row[b * 22..b * 22 + 22];
-                let d = f16(block, 0);
-                let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-                let low = bytes_from_nibbles_32(&block[6..]);
-                let high = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0_u8 as i8));
-                let qw = _mm256_or_si256(low, high);
+                let (d, qw) = decode(&row[b * bytes..(b + 1) * bytes]);
                 let abs_w = _mm256_sign_epi8(qw, qw);
                 for (k, a) in x.iter().enumerate() {
                     let qx = _mm256_loadu_si256(a.qs[b * QK..].as_ptr().cast());
@@ -557,135 +566,51 @@ mod avx2 {
 
     #[inline(always)]
     pub(super) unsafe fn dot_q5_0_impl<const VNNI: bool>(row: &[u8], x: &Act<'_>) -> f32 {
-        let blocks = row.len() / 22;
-        assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks);
-        // SAFETY: as in `dot_q4_1`.
-        unsafe {
-            let mut acc = _mm256_setzero_ps();
-            for b in 0..blocks {
-                let block = &row[b * 22..b * 22 + 22];
-                let d = f16(block, 0);
-                let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-                // q - 16 as signed bytes: where the high bit is clear, set the top nibble.
-                let low = bytes_from_nibbles_32(&block[6..]);
-                let high = _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0_u8 as i8));
-                let qw = _mm256_or_si256(low, high);
-                let qx = _mm256_loadu_si256(x.qs[b * QK..].as_ptr().cast());
-                // signed × signed via |w| and sign(x, w).
-                let prod = mul_sum_us8::<VNNI>(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[b]), prod, acc);
-            }
-            hsum(acc)
-        }
+        // SAFETY: the caller's contract (AVX2, and VNNI when asked for).
+        unsafe { dot_signed::<VNNI>(row, x, 22, |b| q5_0_block(b)) }
+    }
+
+    #[inline(always)]
+    pub(super) unsafe fn dot4_q5_0_impl<const VNNI: bool>(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        // SAFETY: as above.
+        unsafe { dot4_signed::<VNNI>(row, x, 22, |b| q5_0_block(b)) }
     }
 
     #[inline(always)]
     pub(super) unsafe fn dot_q8_0_impl<const VNNI: bool>(row: &[u8], x: &Act<'_>) -> f32 {
-        let blocks = row.len() / 34;
-        assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks);
-        // SAFETY: as in `dot_q4_1`.
-        unsafe {
-            let mut acc = _mm256_setzero_ps();
-            for b in 0..blocks {
-                let block = &row[b * 34..b * 34 + 34];
-                let qw = _mm256_loadu_si256(block[2..].as_ptr().cast());
-                let qx = _mm256_loadu_si256(x.qs[b * QK..].as_ptr().cast());
-                // As llama.cpp's vec_dot_q8_0_q8_0: |w| times x with w's sign.
-                let prod = mul_sum_us8::<VNNI>(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(block, 0) * x.d[b]), prod, acc);
-            }
-            hsum(acc)
-        }
+        // SAFETY: as above.
+        unsafe { dot_signed::<VNNI>(row, x, 34, |b| q8_0_block(b)) }
     }
 
     #[inline(always)]
     pub(super) unsafe fn dot4_q8_0_impl<const VNNI: bool>(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        let blocks = row.len() / 34;
-        for a in x {
-            assert!(a.qs.len() >= blocks * QK && a.d.len() >= blocks);
-        }
-        // SAFETY: as in `dot_q4_1`, for each of the four rows.
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for b in 0..blocks {
-                let block = &row[b * 34..b * 34 + 34];
-                let d = f16(block, 0);
-                let qw = _mm256_loadu_si256(block[2..].as_ptr().cast());
-                let abs_w = _mm256_sign_epi8(qw, qw);
-                for (k, a) in x.iter().enumerate() {
-                    let qx = _mm256_loadu_si256(a.qs[b * QK..].as_ptr().cast());
-                    let prod = mul_sum_us8::<VNNI>(abs_w, _mm256_sign_epi8(qx, qw));
-                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), prod, acc[k]);
-                }
+        // SAFETY: as above.
+        unsafe { dot4_signed::<VNNI>(row, x, 34, |b| q8_0_block(b)) }
+    }
+
+    /// `pub fn $name`: the VNNI instance of `$name_impl` where the CPU has VNNI, else the AVX2 one.
+    macro_rules! dispatch {
+        ($($name:ident / $vnni:ident / $imp:ident ($x:ty) -> $ret:ty;)*) => {$(
+            pub fn $name(row: &[u8], x: $x) -> $ret {
+                // SAFETY: the VNNI version runs only where the CPU has those instructions.
+                unsafe { if vnni() { $vnni(row, x) } else { $imp::<false>(row, x) } }
             }
-            [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
-        }
+
+            #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
+            unsafe fn $vnni(row: &[u8], x: $x) -> $ret {
+                // SAFETY: as in the AVX2 version; the caller checked for VNNI.
+                unsafe { $imp::<true>(row, x) }
+            }
+        )*};
     }
 
-    pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
-        // SAFETY: the VNNI version runs only where the CPU has those instructions.
-        unsafe { if vnni() { dot_q4_1_vnni(row, x) } else { dot_q4_1_impl::<false>(row, x) } }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
-    unsafe fn dot_q4_1_vnni(row: &[u8], x: &Act<'_>) -> f32 {
-        // SAFETY: as in the AVX2 version; the caller checked for VNNI.
-        unsafe { dot_q4_1_impl::<true>(row, x) }
-    }
-
-    pub fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        // SAFETY: the VNNI version runs only where the CPU has those instructions.
-        unsafe { if vnni() { dot4_q4_1_vnni(row, x) } else { dot4_q4_1_impl::<false>(row, x) } }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
-    unsafe fn dot4_q4_1_vnni(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        // SAFETY: as in the AVX2 version; the caller checked for VNNI.
-        unsafe { dot4_q4_1_impl::<true>(row, x) }
-    }
-
-    pub fn dot4_q5_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        // SAFETY: the VNNI version runs only where the CPU has those instructions.
-        unsafe { if vnni() { dot4_q5_0_vnni(row, x) } else { dot4_q5_0_impl::<false>(row, x) } }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
-    unsafe fn dot4_q5_0_vnni(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        // SAFETY: as in the AVX2 version; the caller checked for VNNI.
-        unsafe { dot4_q5_0_impl::<true>(row, x) }
-    }
-
-    pub fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
-        // SAFETY: the VNNI version runs only where the CPU has those instructions.
-        unsafe { if vnni() { dot_q5_0_vnni(row, x) } else { dot_q5_0_impl::<false>(row, x) } }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
-    unsafe fn dot_q5_0_vnni(row: &[u8], x: &Act<'_>) -> f32 {
-        // SAFETY: as in the AVX2 version; the caller checked for VNNI.
-        unsafe { dot_q5_0_impl::<true>(row, x) }
-    }
-
-    pub fn dot_q8_0(row: &[u8], x: &Act<'_>) -> f32 {
-        // SAFETY: the VNNI version runs only where the CPU has those instructions.
-        unsafe { if vnni() { dot_q8_0_vnni(row, x) } else { dot_q8_0_impl::<false>(row, x) } }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
-    unsafe fn dot_q8_0_vnni(row: &[u8], x: &Act<'_>) -> f32 {
-        // SAFETY: as in the AVX2 version; the caller checked for VNNI.
-        unsafe { dot_q8_0_impl::<true>(row, x) }
-    }
-
-    pub fn dot4_q8_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        // SAFETY: the VNNI version runs only where the CPU has those instructions.
-        unsafe { if vnni() { dot4_q8_0_vnni(row, x) } else { dot4_q8_0_impl::<false>(row, x) } }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
-    unsafe fn dot4_q8_0_vnni(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        // SAFETY: as in the AVX2 version; the caller checked for VNNI.
-        unsafe { dot4_q8_0_impl::<true>(row, x) }
+    dispatch! {
+        dot_q4_1 / dot_q4_1_vnni / dot_q4_1_impl (&Act<'_>) -> f32;
+        dot4_q4_1 / dot4_q4_1_vnni / dot4_q4_1_impl (&[Act<'_>; 4]) -> [f32; 4];
+        dot_q5_0 / dot_q5_0_vnni / dot_q5_0_impl (&Act<'_>) -> f32;
+        dot4_q5_0 / dot4_q5_0_vnni / dot4_q5_0_impl (&[Act<'_>; 4]) -> [f32; 4];
+        dot_q8_0 / dot_q8_0_vnni / dot_q8_0_impl (&Act<'_>) -> f32;
+        dot4_q8_0 / dot4_q8_0_vnni / dot4_q8_0_impl (&[Act<'_>; 4]) -> [f32; 4];
     }
 }
 
