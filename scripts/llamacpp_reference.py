@@ -24,9 +24,28 @@ PROMPTS = [
 MODELS = ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"]
 
 
+TOP = 8
+
+
+def top_logits(llm, prompt_tokens, tokens):
+    """The TOP largest logits (id, value) at every step of the greedy path: after the prompt
+    (one batch, as the engine prefills), then after each continuation token fed alone. The
+    values are llama.cpp's f32 numbers, which JSON's shortest round-trip repr keeps exactly."""
+    llm.reset()
+    steps = []
+    llm.eval(prompt_tokens)
+    for i in range(len(tokens)):
+        row = llm.scores[llm.n_tokens - 1]
+        best = sorted(range(len(row)), key=lambda t: -row[t])[:TOP]
+        steps.append([[t, float(row[t])] for t in best])
+        if i + 1 < len(tokens):
+            llm.eval([tokens[i]])
+    return steps
+
+
 def record(file_name: str) -> dict:
     llm = llama_cpp.Llama(model_path=str(ROOT / "models" / file_name), n_ctx=512, n_threads=2,
-                          logits_all=False, verbose=False)
+                          logits_all=True, verbose=False)
     cases = []
     for prompt in PROMPTS:
         prompt_tokens = llm.tokenize(prompt.encode(), add_bos=llm.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true", special=True)
@@ -37,7 +56,8 @@ def record(file_name: str) -> dict:
                 break
             tokens.append(token)
         text = llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
-        cases.append({"prompt": prompt, "prompt_tokens": prompt_tokens, "tokens": tokens, "text": text})
+        cases.append({"prompt": prompt, "prompt_tokens": prompt_tokens, "tokens": tokens, "text": text,
+                      "top_logits": top_logits(llm, prompt_tokens, tokens)})
     return {"model": file_name, "llama_cpp_python": llama_cpp.__version__, "cases": cases}
 
 

@@ -7,11 +7,12 @@
 //! scaling, masking, softmax, transposes) of the generic formulation.
 //!
 //! The cache holds `f32` or `f16` values ([`CacheValue`]). With `f16` the arithmetic is
-//! llama.cpp's (its default cache type, without flash attention): queries and attention
-//! weights are rounded to f16 before their products, each product accumulates in f32 over
-//! 4 x 8 lanes of 32-value steps with fused multiply-adds, and the softmax sums in f64.
+//! llama.cpp's, bit for bit (its default cache type, without flash attention; see [`head`]),
+//! as scripts/llamacpp_intermediates.py checks against its graph's `kq`, `kq_soft_max` and
+//! `kqv` tensors.
 
 use crate::KernelError;
+use crate::elementwise::ggml_expf;
 use half::f16;
 
 /// A cached key / value element: how it widens to f32, and how an f32 operand is rounded
@@ -61,9 +62,6 @@ pub struct AttentionShape {
 /// Below this many multiply-adds the work stays on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
-/// Values per accumulation step: 4 accumulators of 8 lanes (ggml's AVX2 `vec_dot_f16`).
-const STEP: usize = 32;
-
 /// `q`: `[heads, t, head_dim]`; `k`, `v`: `[kv_heads, kv_stride, head_dim]` holding at least
 /// `past + t` positions; `out`: `[t, heads * head_dim]` (the layout the output projection
 /// reads, so no transpose follows).
@@ -99,7 +97,7 @@ pub fn attend<T: CacheValue>(
         let kv = (h / group) * kv_stride * d;
         let query = &q[(h * t + i) * d..][..d];
         let (keys, values) = (&k[kv..][..(pos + 1) * d], &v[kv..][..(pos + 1) * d]);
-        head(query, keys, values, first, shape.scale, out_head, scratch);
+        head(query, keys, values, first, shape.scale, t == 1, out_head, scratch);
     };
     let work = t * heads * (past + t) * d;
     if work < PARALLEL_MIN_WORK || crate::threads::available() == 1 {
@@ -122,20 +120,37 @@ pub fn attend<T: CacheValue>(
 struct Scratch {
     query: Vec<f32>,
     weights: Vec<f32>,
-    /// `[STEP][head_dim]`: lane `j % STEP` of every output dimension.
+    /// `[LANES][head_dim]`: lane `j % LANES` of every output dimension.
     lanes: Vec<f32>,
-    row: Vec<f32>,
+    folded: Vec<f32>,
     red: Vec<f32>,
-    tail: Vec<f64>,
+    row: Vec<f32>,
 }
 
 /// One head of one query: softmax(q·K · scale) V over positions `first..keys.len() / d`.
+///
+/// In llama.cpp's order of operations (its CPU backend on x86 with AVX-512, where both
+/// products go through llamafile's tinyBLAS with f16 operands and the softmax through
+/// ggml's vector exp), so that with an f16 cache the numbers are llama.cpp's exactly:
+/// - `q·k`: the query rounded to the cache's precision; 16 lanes, lane `c % 16`
+///   accumulating dimensions `c` in order, then the lanes reduced as `_mm512_reduce_add_ps`
+///   (tinyBLAS); for a single query (a decode step) llama.cpp runs ggml's own
+///   `vec_dot_f16` for both products instead ([`dot_step64`]: 64-value steps into 4 x 16
+///   lanes);
+/// - softmax: `score * scale`, `exp(score - max)` by [`ggml_expf`], summed in f64 one
+///   aligned 16-position chunk at a time (each chunk reduced like the lanes), then
+///   multiplied by `(1 / sum) as f32`;
+/// - `Σ w v`: weights rounded to the cache's precision, lane `j % 16` accumulating
+///   positions `j` in order, reduced the same way (`j % 64` and [`dot_step64`]'s folding
+///   for a single query).
+#[allow(clippy::too_many_arguments)]
 fn head<T: CacheValue>(
     query: &[f32],
     keys: &[T],
     values: &[T],
     first: usize,
     scale: f32,
+    single_query: bool,
     out: &mut [f32],
     s: &mut Scratch,
 ) {
@@ -146,95 +161,117 @@ fn head<T: CacheValue>(
     s.weights.clear();
     let mut max = f32::NEG_INFINITY;
     for key in keys[first * d..].chunks_exact(d) {
-        let score = dot(&s.query, T::widen(key, &mut s.row)) * scale;
+        let key = T::widen(key, &mut s.row);
+        let score = if single_query { dot_step64(&s.query, key) } else { dot(&s.query, key) } * scale;
         max = max.max(score);
         s.weights.push(score);
     }
-    let mut sum = 0.0f64;
     for w in s.weights.iter_mut() {
-        *w = (*w - max).exp();
-        sum += *w as f64;
+        *w = ggml_expf(*w - max);
+    }
+    // Chunks of 16 positions aligned at position 0; masked positions are exact zeros.
+    let mut sum = 0.0f64;
+    let mut chunk = [0.0f32; LANES];
+    for start in (first - first % LANES..visible).step_by(LANES) {
+        for (l, c) in chunk.iter_mut().enumerate() {
+            let j = start + l;
+            *c = if j >= first && j < visible { s.weights[j - first] } else { 0.0 };
+        }
+        sum += f64::from(reduce(&chunk));
     }
     let inv = (1.0 / sum) as f32;
     s.weights.iter_mut().for_each(|w| *w = T::round(*w * inv));
-    // out[c] = Σ_j w[j] v[j][c], each c accumulated like `dot` over absolute positions j
-    // (the masked ones before `first` contribute exact zeros there); the lanes are laid out
-    // so the inner loop runs along c.
+    // Lane of position j: j % 16 (tinyBLAS), or j % 64 for `vec_dot_f16`'s 4 x 16.
+    let lanes = if single_query { 4 * LANES } else { LANES };
     s.lanes.clear();
-    s.lanes.resize(STEP * d, 0.0);
-    let full = visible - visible % STEP;
-    for j in first..full {
+    s.lanes.resize(lanes * d, 0.0);
+    for j in first..visible {
         let w = s.weights[j - first];
         let value = T::widen(&values[j * d..][..d], &mut s.row);
-        let acc = &mut s.lanes[(j % STEP) * d..][..d];
+        let acc = &mut s.lanes[(j % lanes) * d..][..d];
         for (a, x) in acc.iter_mut().zip(value) {
             *a = w.mul_add(*x, *a);
         }
     }
-    reduce_columns(&s.lanes, &mut s.red, out);
-    if full.max(first) < visible {
-        s.tail.clear();
-        s.tail.resize(d, 0.0);
-        for j in full.max(first)..visible {
-            let w = s.weights[j - first];
-            let value = T::widen(&values[j * d..][..d], &mut s.row);
-            for (t, x) in s.tail.iter_mut().zip(value) {
-                *t += (w * x) as f64;
-            }
+    if single_query {
+        // Fold the 4 x 16 accumulators `(0 + 2) + (1 + 3)` into 16 lanes, then reduce.
+        let lane = |k: usize| &s.lanes[k * d..][..d];
+        s.folded.clear();
+        for l in 0..LANES {
+            let (a, b, c, e) = (lane(l), lane(2 * LANES + l), lane(LANES + l), lane(3 * LANES + l));
+            s.folded.extend((0..d).map(|i| (a[i] + b[i]) + (c[i] + e[i])));
         }
-        for (o, t) in out.iter_mut().zip(&s.tail) {
-            *o = (*o as f64 + t) as f32;
-        }
+        reduce_columns(&s.folded, &mut s.red, out);
+    } else {
+        reduce_columns(&s.lanes, &mut s.red, out);
     }
 }
 
-/// `Σ a·b`: 32-value steps into 4 x 8 lanes with fused multiply-adds, the lanes reduced as
-/// ggml does, a remainder of fewer than 32 added in f64.
+/// Lanes of the products: `_mm512` registers of f32.
+const LANES: usize = 16;
+
+/// `Σ a·b` over 16 lanes (lane `c % 16` takes dimension `c`, in order), then [`reduce`].
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; STEP];
-    let full = a.len() - a.len() % STEP;
-    for (x, y) in a[..full].chunks_exact(STEP).zip(b[..full].chunks_exact(STEP)) {
-        for l in 0..STEP {
+    let mut lanes = [0.0f32; LANES];
+    let mut xs = a.chunks_exact(LANES);
+    let mut ys = b.chunks_exact(LANES);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        for l in 0..LANES {
             lanes[l] = x[l].mul_add(y[l], lanes[l]);
         }
     }
-    let mut total = reduce(&lanes) as f64;
+    for (l, (x, y)) in xs.remainder().iter().zip(ys.remainder()).enumerate() {
+        lanes[l] = x.mul_add(*y, lanes[l]);
+    }
+    reduce(&lanes)
+}
+
+/// ggml's `vec_dot_f16` with AVX-512: steps of 64 into 4 accumulators of 16 lanes, the
+/// accumulators folded `(0 + 2) + (1 + 3)`, reduced as [`reduce`]; a remainder of fewer
+/// than 64 added in f64.
+fn dot_step64(a: &[f32], b: &[f32]) -> f32 {
+    // acc[16 j + l]: accumulator j, lane l.
+    let mut acc = [0.0f32; 4 * LANES];
+    let full = a.len() - a.len() % 64;
+    for (x, y) in a[..full].chunks_exact(64).zip(b[..full].chunks_exact(64)) {
+        for i in 0..4 * LANES {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    let folded: [f32; LANES] =
+        std::array::from_fn(|l| (acc[l] + acc[2 * LANES + l]) + (acc[LANES + l] + acc[3 * LANES + l]));
+    let mut total = f64::from(reduce(&folded));
     for (x, y) in a[full..].iter().zip(&b[full..]) {
-        total += (x * y) as f64;
+        total += f64::from(x * y);
     }
     total as f32
 }
 
-/// 32 lanes (accumulators 0-3 of 8 lanes each) to one sum, in ggml's AVX2 order: pairwise
-/// accumulator sums, then the upper half of the 8 lanes onto the lower, then two
-/// horizontal adds.
-fn reduce(lanes: &[f32]) -> f32 {
-    let acc = |i: usize, l: usize| lanes[i * 8 + l];
-    let mut x = [0.0f32; 8];
-    for (l, v) in x.iter_mut().enumerate() {
-        *v = (acc(0, l) + acc(2, l)) + (acc(1, l) + acc(3, l));
-    }
-    let t0 = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
-    (t0[0] + t0[1]) + (t0[2] + t0[3])
+/// 16 lanes to one sum in `_mm512_reduce_add_ps`'s order (GCC): the upper 8 onto the
+/// lower 8, the upper 4 of those onto the lower 4, then `(0 + 2) + (1 + 3)`.
+fn reduce(x: &[f32; LANES]) -> f32 {
+    let t8: [f32; 8] = std::array::from_fn(|i| x[8 + i] + x[i]);
+    let t4: [f32; 4] = std::array::from_fn(|i| t8[4 + i] + t8[i]);
+    (t4[0] + t4[2]) + (t4[1] + t4[3])
 }
 
-/// [`reduce`] for every column of `[STEP][d]` lanes at once (same order, vectorized along d);
-/// `red` is scratch.
+/// [`reduce`] for every column of `[LANES][d]` lanes at once (same order, vectorized
+/// along d); `red` is scratch.
 fn reduce_columns(lanes: &[f32], red: &mut Vec<f32>, out: &mut [f32]) {
     let d = out.len();
-    let lane = |k: usize| &lanes[k * d..][..d];
-    red.resize(8 * d, 0.0);
-    for (l, x) in red.chunks_exact_mut(d).enumerate() {
-        let pairs = lane(l).iter().zip(lane(16 + l)).zip(lane(8 + l).iter().zip(lane(24 + l)));
-        for (x, ((a, b), (c, e))) in x.iter_mut().zip(pairs) {
-            *x = (a + b) + (c + e);
+    red.clear();
+    for i in 0..8 {
+        let (hi, lo) = (&lanes[(8 + i) * d..][..d], &lanes[i * d..][..d]);
+        red.extend(hi.iter().zip(lo).map(|(a, b)| a + b));
+    }
+    for i in 0..4 {
+        for c in 0..d {
+            red[i * d + c] += red[(4 + i) * d + c];
         }
     }
-    let x = |l: usize| &red[l * d..][..d];
-    let low = x(0).iter().zip(x(4)).zip(x(1).iter().zip(x(5)));
-    let high = x(2).iter().zip(x(6)).zip(x(3).iter().zip(x(7)));
-    for (o, (((x0, x4), (x1, x5)), ((x2, x6), (x3, x7)))) in out.iter_mut().zip(low.zip(high)) {
-        *o = ((x0 + x4) + (x1 + x5)) + ((x2 + x6) + (x3 + x7));
+    let row = |k: usize| &red[k * d..][..d];
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = (row(0)[c] + row(2)[c]) + (row(1)[c] + row(3)[c]);
     }
 }
 
@@ -304,11 +341,12 @@ mod tests {
         }
     }
 
-    /// The property the engine relies on: a batch of queries gives bit-identical rows to
-    /// the same queries one at a time.
+    /// What the engine relies on for chunked prefill: a batch of queries gives bit-identical
+    /// rows to the same queries in smaller batches (of at least two: a single query takes
+    /// llama.cpp's decode-step order, [`dot_step64`]).
     #[test]
-    fn batched_rows_equal_stepped_rows_exactly() {
-        let (heads, kv_heads, d, t, stride) = (4, 2, 32, 40, 64);
+    fn batched_rows_equal_rows_of_smaller_batches_exactly() {
+        let (heads, kv_heads, d, t, stride) = (4, 2, 64, 40, 64);
         let k = values(kv_heads * stride * d, 5);
         let v = values(kv_heads * stride * d, 6);
         let q = values(heads * t * d, 7);
@@ -316,12 +354,33 @@ mod tests {
             AttentionShape { heads, kv_heads, head_dim: d, kv_stride: stride, past: 0, window: None, scale: 0.2 };
         let mut batched = vec![0.0; q.len()];
         attend(&q, &k, &v, &shape, &mut batched).expect("attends");
-        for i in 0..t {
-            let one: Vec<f32> = (0..heads).flat_map(|h| q[(h * t + i) * d..][..d].to_vec()).collect();
-            let mut out = vec![0.0; heads * d];
-            attend(&one, &k, &v, &AttentionShape { past: i, ..shape }, &mut out).expect("attends");
-            assert_eq!(out, batched[i * heads * d..][..heads * d], "row {i}");
+        for start in (0..t).step_by(2) {
+            let rows = 2;
+            let part: Vec<f32> = (0..heads).flat_map(|h| q[(h * t + start) * d..][..rows * d].to_vec()).collect();
+            let mut out = vec![0.0; heads * rows * d];
+            attend(&part, &k, &v, &AttentionShape { past: start, ..shape }, &mut out).expect("attends");
+            assert_eq!(out, batched[start * heads * d..][..rows * heads * d], "rows {start}..{}", start + rows);
         }
+    }
+
+    /// A decode step (one query) sums in another order than a batch, as llama.cpp does, so
+    /// the two agree to rounding, not bit for bit.
+    #[test]
+    fn a_single_query_agrees_with_its_batched_row_to_rounding() {
+        let (heads, kv_heads, d, t, stride) = (4, 2, 64, 40, 64);
+        let k = values(kv_heads * stride * d, 5);
+        let v = values(kv_heads * stride * d, 6);
+        let q = values(heads * t * d, 7);
+        let shape =
+            AttentionShape { heads, kv_heads, head_dim: d, kv_stride: stride, past: 0, window: None, scale: 0.2 };
+        let mut batched = vec![0.0; q.len()];
+        attend(&q, &k, &v, &shape, &mut batched).expect("attends");
+        let i = t - 1;
+        let one: Vec<f32> = (0..heads).flat_map(|h| q[(h * t + i) * d..][..d].to_vec()).collect();
+        let mut out = vec![0.0; heads * d];
+        attend(&one, &k, &v, &AttentionShape { past: i, ..shape }, &mut out).expect("attends");
+        let worst = out.iter().zip(&batched[i * heads * d..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{worst}");
     }
 
     #[test]

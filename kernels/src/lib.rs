@@ -16,6 +16,7 @@
 #![allow(unsafe_code)]
 
 pub mod attention;
+pub mod elementwise;
 pub mod threads;
 
 /// Values per quantization block.

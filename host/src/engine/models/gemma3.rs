@@ -8,7 +8,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::{
-    CausalLm, QLinear, TokenTable, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm, rope_tables,
+    CausalLm, Glu, QLinear, TokenTable, attention_mask, cache_dtype, causal_attention, debug_dump, gated,
+    layer_progress, rms_norm, rope, rope_tables,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
@@ -148,22 +149,26 @@ impl Gemma3 {
         index: usize,
         x: &Tensor,
         cache: &mut KvCache,
-        rope: (&Tensor, &Tensor),
+        rope_cs: (&Tensor, &Tensor),
         (mask, window): (&Tensor, Option<usize>),
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, t, _) = x.dims3()?;
-        let q = layer.wq.forward(x)?.reshape((b, t, cfg.heads, cfg.head_dim))?;
+        let q = layer.wq.forward(x)?;
+        debug_dump(|| format!("Qcur-{index}"), &q);
+        let q = q.reshape((b, t, cfg.heads, cfg.head_dim))?;
         let k = layer.wk.forward(x)?.reshape((b, t, cfg.kv_heads, cfg.head_dim))?;
         let v = layer.wv.forward(x)?.reshape((b, t, cfg.kv_heads, cfg.head_dim))?.transpose(1, 2)?.contiguous()?;
         let q = rms_norm(&q, &layer.q_norm, cfg.rms_eps)?.transpose(1, 2)?.contiguous()?;
         let k = rms_norm(&k, &layer.k_norm, cfg.rms_eps)?.transpose(1, 2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&q, rope.0, rope.1)?;
-        let k = candle_nn::rotary_emb::rope(&k, rope.0, rope.1)?;
+        // Scaled before the cache's f16 rounding and the scores, as llama.cpp scales Q (the
+        // product is exact; the f16 rounding of q/16 and of q differ for tiny values).
+        let q = (rope(&q, rope_cs.0, rope_cs.1, true)? * (1.0 / (cfg.head_dim as f64).sqrt()))?;
+        let k = rope(&k, rope_cs.0, rope_cs.1, true)?;
         let dtype = cache_dtype(x.device());
         let (k, v) = cache.append(index, &k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?;
-        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        let out = causal_attention(&q, &k, &v, window, scale, Some(mask))?;
+        let out = causal_attention(&q, &k, &v, window, 1.0, Some(mask))?;
+        debug_dump(|| format!("kqv_out-{index}"), &out);
         layer.wo.forward(&out)
     }
 }
@@ -178,6 +183,7 @@ impl CausalLm for Gemma3 {
             candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, cfg.context_length);
         }
         let mut x = (self.embeddings.lookup(tokens, device)?.unsqueeze(0)? * (cfg.hidden as f64).sqrt())?;
+        debug_dump(|| "inp_scaled".to_string(), &x);
         let global = self.global_rope.tables(past, t)?;
         let local = self.local_rope.tables(past, t)?;
         let global_mask = attention_mask(t, past, None, device)?;
@@ -189,12 +195,23 @@ impl CausalLm for Gemma3 {
                 ((&global.0, &global.1), (&global_mask, None))
             };
             let h = rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
+            debug_dump(|| format!("attn_norm-{index}"), &h);
             let h = self.attention(layer, index, &h, cache, rope, m)?;
-            x = (x + rms_norm(&h, &layer.post_attn_norm, cfg.rms_eps)?)?;
+            let h = rms_norm(&h, &layer.post_attn_norm, cfg.rms_eps)?;
+            debug_dump(|| format!("attn_post_norm-{index}"), &h);
+            x = (x + h)?;
+            debug_dump(|| format!("sa_out-{index}"), &x);
             let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
-            let gate = layer.w_gate.forward(&h)?.gelu()?;
-            let h = layer.w_down.forward(&(gate * layer.w_up.forward(&h)?)?)?;
+            debug_dump(|| format!("ffn_norm-{index}"), &h);
+            let (gate, up) = (layer.w_gate.forward(&h)?, layer.w_up.forward(&h)?);
+            debug_dump(|| format!("ffn_gate-{index}"), &gate);
+            debug_dump(|| format!("ffn_up-{index}"), &up);
+            let h = gated(&gate, &up, Glu::Geglu)?;
+            debug_dump(|| format!("ffn_geglu-{index}"), &h);
+            let h = layer.w_down.forward(&h)?;
+            debug_dump(|| format!("ffn_out-{index}"), &h);
             x = (x + rms_norm(&h, &layer.post_ffn_norm, cfg.rms_eps)?)?;
+            debug_dump(|| format!("l_out-{index}"), &x);
         }
         cache.advance(t);
         let last = rms_norm(&x.narrow(1, t - 1, 1)?, &self.norm, cfg.rms_eps)?;

@@ -9,7 +9,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::{
-    CausalLm, QLinear, TokenTable, attention_mask, cache_dtype, causal_attention, layer_progress, rms_norm, rope_tables,
+    CausalLm, Glu, QLinear, TokenTable, attention_mask, cache_dtype, causal_attention, debug_dump, gated,
+    layer_progress, rms_norm, rope, rope_tables,
 };
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
@@ -160,18 +161,19 @@ impl Llama {
         };
         let bias = |i: usize| layer.biases.as_ref().map(|b| &b[i]);
         let norm = |i: usize| layer.qk_norms.as_ref().map(|n| &n[i]);
+        debug_dump(|| format!("Qcur-{index}"), &layer.wq.forward(x)?);
         let q = project(&layer.wq, bias(0), norm(0), cfg.heads)?;
         let k = project(&layer.wk, bias(1), norm(1), cfg.kv_heads)?;
         let v = project(&layer.wv, bias(2), None, cfg.kv_heads)?;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
-        let rope = if cfg.neox_rope { candle_nn::rotary_emb::rope } else { candle_nn::rotary_emb::rope_i };
-        let q = rope(&q, &cos, &sin)?;
-        let k = rope(&k, &cos, &sin)?;
+        let q = rope(&q, &cos, &sin, cfg.neox_rope)?;
+        let k = rope(&k, &cos, &sin, cfg.neox_rope)?;
         let dtype = cache_dtype(x.device());
         let (k, v) = cache.append(index, &k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
         let out = causal_attention(&q, &k, &v, None, scale, mask)?;
+        debug_dump(|| format!("kqv_out-{index}"), &out);
         layer.wo.forward(&out)
     }
 }
@@ -189,13 +191,24 @@ impl CausalLm for Llama {
         for (index, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
+            debug_dump(|| format!("attn_norm-{index}"), &h);
             let h = self.attention(layer, index, &h, cache, mask.as_ref())?;
+            debug_dump(|| format!("attn_out-{index}"), &h);
             x = (residual + h)?;
+            debug_dump(|| format!("ffn_inp-{index}"), &x);
             let residual = x.clone();
             let h = rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
-            let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
-            let h = layer.w_down.forward(&(gate * layer.w_up.forward(&h)?)?)?;
+            debug_dump(|| format!("ffn_norm-{index}"), &h);
+            let gate = layer.w_gate.forward(&h)?;
+            let up = layer.w_up.forward(&h)?;
+            debug_dump(|| format!("ffn_gate-{index}"), &gate);
+            debug_dump(|| format!("ffn_up-{index}"), &up);
+            let h = gated(&gate, &up, Glu::Swiglu)?;
+            debug_dump(|| format!("ffn_swiglu-{index}"), &h);
+            let h = layer.w_down.forward(&h)?;
+            debug_dump(|| format!("ffn_out-{index}"), &h);
             x = (residual + h)?;
+            debug_dump(|| format!("l_out-{index}"), &x);
         }
         cache.advance(t);
         let last = x.narrow(1, t - 1, 1)?;

@@ -158,13 +158,70 @@ pub fn rope_tables(head_dim: usize, base: f32, start: usize, len: usize, device:
     Ok((Tensor::from_vec(cos, (len, half), device)?, Tensor::from_vec(sin, (len, half), device)?))
 }
 
-/// RMS normalization over the last dimension.
-///
-/// Candle's arithmetic (f32 sum, `x / sqrt(..)`). llama.cpp's (f64 sum, `x * (1 / sqrt(..))`)
-/// was tried on 2026-11-26 and moved SmolLM2's teacher-forced gaps to llama.cpp the wrong
-/// way (0.07 / 0.09 -> 0.11 / 0.18): what is left is dominated by other operations.
+/// Rotary embedding of `x` (`[1, heads, t, head_dim]`) with tables from [`rope_tables`]
+/// (`[t, head_dim / 2]`): interleaved pairs, or NEOX halves. On CPU with llama.cpp's
+/// arithmetic ([`rapid_kernels::elementwise::rope`]), elsewhere Candle's.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neox: bool) -> Result<Tensor> {
+    let (_, _, t, d) = x.dims4()?;
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || cos.dims() != [t, d / 2] {
+        return if neox {
+            candle_nn::rotary_emb::rope(x, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope_i(x, cos, sin)
+        };
+    }
+    let mut values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let (c, s): (Vec<f32>, Vec<f32>) = (cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?);
+    rapid_kernels::elementwise::rope(&mut values, d, t, &c, &s, neox);
+    Tensor::from_vec(values, x.shape(), x.device())
+}
+
+/// RMS normalization over the last dimension, with llama.cpp's arithmetic on CPU: the
+/// squares (rounded to f32) summed in f64, `scale = 1 / sqrt(mean + eps)` in f32, then
+/// `x * scale` and `* weight` as two roundings. The same numbers as llama.cpp, not just
+/// close ones: every activation is rounded to 8 bits next, where a last-bit difference
+/// can move a value by a whole step. Other devices use Candle's formula.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    candle_nn::ops::rms_norm(x, weight, eps as f32)
+    let cols = x.dim(candle_core::D::Minus1)?;
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || weight.dims() != [cols] {
+        return candle_nn::ops::rms_norm(x, weight, eps as f32);
+    }
+    let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let w: Vec<f32> = weight.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    let mut out = vec![0f32; values.len()];
+    for (row, o) in values.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        rapid_kernels::elementwise::rms_norm(row, &w, eps as f32, o);
+    }
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// The gated activation of an MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Glu {
+    /// `silu(gate) * up`
+    Swiglu,
+    /// `gelu_tanh(gate) * up`
+    Geglu,
+}
+
+/// `act(gate) * up`. On CPU with llama.cpp's arithmetic ([`rapid_kernels::elementwise`]:
+/// its vector `exp` in SiLU, its f16 GELU table), and one pass instead of two tensor
+/// operations; elsewhere Candle's.
+pub fn gated(gate: &Tensor, up: &Tensor, glu: Glu) -> Result<Tensor> {
+    use rapid_kernels::elementwise::{geglu, swiglu};
+    if !gate.device().is_cpu() || gate.dtype() != candle_core::DType::F32 || gate.shape() != up.shape() {
+        return match glu {
+            Glu::Swiglu => candle_nn::ops::silu(gate)? * up,
+            Glu::Geglu => gate.gelu()? * up,
+        };
+    }
+    let (g, u): (Vec<f32>, Vec<f32>) = (gate.flatten_all()?.to_vec1()?, up.flatten_all()?.to_vec1()?);
+    let mut out = vec![0f32; g.len()];
+    match glu {
+        Glu::Swiglu => swiglu(&g, &u, &mut out),
+        Glu::Geglu => geglu(&g, &u, &mut out),
+    }
+    Tensor::from_vec(out, gate.shape(), gate.device())
 }
 
 /// `[kv_heads]` → `[kv_heads * group]` for grouped-query attention.
@@ -284,6 +341,28 @@ pub fn attention_mask(t: usize, past: usize, window: Option<usize>, device: &Dev
         })
         .collect();
     Tensor::from_vec(data, (t, past + t), device)
+}
+
+/// Writes `x` as raw little-endian f32 to `$RAPID_HOST_DUMP_DIR/<name>.f32` when that
+/// variable is set, for comparing intermediate values with llama.cpp's (named as its graph
+/// names them: `attn_norm-0`, `ffn_out-3`, ...; scripts/llamacpp_intermediates.py). Each
+/// pass overwrites the last, so a dump shows the last forward pass.
+pub fn debug_dump(name: impl FnOnce() -> String, x: &Tensor) {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| std::env::var_os("RAPID_HOST_DUMP_DIR").map(Into::into)) else {
+        return;
+    };
+    let path = dir.join(format!("{}.f32", name()));
+    let values = x.flatten_all().and_then(|v| v.to_dtype(candle_core::DType::F32)).and_then(|v| v.to_vec1::<f32>());
+    match values {
+        Ok(values) => {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            if let Err(e) = std::fs::write(&path, bytes) {
+                tracing::warn!("cannot write {}: {e}", path.display());
+            }
+        }
+        Err(e) => tracing::warn!("cannot dump {}: {e}", path.display()),
+    }
 }
 
 /// A progress bar over layers while loading, on stderr.

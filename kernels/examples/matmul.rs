@@ -1,0 +1,38 @@
+//! Products per second for one quantized matrix against `n` activation rows (n = 1 is a
+//! decode step, n > 1 a prefill batch), on the threads `CANDLE_NUM_THREADS` gives the pool:
+//! `CANDLE_NUM_THREADS=1 cargo run --release -p rapid-kernels --example matmul [format rows cols n]`,
+//! format one of q4_1 q5_0 q8_0. For checking kernel speed and scaling.
+use rapid_kernels::{Format, Q8Rows, QuantMatrix};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let format = match args.first().map(String::as_str).unwrap_or("q4_1") {
+        "q5_0" => Format::Q5_0,
+        "q8_0" => Format::Q8_0,
+        _ => Format::Q4_1,
+    };
+    let num = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let (rows, cols, n) = (num(1, 1536), num(2, 576), num(3, 1));
+    let data: Vec<u8> = (0..rows * cols / 32 * format.block_bytes())
+        .map(|i| {
+            // Keep f16 scales small and finite: the first two bytes of each block.
+            if i % format.block_bytes() < 4 { 0x10 } else { (i * 7 % 251) as u8 }
+        })
+        .collect();
+    let matrix = QuantMatrix::new(format, rows, cols, data).expect("matrix");
+    let x: Vec<f32> = (0..cols * n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let acts = Q8Rows::quantize(&x, cols).expect("acts");
+    let mut out = vec![0f32; rows * n];
+    let reps = (2_000_000_000 / (rows * cols * n)).max(3);
+    let start = std::time::Instant::now();
+    for _ in 0..reps {
+        matrix.matmul(&acts, &mut out).expect("matmul");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{format:?} {rows}x{cols} x {n} rows on {} threads: {:.1} us per product, {:.1} GMAC/s",
+        rapid_kernels::threads::available(),
+        secs / reps as f64 * 1e6,
+        (rows * cols * n) as f64 * reps as f64 / secs / 1e9
+    );
+}
