@@ -341,11 +341,8 @@ mod tests {
         }
     }
 
-    /// What the engine relies on for chunked prefill: a batch of queries gives bit-identical
-    /// rows to the same queries in smaller batches (of at least two: a single query takes
-    /// llama.cpp's decode-step order, [`dot_step64`]).
-    #[test]
-    fn batched_rows_equal_rows_of_smaller_batches_exactly() {
+    /// 40 queries of 4 heads over 2 key/value heads of 64, attended in one batch.
+    fn batched_case() -> (AttentionShape, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
         let (heads, kv_heads, d, t, stride) = (4, 2, 64, 40, 64);
         let k = values(kv_heads * stride * d, 5);
         let v = values(kv_heads * stride * d, 6);
@@ -354,6 +351,16 @@ mod tests {
             AttentionShape { heads, kv_heads, head_dim: d, kv_stride: stride, past: 0, window: None, scale: 0.2 };
         let mut batched = vec![0.0; q.len()];
         attend(&q, &k, &v, &shape, &mut batched).expect("attends");
+        (shape, q, k, v, batched)
+    }
+
+    /// What the engine relies on for chunked prefill: a batch of queries gives bit-identical
+    /// rows to the same queries in smaller batches (of at least two: a single query takes
+    /// llama.cpp's decode-step order, [`dot_step64`]).
+    #[test]
+    fn batched_rows_equal_rows_of_smaller_batches_exactly() {
+        let (shape, q, k, v, batched) = batched_case();
+        let (heads, d, t) = (shape.heads, shape.head_dim, q.len() / (shape.heads * shape.head_dim));
         for start in (0..t).step_by(2) {
             let rows = 2;
             let part: Vec<f32> = (0..heads).flat_map(|h| q[(h * t + start) * d..][..rows * d].to_vec()).collect();
@@ -367,14 +374,8 @@ mod tests {
     /// the two agree to rounding, not bit for bit.
     #[test]
     fn a_single_query_agrees_with_its_batched_row_to_rounding() {
-        let (heads, kv_heads, d, t, stride) = (4, 2, 64, 40, 64);
-        let k = values(kv_heads * stride * d, 5);
-        let v = values(kv_heads * stride * d, 6);
-        let q = values(heads * t * d, 7);
-        let shape =
-            AttentionShape { heads, kv_heads, head_dim: d, kv_stride: stride, past: 0, window: None, scale: 0.2 };
-        let mut batched = vec![0.0; q.len()];
-        attend(&q, &k, &v, &shape, &mut batched).expect("attends");
+        let (shape, q, k, v, batched) = batched_case();
+        let (heads, d, t) = (shape.heads, shape.head_dim, q.len() / (shape.heads * shape.head_dim));
         let i = t - 1;
         let one: Vec<f32> = (0..heads).flat_map(|h| q[(h * t + i) * d..][..d].to_vec()).collect();
         let mut out = vec![0.0; heads * d];
