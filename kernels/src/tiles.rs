@@ -1,0 +1,253 @@
+//! Weights interleaved 16 rows at a time, for AVX-512 VNNI: one `vpdpbusd` on a 512-bit
+//! register multiplies 4 values of 16 rows at once, where the row-major kernels spend a
+//! register's worth of work on one row. The arithmetic stays llama.cpp's exactly: per row
+//! and block, lane `g` holds the integer sum of values `4g..4g+4`, scaled into its own f32
+//! accumulator with one fused multiply-add per block, and the 8 lanes are reduced as
+//! `hsum_float_8` (plus, for Q4_1, the offsets `Σ m·s` summed on the side): the numbers of
+//! ggml's `vec_dot_*` (and tinyBLAS) for these formats.
+//!
+//! A tile-block (16 rows, 32 values) takes the bytes of the 16 blocks it replaces: the 16
+//! f16 scales (Q4_1: then the 16 f16 minimums); then the codes, 64 bytes per register:
+//! - Q5_0: 4 x 64 bytes of nibbles, part `p` holding bytes `4p..4p+4` of every row's block
+//!   (low nibbles: values `4p..`, high nibbles: values `16+4p..`), then the 16 rows' 32-bit
+//!   high-bit masks;
+//! - Q4_1: the 4 nibble parts as for Q5_0;
+//! - Q8_0: 8 x 64 bytes, group `g` holding values `4g..4g+4` of every row, stored `+128` so
+//!   that they are unsigned.
+
+use crate::{Act, Format, QK};
+
+/// Rows interleaved per tile.
+pub const TILE: usize = 16;
+
+fn tile_block(format: Format) -> usize {
+    TILE * format.block_bytes()
+}
+
+/// Whether this CPU runs the tiled kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::env::var("RAPID_HOST_NO_TILES").map_or(true, |v| v.is_empty() || v == "0")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Where byte `j` of row `r`'s block lives in a tile-block, for each format (the inverse
+/// of [`row`]).
+fn position(format: Format, r: usize, j: usize) -> usize {
+    match format {
+        // d | qh[4] | qs[16]
+        Format::Q5_0 => match j {
+            0 | 1 => 2 * r + j,
+            2..=5 => 288 + 4 * r + (j - 2),
+            _ => 32 + ((j - 6) / 4) * 64 + 4 * r + (j - 6) % 4,
+        },
+        // d | m | qs[16]
+        Format::Q4_1 => match j {
+            0 | 1 => 2 * r + j,
+            2 | 3 => 32 + 2 * r + (j - 2),
+            _ => 64 + ((j - 4) / 4) * 64 + 4 * r + (j - 4) % 4,
+        },
+        // d | qs[32]
+        Format::Q8_0 => match j {
+            0 | 1 => 2 * r + j,
+            _ => 32 + ((j - 2) / 4) * 64 + 4 * r + (j - 2) % 4,
+        },
+    }
+}
+
+/// Q8_0 codes are stored `+128` (unsigned); the other bytes as they are.
+fn stored(format: Format, j: usize, byte: u8) -> u8 {
+    if format == Format::Q8_0 && j >= 2 { byte ^ 0x80 } else { byte }
+}
+
+/// Row-major blocks (`rows` a multiple of 16) put in tile order, in place: tile `t` takes
+/// the same bytes as rows `16t..16t+16` did, so one tile's worth of scratch suffices (a
+/// second copy of a 178 MB embedding table would show in the peak memory).
+pub(crate) fn interleave(format: Format, data: &mut [u8], rows: usize, cols: usize) {
+    let (blocks, bytes, tb) = (cols / QK, format.block_bytes(), tile_block(format));
+    let mut rows_of_tile = vec![0u8; tb * blocks];
+    for t in 0..rows / TILE {
+        let region = &mut data[t * tb * blocks..(t + 1) * tb * blocks];
+        rows_of_tile.copy_from_slice(region);
+        for b in 0..blocks {
+            let tile = &mut region[b * tb..][..tb];
+            for r in 0..TILE {
+                let src = &rows_of_tile[(r * blocks + b) * bytes..][..bytes];
+                for (j, &byte) in src.iter().enumerate() {
+                    tile[position(format, r, j)] = stored(format, j, byte);
+                }
+            }
+        }
+    }
+}
+
+/// Row `o`'s blocks back in GGUF order, from tile order.
+pub(crate) fn row(format: Format, tiles: &[u8], o: usize, cols: usize) -> Vec<u8> {
+    let (blocks, bytes, tb) = (cols / QK, format.block_bytes(), tile_block(format));
+    let (t, r) = (o / TILE, o % TILE);
+    let mut out = vec![0u8; blocks * bytes];
+    for b in 0..blocks {
+        let tile = &tiles[(t * blocks + b) * tb..][..tb];
+        for (j, byte) in out[b * bytes..][..bytes].iter_mut().enumerate() {
+            *byte = stored(format, j, tile[position(format, r, j)]);
+        }
+    }
+    out
+}
+
+/// `out[i * x.len() + k] = Σ w[t*16 + i] · x[k]` for tile `t` (`out` feature-major, 16 x
+/// `x.len()`). Only where [`available`] says so.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dot_tile(
+    format: Format,
+    tiles: &[u8],
+    t: usize,
+    blocks: usize,
+    x: &[Act<'_>],
+    sums: &[&[i32]],
+    out: &mut [f32],
+) {
+    let tb = tile_block(format);
+    assert!(sums.len() == x.len() && out.len() == TILE * x.len() && available());
+    assert!(tiles.len() >= (t + 1) * blocks * tb);
+    for (a, s) in x.iter().zip(sums) {
+        assert!(a.qs.len() >= blocks * QK && a.d.len() >= blocks && a.s.len() >= blocks && s.len() >= blocks * 8);
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `available` checked the CPU; the asserts above bound every load.
+    unsafe {
+        let tiles = &tiles[t * blocks * tb..][..blocks * tb];
+        match format {
+            Format::Q5_0 => avx512::dot_tile::<0>(tiles, blocks, x, sums, out),
+            Format::Q4_1 => avx512::dot_tile::<1>(tiles, blocks, x, sums, out),
+            Format::Q8_0 => avx512::dot_tile::<2>(tiles, blocks, x, sums, out),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Act, QK, TILE};
+    use std::arch::x86_64::*;
+
+    /// `F`: 0 = Q5_0, 1 = Q4_1, 2 = Q8_0.
+    const fn tile_block<const F: u8>() -> usize {
+        TILE * [22, 20, 34][F as usize]
+    }
+
+    /// Unsigned codes of one tile-block as 8 registers (values `4g..4g+4` of 16 rows), the
+    /// 16 f32 scales, and (Q4_1) the 16 f32 minimums.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn unpack<const F: u8>(tile: *const u8) -> ([__m512i; 8], __m512, __m512) {
+        // SAFETY: the caller points at one tile-block.
+        unsafe {
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.cast()));
+            if F == 2 {
+                let w = std::array::from_fn(|g| _mm512_loadu_si512(tile.add(32 + 64 * g).cast()));
+                return (w, d, _mm512_setzero_ps());
+            }
+            let low = _mm512_set1_epi8(0x0F);
+            let codes = if F == 1 { 64 } else { 32 };
+            let mut w = [_mm512_setzero_si512(); 8];
+            for p in 0..4 {
+                let nib = _mm512_loadu_si512(tile.add(codes + 64 * p).cast());
+                w[p] = _mm512_and_si512(nib, low);
+                w[p + 4] = _mm512_and_si512(_mm512_srli_epi16(nib, 4), low);
+            }
+            if F == 1 {
+                return (w, d, _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(32).cast())));
+            }
+            let spread = _mm512_set1_epi32(0x0020_4081);
+            let ones = _mm512_set1_epi32(0x0101_0101);
+            let nibble = _mm512_set1_epi32(0xF);
+            let qh = _mm512_loadu_si512(tile.add(288).cast());
+            for (g, wg) in w.iter_mut().enumerate() {
+                // Bits 4g..4g+4 of each row's mask to bit 4 of its 4 bytes (the multiply
+                // moves bit i to bit 8i; the shifted copies never overlap).
+                let bits = _mm512_and_si512(_mm512_srlv_epi32(qh, _mm512_set1_epi32(4 * g as i32)), nibble);
+                let spread = _mm512_and_si512(_mm512_mullo_epi32(bits, spread), ones);
+                *wg = _mm512_or_si512(*wg, _mm512_slli_epi32(spread, 4));
+            }
+            (w, d, _mm512_setzero_ps())
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn dot_tile<const F: u8>(
+        tiles: &[u8],
+        blocks: usize,
+        x: &[Act<'_>],
+        sums: &[&[i32]],
+        out: &mut [f32],
+    ) {
+        let tb = tile_block::<F>();
+        // The codes' offset: Q5_0 stores q in 0..32 for q − 16, Q8_0 q + 128 for q.
+        let offset: i32 = [-16, 0, -128][F as usize];
+        let n = x.len();
+        // SAFETY: the caller bounded `tiles`, `x` and `sums` for `blocks` blocks; the
+        // unpacked copy holds `blocks` entries.
+        unsafe {
+            // With more than one group of four rows, unpack the tile once and keep it.
+            let keep = n > 4;
+            let mut unpacked: Vec<([__m512i; 8], __m512, __m512)> = Vec::new();
+            if keep {
+                unpacked.reserve_exact(blocks);
+                for b in 0..blocks {
+                    unpacked.push(unpack::<F>(tiles.as_ptr().add(b * tb)));
+                }
+            }
+            for r0 in (0..n).step_by(4) {
+                let k = (n - r0).min(4);
+                let mut acc = [[_mm512_setzero_ps(); 8]; 4];
+                let mut offsets = [_mm512_setzero_ps(); 4];
+                for b in 0..blocks {
+                    let (w, d, m) = match unpacked.get(b) {
+                        Some(&kept) => kept,
+                        None => unpack::<F>(tiles.as_ptr().add(b * tb)),
+                    };
+                    for j in 0..k {
+                        let a = &x[r0 + j];
+                        let dd = _mm512_mul_ps(d, _mm512_set1_ps(a.d[b]));
+                        if F == 1 {
+                            // m·s added block by block, a product then a sum (no fusing).
+                            offsets[j] = _mm512_add_ps(offsets[j], _mm512_mul_ps(m, _mm512_set1_ps(a.s[b])));
+                        }
+                        let qs = a.qs.as_ptr().add(b * QK);
+                        let s = sums[r0 + j].as_ptr().add(b * 8);
+                        for g in 0..8 {
+                            // Σ q·x + offset·Σx: the signed codes' products, summed exactly.
+                            let init = _mm512_set1_epi32(offset * *s.add(g));
+                            let xg = _mm512_set1_epi32(std::ptr::read_unaligned(qs.add(4 * g).cast::<i32>()));
+                            let lanes = _mm512_dpbusd_epi32(init, w[g], xg);
+                            acc[j][g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(lanes), acc[j][g]);
+                        }
+                    }
+                }
+                for (j, acc) in acc.iter().enumerate().take(k) {
+                    // hsum_float_8, for 16 rows at once.
+                    let r: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(acc[4 + i], acc[i]));
+                    let mut total = _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]));
+                    if F == 1 {
+                        total = _mm512_add_ps(total, offsets[j]);
+                    }
+                    let mut lanes = [0f32; TILE];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), total);
+                    for (i, v) in lanes.iter().enumerate() {
+                        out[i * n + r0 + j] = *v;
+                    }
+                }
+            }
+        }
+    }
+}
