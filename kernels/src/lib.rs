@@ -243,34 +243,34 @@ impl QuantMatrix {
         Ok(())
     }
 
-    /// [`Self::matmul`] over 16-row tiles: a task per tile, four activation rows per pass.
+    /// [`Self::matmul`] over 16-row tiles: a task per tile, writing its 16 columns of every
+    /// activation row's output.
     fn matmul_tiled(&self, x: &Q8Rows, out: &mut [f32]) {
         let (n, bpr) = (x.rows, x.blocks_per_row);
         let act = |r: usize| {
             let blocks = r * bpr..(r + 1) * bpr;
             Act { d: &x.d[blocks.clone()], s: &x.s[blocks.clone()], qs: &x.qs[blocks.start * QK..blocks.end * QK] }
         };
-        let sums = |r: usize| &x.group_sums[r * bpr * 8..(r + 1) * bpr * 8];
         let acts: Vec<Act<'_>> = (0..n).map(act).collect();
-        let all_sums: Vec<&[i32]> = (0..n).map(sums).collect();
-        let tile = |t: usize, feature_major: &mut [f32]| {
-            tiles::dot_tile(self.format, &self.data, t, bpr, &acts, &all_sums, feature_major);
+        let sums: Vec<&[i32]> = (0..n).map(|r| &x.group_sums[r * bpr * 8..(r + 1) * bpr * 8]).collect();
+        let tile = |t: usize, strip: &mut threads::Strip<'_>| {
+            let mut buf = vec![0f32; n * tiles::TILE];
+            tiles::dot_tile(self.format, &self.data, t, bpr, &acts, &sums, &mut buf);
+            for (r, values) in buf.chunks_exact(tiles::TILE).enumerate() {
+                strip.row(r).copy_from_slice(values);
+            }
         };
-        let mut scratch = vec![0f32; out.len()];
         if n == 1 && (threads::available() == 1 || self.rows * self.cols < PARALLEL_MIN_WORK) {
-            scratch.chunks_exact_mut(tiles::TILE * n).enumerate().for_each(|(t, c)| tile(t, c));
-        } else {
-            threads::for_each_chunk(&mut scratch, tiles::TILE * n, tile);
-        }
-        if n == 1 {
-            out.copy_from_slice(&scratch);
+            let strips = self.rows / tiles::TILE;
+            // One thread: the same strips in order, without the pool.
+            let mut buf = vec![0f32; tiles::TILE];
+            for t in 0..strips {
+                tiles::dot_tile(self.format, &self.data, t, bpr, &acts, &sums, &mut buf);
+                out[t * tiles::TILE..(t + 1) * tiles::TILE].copy_from_slice(&buf);
+            }
             return;
         }
-        for (o, feature) in scratch.chunks_exact(n).enumerate() {
-            for (r, v) in feature.iter().enumerate() {
-                out[r * self.rows + o] = *v;
-            }
-        }
+        threads::for_each_strip(out, n, self.rows, tiles::TILE, tile);
     }
 
     /// Consecutive row ranges as matrices of their own (fused projections split apart).

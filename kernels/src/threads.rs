@@ -51,6 +51,53 @@ pub fn for_each_chunk<T: Send>(data: &mut [T], chunk_len: usize, f: impl Fn(usiz
     });
 }
 
+/// One column strip of a row-major matrix: `width` consecutive columns of every row.
+#[derive(Debug)]
+pub struct Strip<'a> {
+    base: *mut f32,
+    stride: usize,
+    col: usize,
+    width: usize,
+    rows: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl Strip<'_> {
+    /// Row `r`'s part of the strip.
+    pub fn row(&mut self, r: usize) -> &mut [f32] {
+        assert!(r < self.rows);
+        // SAFETY: `for_each_strip` hands each strip (a disjoint set of columns of `out`) to
+        // one task, and `r` is a row of `out`; the borrow of `self` keeps it unique here.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(r * self.stride + self.col), self.width) }
+    }
+}
+
+/// `f(index, strip)` for each `width`-column strip of `out` (`rows` x `stride`, row-major;
+/// `stride` a multiple of `width`), split across the pool in contiguous runs of strips.
+pub fn for_each_strip(
+    out: &mut [f32],
+    rows: usize,
+    stride: usize,
+    width: usize,
+    f: impl Fn(usize, &mut Strip<'_>) + Sync,
+) {
+    assert!(width > 0 && stride.is_multiple_of(width) && out.len() == rows * stride);
+    let strips = stride / width;
+    let base = Chunks(out.as_mut_ptr());
+    let base = &base;
+    let run = |i: usize| {
+        let mut strip = Strip { base: base.0, stride, col: i * width, width, rows, _out: std::marker::PhantomData };
+        f(i, &mut strip);
+    };
+    let pool = candle_core::utils::barrier_pool();
+    if strips <= 1 || pool.n_workers() == 0 {
+        (0..strips).for_each(run);
+        return;
+    }
+    let threads = pool.n_workers() + 1;
+    pool.execute(|tid| (strips * tid / threads..strips * (tid + 1) / threads).for_each(run));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +111,19 @@ mod tests {
             }
         });
         assert!(data.iter().enumerate().all(|(k, v)| *v == k + 1));
+    }
+
+    #[test]
+    fn every_strip_cell_is_written_once() {
+        let (rows, stride) = (7, 48);
+        let mut out = vec![0f32; rows * stride];
+        for_each_strip(&mut out, rows, stride, 16, |i, strip| {
+            for r in 0..rows {
+                for (c, v) in strip.row(r).iter_mut().enumerate() {
+                    *v += (r * stride + i * 16 + c) as f32;
+                }
+            }
+        });
+        assert!(out.iter().enumerate().all(|(k, v)| *v == k as f32));
     }
 }

@@ -106,8 +106,8 @@ pub(crate) fn row(format: Format, tiles: &[u8], o: usize, cols: usize) -> Vec<u8
     out
 }
 
-/// `out[i * x.len() + k] = Σ w[t*16 + i] · x[k]` for tile `t` (`out` feature-major, 16 x
-/// `x.len()`). Only where [`available`] says so.
+/// `out[k * 16 + i] = Σ w[t*16 + i] · x[k]` for tile `t` (`out`: `x.len()` x 16). Only
+/// where [`available`] says so.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn dot_tile(
     format: Format,
@@ -241,11 +241,7 @@ mod avx512 {
                     if F == 1 {
                         total = _mm512_add_ps(total, offsets[j]);
                     }
-                    let mut lanes = [0f32; TILE];
-                    _mm512_storeu_ps(lanes.as_mut_ptr(), total);
-                    for (i, v) in lanes.iter().enumerate() {
-                        out[i * n + r0 + j] = *v;
-                    }
+                    _mm512_storeu_ps(out[(r0 + j) * TILE..][..TILE].as_mut_ptr(), total);
                 }
             }
         }
