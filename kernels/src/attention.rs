@@ -89,15 +89,27 @@ pub fn attend<T: CacheValue>(
         )));
     }
     let group = heads / kv_heads;
+    // The visible cache as f32, widened once per key/value head rather than once per
+    // (query, head) pair that reads it.
+    let len = past + t;
+    let widen = |cache: &[T]| -> Vec<f32> {
+        let mut all = Vec::with_capacity(kv_heads * len * d);
+        let mut buf = Vec::new();
+        for kvh in 0..kv_heads {
+            all.extend_from_slice(T::widen(&cache[kvh * kv_stride * d..][..len * d], &mut buf));
+        }
+        all
+    };
+    let (k, v) = (widen(k), widen(v));
     // Output chunks of `head_dim` are the (query row, head) pairs in order.
     let pair = |index: usize, out_head: &mut [f32], scratch: &mut Scratch| {
         let (i, h) = (index / heads, index % heads);
         let pos = past + i;
         let first = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let kv = (h / group) * kv_stride * d;
+        let kv = (h / group) * len * d;
         let query = &q[(h * t + i) * d..][..d];
         let (keys, values) = (&k[kv..][..(pos + 1) * d], &v[kv..][..(pos + 1) * d]);
-        head(query, keys, values, first, shape.scale, t == 1, out_head, scratch);
+        head::<T>(query, keys, values, first, shape.scale, t == 1, out_head, scratch);
     };
     let work = t * heads * (past + t) * d;
     if work < PARALLEL_MIN_WORK || crate::threads::available() == 1 {
@@ -124,7 +136,6 @@ struct Scratch {
     lanes: Vec<f32>,
     folded: Vec<f32>,
     red: Vec<f32>,
-    row: Vec<f32>,
 }
 
 /// One head of one query: softmax(q·K · scale) V over positions `first..keys.len() / d`.
@@ -146,8 +157,8 @@ struct Scratch {
 #[allow(clippy::too_many_arguments)]
 fn head<T: CacheValue>(
     query: &[f32],
-    keys: &[T],
-    values: &[T],
+    keys: &[f32],
+    values: &[f32],
     first: usize,
     scale: f32,
     single_query: bool,
@@ -161,7 +172,6 @@ fn head<T: CacheValue>(
     s.weights.clear();
     let mut max = f32::NEG_INFINITY;
     for key in keys[first * d..].chunks_exact(d) {
-        let key = T::widen(key, &mut s.row);
         let score = if single_query { dot_step64(&s.query, key) } else { dot(&s.query, key) } * scale;
         max = max.max(score);
         s.weights.push(score);
@@ -187,7 +197,7 @@ fn head<T: CacheValue>(
     s.lanes.resize(lanes * d, 0.0);
     for j in first..visible {
         let w = s.weights[j - first];
-        let value = T::widen(&values[j * d..][..d], &mut s.row);
+        let value = &values[j * d..][..d];
         let acc = &mut s.lanes[(j % lanes) * d..][..d];
         for (a, x) in acc.iter_mut().zip(value) {
             *a = w.mul_add(*x, *a);
