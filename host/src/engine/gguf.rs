@@ -9,6 +9,15 @@ use candle_core::quantized::{QTensor, gguf_file};
 
 use super::EngineError;
 
+/// A matrix as its GGUF blocks: `rows` (output features) of `cols` values.
+#[derive(Debug)]
+pub struct RawTensor {
+    pub dtype: candle_core::quantized::GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<u8>,
+}
+
 #[allow(missing_debug_implementations)]
 pub struct GgufFile {
     pub path: PathBuf,
@@ -94,11 +103,43 @@ impl GgufFile {
         values.iter().map(|v| v.to_f32().map_err(|e| EngineError::Metadata(e.to_string()))).collect()
     }
 
+    /// Frees the vocabulary arrays (`tokenizer.ggml.tokens`, `.scores`, `.merges`, ...) once
+    /// the tokenizer is built from them: for gemma's 262k-token vocabulary tens of MB that
+    /// would otherwise stay resident while the weights load.
+    pub fn drop_vocabulary(&mut self) {
+        self.content
+            .metadata
+            .retain(|key, value| !(key.starts_with("tokenizer.ggml.") && matches!(value, gguf_file::Value::Array(_))));
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
 
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor, EngineError> {
         Ok(self.content.tensor(&mut self.reader, name, device)?)
+    }
+
+    /// A matrix's raw GGUF blocks, read straight from the file: for weights our own kernels
+    /// hold, without a Candle tensor (and a second copy) between.
+    pub fn raw_tensor(&mut self, name: &str) -> Result<RawTensor, EngineError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| EngineError::Metadata(format!("tensor `{name}` is missing")))?;
+        let dims = info.shape.dims2().map_err(|_| EngineError::Metadata(format!("tensor `{name}` is not a matrix")))?;
+        let dtype = info.ggml_dtype;
+        let elements = info.shape.elem_count();
+        if !elements.is_multiple_of(dtype.block_size()) {
+            return Err(EngineError::Metadata(format!("tensor `{name}` does not fill its {dtype:?} blocks")));
+        }
+        let bytes = elements / dtype.block_size() * dtype.type_size();
+        let start = self.content.tensor_data_offset + info.offset;
+        let mut data = vec![0u8; bytes];
+        self.reader.seek(SeekFrom::Start(start)).map_err(|e| EngineError::Metadata(format!("{name}: {e}")))?;
+        self.reader.read_exact(&mut data).map_err(|e| EngineError::Metadata(format!("{name}: {e}")))?;
+        Ok(RawTensor { dtype, rows: dims.0, cols: dims.1, data })
     }
 }

@@ -141,6 +141,7 @@ impl Engine {
         let arch = gguf.architecture()?;
         let tokenizer = ModelTokenizer::from_gguf(&gguf)?;
         let template = ChatTemplate::from_gguf(&gguf, &arch, &tokenizer)?;
+        gguf.drop_vocabulary();
         let model = models::load(&arch, &mut gguf, &device, progress)?;
         Ok(Self { model, tokenizer, template, arch, device, grammar: std::sync::OnceLock::new() })
     }

@@ -103,9 +103,9 @@ impl Gemma3 {
         let dense = |gguf: &mut GgufFile, name: &str| -> std::result::Result<Tensor, EngineError> {
             Ok(gguf.tensor(name, device)?.dequantize(device)?)
         };
-        let embeddings = TokenTable::new(gguf.tensor("token_embd.weight", device)?)?;
+        let embeddings = TokenTable::load(gguf, "token_embd.weight", device)?;
         let output = if gguf.has_tensor("output.weight") {
-            QLinear::from_qtensor(gguf.tensor("output.weight", device)?)?
+            QLinear::load(gguf, "output.weight", device)?
         } else {
             embeddings.tied_head()?
         };
@@ -114,7 +114,7 @@ impl Gemma3 {
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let mut q = |name: &str| -> std::result::Result<QLinear, EngineError> {
-                Ok(QLinear::from_qtensor(gguf.tensor(&format!("blk.{i}.{name}.weight"), device)?)?)
+                QLinear::load(gguf, &format!("blk.{i}.{name}.weight"), device)
             };
             let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
             let (w_gate, w_up, w_down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);

@@ -56,6 +56,14 @@ pub enum TokenTable {
 }
 
 impl TokenTable {
+    /// The GGUF tensor `name`, read straight into our blocks where a kernel of ours runs it.
+    pub fn load(gguf: &mut GgufFile, name: &str, device: &Device) -> std::result::Result<Self, EngineError> {
+        if let Some(matrix) = QLinear::raw_blocks(gguf, name, device)? {
+            return Ok(Self::Blocks(Arc::new(matrix)));
+        }
+        Ok(Self::new(gguf.tensor(name, device)?)?)
+    }
+
     pub fn new(tensor: QTensor) -> Result<Self> {
         Ok(match QLinear::blocks(&tensor)? {
             Some(matrix) => Self::Blocks(Arc::new(matrix)),
@@ -90,6 +98,36 @@ impl TokenTable {
 }
 
 impl QLinear {
+    /// The GGUF tensor `name`: read straight into our blocks where a kernel of ours runs
+    /// it (one copy of the weights, not Candle's and ours), else as Candle's `QMatMul`.
+    pub fn load(gguf: &mut GgufFile, name: &str, device: &Device) -> std::result::Result<Self, EngineError> {
+        if let Some(matrix) = Self::raw_blocks(gguf, name, device)? {
+            return Ok(Self::Blocks(Arc::new(matrix)));
+        }
+        Ok(Self::from_qtensor(gguf.tensor(name, device)?)?)
+    }
+
+    fn raw_blocks(
+        gguf: &mut GgufFile,
+        name: &str,
+        device: &Device,
+    ) -> std::result::Result<Option<QuantMatrix>, EngineError> {
+        let Some(info) = gguf.content.tensor_infos.get(name) else {
+            return Err(EngineError::Metadata(format!("tensor `{name}` is missing")));
+        };
+        let format = ours(info.ggml_dtype);
+        if format.is_none() || !device.is_cpu() || info.shape.dims2().is_err() {
+            return Ok(None);
+        }
+        let super::gguf::RawTensor { rows, cols, data, .. } = gguf.raw_tensor(name)?;
+        match format {
+            Some(format) if cols.is_multiple_of(rapid_kernels::QK) => QuantMatrix::new(format, rows, cols, data)
+                .map(Some)
+                .map_err(|e| EngineError::Metadata(format!("{name}: {e}"))),
+            _ => Ok(None),
+        }
+    }
+
     pub fn from_qtensor(tensor: QTensor) -> Result<Self> {
         match Self::blocks(&tensor)? {
             Some(matrix) => Ok(Self::Blocks(Arc::new(matrix))),
@@ -99,14 +137,7 @@ impl QLinear {
 
     /// The tensor's blocks for our kernels, when its format has one on this device.
     fn blocks(tensor: &QTensor) -> Result<Option<QuantMatrix>> {
-        let format = match tensor.dtype() {
-            GgmlDType::Q4_1 => Some(Format::Q4_1),
-            GgmlDType::Q5_0 => Some(Format::Q5_0),
-            GgmlDType::Q8_0 => Some(Format::Q8_0),
-            _ => None,
-        };
-        // RAPID_HOST_CANDLE_KERNELS=1 runs Candle's kernels everywhere (A/B comparisons).
-        let format = format.filter(|_| std::env::var_os("RAPID_HOST_CANDLE_KERNELS").is_none());
+        let format = ours(tensor.dtype());
         match (format, tensor.device().is_cpu(), tensor.shape().dims2()) {
             (Some(format), true, Ok((rows, cols))) if cols.is_multiple_of(rapid_kernels::QK) => {
                 let data = tensor.data()?.into_owned();
@@ -122,6 +153,18 @@ impl QLinear {
             Self::Blocks(m) => packed_matmul(m, x),
         }
     }
+}
+
+/// The block formats our kernels run; none when `RAPID_HOST_CANDLE_KERNELS=1` asks for
+/// Candle's everywhere (A/B comparisons).
+fn ours(dtype: GgmlDType) -> Option<Format> {
+    let format = match dtype {
+        GgmlDType::Q4_1 => Some(Format::Q4_1),
+        GgmlDType::Q5_0 => Some(Format::Q5_0),
+        GgmlDType::Q8_0 => Some(Format::Q8_0),
+        _ => None,
+    };
+    format.filter(|_| std::env::var_os("RAPID_HOST_CANDLE_KERNELS").is_none())
 }
 
 /// `x · Wᵀ` for a packed matrix: activations quantized to 8 bits per block, as llama.cpp.
