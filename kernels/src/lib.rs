@@ -209,37 +209,53 @@ impl QuantMatrix {
             });
             return Ok(());
         }
-        // Feature-major scratch, so each task owns a contiguous slice, then transpose. Four
-        // activation rows share each unpacked weight block.
+        // A task per strip of ROWS_PER_TASK output features, written straight into `out`
+        // (the last strip may be narrower). Four activation rows share each unpacked block.
         let act = |r: usize| {
             let blocks = r * x.blocks_per_row..(r + 1) * x.blocks_per_row;
             Act { d: &x.d[blocks.clone()], s: &x.s[blocks.clone()], qs: &x.qs[blocks.start * QK..blocks.end * QK] }
         };
-        let mut scratch = vec![0f32; out.len()];
-        threads::for_each_chunk(&mut scratch, ROWS_PER_TASK * n, |task, chunk| {
-            for (i, feature) in chunk.chunks_exact_mut(n).enumerate() {
-                let o = task * ROWS_PER_TASK + i;
+        let features = |o0: usize, width: usize, put: &mut dyn FnMut(usize, usize, f32)| {
+            for i in 0..width {
+                let o = o0 + i;
+                let row = self.row(o);
                 let mut r = 0;
                 while r + 4 <= n {
                     let acts = [act(r), act(r + 1), act(r + 2), act(r + 3)];
                     let dots = match self.format {
-                        Format::Q4_1 => dot4_q4_1(&self.row(o), &acts),
-                        Format::Q5_0 => dot4_q5_0(&self.row(o), &acts),
-                        Format::Q8_0 => dot4_q8_0(&self.row(o), &acts),
+                        Format::Q4_1 => dot4_q4_1(&row, &acts),
+                        Format::Q5_0 => dot4_q5_0(&row, &acts),
+                        Format::Q8_0 => dot4_q8_0(&row, &acts),
                     };
-                    feature[r..r + 4].copy_from_slice(&dots);
+                    for (j, v) in dots.into_iter().enumerate() {
+                        put(r + j, i, v);
+                    }
                     r += 4;
                 }
-                for (rr, v) in feature.iter_mut().enumerate().skip(r) {
-                    *v = dot(o, rr);
+                for rr in r..n {
+                    put(rr, i, dot(o, rr));
                 }
             }
-        });
-        for (o, feature) in scratch.chunks_exact(n).enumerate() {
-            for (r, v) in feature.iter().enumerate() {
-                out[r * self.rows + o] = *v;
+        };
+        let full = self.rows - self.rows % ROWS_PER_TASK;
+        if full == self.rows {
+            threads::for_each_strip(out, n, full, ROWS_PER_TASK, |t, strip| {
+                features(t * ROWS_PER_TASK, ROWS_PER_TASK, &mut |r, i, v| strip.row(r)[i] = v);
+            });
+            return Ok(());
+        }
+        if full > 0 {
+            // `out` is n x rows; the strips cover the first `full` columns.
+            let mut head = vec![0f32; n * full];
+            threads::for_each_strip(&mut head, n, full, ROWS_PER_TASK, |t, strip| {
+                features(t * ROWS_PER_TASK, ROWS_PER_TASK, &mut |r, i, v| strip.row(r)[i] = v);
+            });
+            for (r, values) in head.chunks_exact(full).enumerate() {
+                out[r * self.rows..r * self.rows + full].copy_from_slice(values);
             }
         }
+        let rows = self.rows;
+        features(full, rows - full, &mut |r, i, v| out[r * rows + full + i] = v);
         Ok(())
     }
 
