@@ -1,17 +1,54 @@
 //! Products per second for one quantized matrix against `n` activation rows (n = 1 is a
 //! decode step, n > 1 a prefill batch), on the threads `CANDLE_NUM_THREADS` gives the pool:
 //! `CANDLE_NUM_THREADS=1 cargo run --release -p rapid-kernels --example matmul [format rows cols n]`,
-//! format one of q4_1 q5_0 q8_0. For checking kernel speed and scaling.
+//! format one of q4_1 q5_0 q8_0 q4_k q6_k. For checking kernel speed and scaling.
+use rapid_kernels::kquants::{KFormat, KMatrix, Q8KRows};
 use rapid_kernels::{Format, Q8Rows, QuantMatrix};
+
+/// A K-quant matrix's products per second (the tiled kernels: CPUs with AVX-512 VNNI).
+fn kquant(format: KFormat, rows: usize, cols: usize, n: usize) {
+    let data: Vec<u8> = (0..rows * cols / 256 * format.block_bytes())
+        .map(|i| {
+            // Keep the f16 scales small and finite (Q4_K: the first 4 bytes; Q6_K: the last 2).
+            let at = i % format.block_bytes();
+            let scale = if format == KFormat::Q4K { at < 4 } else { at >= 208 };
+            if scale { 0x10 } else { (i * 7 % 251) as u8 }
+        })
+        .collect();
+    let Some(matrix) = KMatrix::new(format, rows, cols, &data).expect("matrix") else {
+        println!("{format:?}: no tiled kernel on this CPU");
+        return;
+    };
+    let x: Vec<f32> = (0..cols * n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let acts = Q8KRows::quantize(&x, cols).expect("acts");
+    let mut out = vec![0f32; rows * n];
+    let reps = (2_000_000_000 / (rows * cols * n)).max(3);
+    let start = std::time::Instant::now();
+    for _ in 0..reps {
+        matrix.matmul(&acts, &mut out).expect("matmul");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{format:?} {rows}x{cols} x {n} rows on {} threads: {:.1} us per product, {:.1} GMAC/s",
+        rapid_kernels::threads::available(),
+        secs / reps as f64 * 1e6,
+        (rows * cols * n) as f64 * reps as f64 / secs / 1e9
+    );
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    match args.first().map(String::as_str) {
+        Some("q4_k") => return kquant(KFormat::Q4K, num(1, 640), num(2, 2048), num(3, 1)),
+        Some("q6_k") => return kquant(KFormat::Q6K, num(1, 640), num(2, 2048), num(3, 1)),
+        _ => {}
+    }
     let format = match args.first().map(String::as_str).unwrap_or("q4_1") {
         "q5_0" => Format::Q5_0,
         "q8_0" => Format::Q8_0,
         _ => Format::Q4_1,
     };
-    let num = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (rows, cols, n) = (num(1, 1536), num(2, 576), num(3, 1));
     let data: Vec<u8> = (0..rows * cols / 32 * format.block_bytes())
         .map(|i| {

@@ -19,6 +19,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod kquants;
 pub mod threads;
 pub mod tiles;
 

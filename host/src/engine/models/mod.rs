@@ -45,6 +45,8 @@ pub fn load(
 pub enum QLinear {
     Candle(QMatMul),
     Blocks(Arc<QuantMatrix>),
+    /// Q4_K / Q6_K in 16-row tiles (CPUs with AVX-512 VNNI; Candle's kernels elsewhere).
+    KQuant(Arc<rapid_kernels::kquants::KMatrix>),
 }
 
 /// The token embedding table, which a tied output head shares: held once, in our blocks
@@ -104,7 +106,32 @@ impl QLinear {
         if let Some(matrix) = Self::raw_blocks(gguf, name, device)? {
             return Ok(Self::Blocks(Arc::new(matrix)));
         }
+        if let Some(matrix) = Self::raw_kquant(gguf, name, device)? {
+            return Ok(Self::KQuant(Arc::new(matrix)));
+        }
         Ok(Self::from_qtensor(gguf.tensor(name, device)?)?)
+    }
+
+    fn raw_kquant(
+        gguf: &mut GgufFile,
+        name: &str,
+        device: &Device,
+    ) -> std::result::Result<Option<rapid_kernels::kquants::KMatrix>, EngineError> {
+        use rapid_kernels::kquants::{KFormat, KMatrix};
+        let Some(info) = gguf.content.tensor_infos.get(name) else {
+            return Err(EngineError::Metadata(format!("tensor `{name}` is missing")));
+        };
+        let format = match info.ggml_dtype {
+            GgmlDType::Q4K => KFormat::Q4K,
+            GgmlDType::Q6K => KFormat::Q6K,
+            _ => return Ok(None),
+        };
+        let tiled = rapid_kernels::tiles::available() && std::env::var_os("RAPID_HOST_CANDLE_KERNELS").is_none();
+        if !tiled || !device.is_cpu() || info.shape.dims2().is_err() {
+            return Ok(None);
+        }
+        let super::gguf::RawTensor { rows, cols, data, .. } = gguf.raw_tensor(name)?;
+        KMatrix::new(format, rows, cols, &data).map_err(|e| EngineError::Metadata(format!("{name}: {e}")))
     }
 
     fn raw_blocks(
@@ -151,6 +178,18 @@ impl QLinear {
         match self {
             Self::Candle(m) => m.forward(x),
             Self::Blocks(m) => packed_matmul(m, x),
+            Self::KQuant(m) => {
+                let mut dims = x.dims().to_vec();
+                let values: Vec<f32> = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                let acts =
+                    rapid_kernels::kquants::Q8KRows::quantize(&values, m.cols()).map_err(candle_core::Error::wrap)?;
+                let mut out = vec![0f32; acts.rows() * m.rows()];
+                m.matmul(&acts, &mut out).map_err(candle_core::Error::wrap)?;
+                if let Some(last) = dims.last_mut() {
+                    *last = m.rows();
+                }
+                Tensor::from_vec(out, dims, x.device())
+            }
         }
     }
 }
