@@ -88,19 +88,34 @@ pub fn attend<T: CacheValue>(
             out.len()
         )));
     }
-    let group = heads / kv_heads;
     // The visible cache as f32, widened once per key/value head rather than once per
-    // (query, head) pair that reads it.
+    // (query, head) pair that reads it, into buffers kept across calls (fresh ones of this
+    // size would be page-faulted in on every decode step).
     let len = past + t;
-    let widen = |cache: &[T]| -> Vec<f32> {
-        let mut all = Vec::with_capacity(kv_heads * len * d);
-        let mut buf = Vec::new();
-        for kvh in 0..kv_heads {
-            all.extend_from_slice(T::widen(&cache[kvh * kv_stride * d..][..len * d], &mut buf));
-        }
-        all
-    };
-    let (k, v) = (widen(k), widen(v));
+    thread_local! {
+        static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const {
+            std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new()))
+        };
+    }
+    WIDE.with_borrow_mut(|(wk, wv, buf)| {
+        let mut widen = |cache: &[T], all: &mut Vec<f32>| {
+            all.clear();
+            for kvh in 0..kv_heads {
+                all.extend_from_slice(T::widen(&cache[kvh * kv_stride * d..][..len * d], buf));
+            }
+        };
+        widen(k, wk);
+        widen(v, wv);
+        attend_wide::<T>(q, wk, wv, shape, t, out);
+    });
+    Ok(())
+}
+
+/// [`attend`] over the widened cache: `k`, `v` are `[kv_heads, past + t, head_dim]` f32.
+fn attend_wide<T: CacheValue>(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, t: usize, out: &mut [f32]) {
+    let AttentionShape { heads, kv_heads, head_dim: d, past, .. } = *shape;
+    let group = heads / kv_heads;
+    let len = past + t;
     // Output chunks of `head_dim` are the (query row, head) pairs in order.
     let pair = |index: usize, out_head: &mut [f32], scratch: &mut Scratch| {
         let (i, h) = (index / heads, index % heads);
@@ -125,7 +140,6 @@ pub fn attend<T: CacheValue>(
             }
         });
     }
-    Ok(())
 }
 
 #[derive(Default)]
