@@ -305,45 +305,46 @@ mod avx512 {
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.cast()));
                 let mut total = [_mm512_setzero_si512(); 4];
                 for h in 0..2 {
-                    // Sub-blocks of 16: values 128h + 32q + l sit in sub-block 8h + 2q + l/16.
-                    let mut sums = [[_mm512_setzero_si512(); 8]; 4];
-                    for g in 0..8 {
-                        let at = tile.add(288 + (h * 8 + g) * 192);
-                        let (qa, qb) = (_mm512_loadu_si512(at.cast()), _mm512_loadu_si512(at.add(64).cast()));
-                        let qh = _mm512_loadu_si512(at.add(128).cast());
-                        let high = |shift: u32| {
-                            let bits = match shift {
-                                0 => qh,
-                                2 => _mm512_srli_epi16(qh, 2),
-                                4 => _mm512_srli_epi16(qh, 4),
-                                _ => _mm512_srli_epi16(qh, 6),
+                    // Values 128h + 32q + l sit in sub-block 8h + 2q + l/16: groups g < 4 feed
+                    // the even sub-blocks, g >= 4 the odd ones, so 4 sums per row are live.
+                    for part in 0..2 {
+                        let mut sums = [[_mm512_setzero_si512(); 4]; 4];
+                        for g in 4 * part..4 * part + 4 {
+                            let at = tile.add(288 + (h * 8 + g) * 192);
+                            let (qa, qb) = (_mm512_loadu_si512(at.cast()), _mm512_loadu_si512(at.add(64).cast()));
+                            let qh = _mm512_loadu_si512(at.add(128).cast());
+                            let high = |shift: u32| {
+                                let bits = match shift {
+                                    0 => qh,
+                                    2 => _mm512_srli_epi16(qh, 2),
+                                    4 => _mm512_srli_epi16(qh, 4),
+                                    _ => _mm512_srli_epi16(qh, 6),
+                                };
+                                _mm512_slli_epi16(_mm512_and_si512(bits, two), 4)
                             };
-                            _mm512_slli_epi16(_mm512_and_si512(bits, two), 4)
-                        };
-                        let v = [
-                            _mm512_or_si512(_mm512_and_si512(qa, low), high(0)),
-                            _mm512_or_si512(_mm512_and_si512(qb, low), high(2)),
-                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qa, 4), low), high(4)),
-                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qb, 4), low), high(6)),
-                        ];
-                        let half_sub = g / 4;
-                        for i in 0..k {
-                            let qs = x.qs.as_ptr().add(((r0 + i) * blocks + b) * QK_K + 128 * h + 4 * g);
-                            for (q, vq) in v.iter().enumerate() {
-                                let xq = _mm512_set1_epi32(std::ptr::read_unaligned(qs.add(32 * q).cast::<i32>()));
-                                let s = 2 * q + half_sub;
-                                sums[i][s] = _mm512_dpbusd_epi32(sums[i][s], *vq, xq);
+                            let v = [
+                                _mm512_or_si512(_mm512_and_si512(qa, low), high(0)),
+                                _mm512_or_si512(_mm512_and_si512(qb, low), high(2)),
+                                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qa, 4), low), high(4)),
+                                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qb, 4), low), high(6)),
+                            ];
+                            for i in 0..k {
+                                let qs = x.qs.as_ptr().add(((r0 + i) * blocks + b) * QK_K + 128 * h + 4 * g);
+                                for (q, vq) in v.iter().enumerate() {
+                                    let xq = _mm512_set1_epi32(std::ptr::read_unaligned(qs.add(32 * q).cast::<i32>()));
+                                    sums[i][q] = _mm512_dpbusd_epi32(sums[i][q], *vq, xq);
+                                }
                             }
                         }
-                    }
-                    for s in 0..8 {
-                        let sub = 8 * h + s;
-                        let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(32 + sub * TILE).cast()));
-                        for i in 0..k {
-                            // Codes are q + 32: subtract 32 · Σx of the sub-block.
-                            let bsum = x.bsums[((r0 + i) * blocks + b) * 16 + sub];
-                            let exact = _mm512_sub_epi32(sums[i][s], _mm512_set1_epi32(32 * bsum));
-                            total[i] = _mm512_add_epi32(total[i], _mm512_mullo_epi32(exact, sc));
+                        for q in 0..4 {
+                            let sub = 8 * h + 2 * q + part;
+                            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(32 + sub * TILE).cast()));
+                            for i in 0..k {
+                                // Codes are q + 32: subtract 32 · Σx of the sub-block.
+                                let bsum = x.bsums[((r0 + i) * blocks + b) * 16 + sub];
+                                let exact = _mm512_sub_epi32(sums[i][q], _mm512_set1_epi32(32 * bsum));
+                                total[i] = _mm512_add_epi32(total[i], _mm512_mullo_epi32(exact, sc));
+                            }
                         }
                     }
                 }
