@@ -42,33 +42,36 @@ pub fn available() -> bool {
     }
 }
 
-/// Where byte `j` of row `r`'s block lives in a tile-block, for each format (the inverse
-/// of [`row`]).
-fn position(format: Format, r: usize, j: usize) -> usize {
+/// How a block's bytes spread over its tile-block: runs `(from, len, to, stride)` where
+/// row `r`'s bytes `from..from + len` go to `to + stride * r`.
+fn runs(format: Format) -> Vec<(usize, usize, usize, usize)> {
     match format {
         // d | qh[4] | qs[16]
-        Format::Q5_0 => match j {
-            0 | 1 => 2 * r + j,
-            2..=5 => 288 + 4 * r + (j - 2),
-            _ => 32 + ((j - 6) / 4) * 64 + 4 * r + (j - 6) % 4,
-        },
+        Format::Q5_0 => {
+            let mut runs = vec![(0, 2, 0, 2), (2, 4, 288, 4)];
+            runs.extend((0..4).map(|p| (6 + 4 * p, 4, 32 + 64 * p, 4)));
+            runs
+        }
         // d | m | qs[16]
-        Format::Q4_1 => match j {
-            0 | 1 => 2 * r + j,
-            2 | 3 => 32 + 2 * r + (j - 2),
-            _ => 64 + ((j - 4) / 4) * 64 + 4 * r + (j - 4) % 4,
-        },
+        Format::Q4_1 => {
+            let mut runs = vec![(0, 2, 0, 2), (2, 2, 32, 2)];
+            runs.extend((0..4).map(|p| (4 + 4 * p, 4, 64 + 64 * p, 4)));
+            runs
+        }
         // d | qs[32]
-        Format::Q8_0 => match j {
-            0 | 1 => 2 * r + j,
-            _ => 32 + ((j - 2) / 4) * 64 + 4 * r + (j - 2) % 4,
-        },
+        Format::Q8_0 => {
+            let mut runs = vec![(0, 2, 0, 2)];
+            runs.extend((0..8).map(|g| (2 + 4 * g, 4, 32 + 64 * g, 4)));
+            runs
+        }
     }
 }
 
-/// Q8_0 codes are stored `+128` (unsigned); the other bytes as they are.
-fn stored(format: Format, j: usize, byte: u8) -> u8 {
-    if format == Format::Q8_0 && j >= 2 { byte ^ 0x80 } else { byte }
+/// Q8_0 codes are stored `+128` (unsigned): flips the top bit of a run past the scale.
+fn recode(format: Format, from: usize, bytes: &mut [u8]) {
+    if format == Format::Q8_0 && from >= 2 {
+        bytes.iter_mut().for_each(|b| *b ^= 0x80);
+    }
 }
 
 /// Row-major blocks (`rows` a multiple of 16) put in tile order, in place: tile `t` takes
@@ -76,6 +79,7 @@ fn stored(format: Format, j: usize, byte: u8) -> u8 {
 /// second copy of a 178 MB embedding table would show in the peak memory).
 pub(crate) fn interleave(format: Format, data: &mut [u8], rows: usize, cols: usize) {
     let (blocks, bytes, tb) = (cols / QK, format.block_bytes(), tile_block(format));
+    let runs = runs(format);
     let mut rows_of_tile = vec![0u8; tb * blocks];
     for t in 0..rows / TILE {
         let region = &mut data[t * tb * blocks..(t + 1) * tb * blocks];
@@ -84,8 +88,20 @@ pub(crate) fn interleave(format: Format, data: &mut [u8], rows: usize, cols: usi
             let tile = &mut region[b * tb..][..tb];
             for r in 0..TILE {
                 let src = &rows_of_tile[(r * blocks + b) * bytes..][..bytes];
-                for (j, &byte) in src.iter().enumerate() {
-                    tile[position(format, r, j)] = stored(format, j, byte);
+                for &(from, len, to, stride) in &runs {
+                    let at = to + stride * r;
+                    if len == 4 {
+                        // Whole words: this loop moves every weight of the model once at load.
+                        let mut word = u32::from_le_bytes([src[from], src[from + 1], src[from + 2], src[from + 3]]);
+                        if format == Format::Q8_0 {
+                            word ^= 0x8080_8080;
+                        }
+                        tile[at..at + 4].copy_from_slice(&word.to_le_bytes());
+                    } else {
+                        let dst = &mut tile[at..at + len];
+                        dst.copy_from_slice(&src[from..from + len]);
+                        recode(format, from, dst);
+                    }
                 }
             }
         }
@@ -97,10 +113,13 @@ pub(crate) fn row(format: Format, tiles: &[u8], o: usize, cols: usize) -> Vec<u8
     let (blocks, bytes, tb) = (cols / QK, format.block_bytes(), tile_block(format));
     let (t, r) = (o / TILE, o % TILE);
     let mut out = vec![0u8; blocks * bytes];
+    let runs = runs(format);
     for b in 0..blocks {
         let tile = &tiles[(t * blocks + b) * tb..][..tb];
-        for (j, byte) in out[b * bytes..][..bytes].iter_mut().enumerate() {
-            *byte = stored(format, j, tile[position(format, r, j)]);
+        let dst = &mut out[b * bytes..][..bytes];
+        for &(from, len, to, stride) in &runs {
+            dst[from..from + len].copy_from_slice(&tile[to + stride * r..][..len]);
+            recode(format, from, &mut dst[from..from + len]);
         }
     }
     out
