@@ -19,17 +19,25 @@ fn kquant(format: KFormat, rows: usize, cols: usize, n: usize) {
         println!("{format:?}: no tiled kernel on this CPU");
         return;
     };
-    let x: Vec<f32> = (0..cols * n).map(|i| (i as f32 * 0.37).sin()).collect();
-    let acts = Q8KRows::quantize(&x, cols).expect("acts");
+    let acts = Q8KRows::quantize(&activations(cols, n), cols).expect("acts");
+    time(&format!("{format:?}"), rows, cols, n, |out| matrix.matmul(&acts, out).expect("matmul"));
+}
+
+fn activations(cols: usize, n: usize) -> Vec<f32> {
+    (0..cols * n).map(|i| (i as f32 * 0.37).sin()).collect()
+}
+
+/// Runs `product` (writing `rows x n` outputs) for about 2 G multiply-adds and prints its rate.
+fn time(label: &str, rows: usize, cols: usize, n: usize, product: impl Fn(&mut [f32])) {
     let mut out = vec![0f32; rows * n];
     let reps = (2_000_000_000 / (rows * cols * n)).max(3);
     let start = std::time::Instant::now();
     for _ in 0..reps {
-        matrix.matmul(&acts, &mut out).expect("matmul");
+        product(&mut out);
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{format:?} {rows}x{cols} x {n} rows on {} threads: {:.1} us per product, {:.1} GMAC/s",
+        "{label} {rows}x{cols} x {n} rows on {} threads: {:.1} us per product, {:.1} GMAC/s",
         rapid_kernels::threads::available(),
         secs / reps as f64 * 1e6,
         (rows * cols * n) as f64 * reps as f64 / secs / 1e9
@@ -57,19 +65,6 @@ fn main() {
         })
         .collect();
     let matrix = QuantMatrix::new(format, rows, cols, data).expect("matrix");
-    let x: Vec<f32> = (0..cols * n).map(|i| (i as f32 * 0.37).sin()).collect();
-    let acts = Q8Rows::quantize(&x, cols).expect("acts");
-    let mut out = vec![0f32; rows * n];
-    let reps = (2_000_000_000 / (rows * cols * n)).max(3);
-    let start = std::time::Instant::now();
-    for _ in 0..reps {
-        matrix.matmul(&acts, &mut out).expect("matmul");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{format:?} {rows}x{cols} x {n} rows on {} threads: {:.1} us per product, {:.1} GMAC/s",
-        rapid_kernels::threads::available(),
-        secs / reps as f64 * 1e6,
-        (rows * cols * n) as f64 * reps as f64 / secs / 1e9
-    );
+    let acts = Q8Rows::quantize(&activations(cols, n), cols).expect("acts");
+    time(&format!("{format:?}"), rows, cols, n, |out| matrix.matmul(&acts, out).expect("matmul"));
 }

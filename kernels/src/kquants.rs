@@ -361,17 +361,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic pseudo-random bytes.
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (state >> 33) as u8
-            })
-            .collect()
-    }
+    use crate::test_support::bytes;
 
     /// Blocks with random codes and modest f16 scales.
     fn blocks(format: KFormat, rows: usize, cols: usize) -> Vec<u8> {

@@ -683,12 +683,11 @@ mod avx2 {
     }
 }
 
+/// Helpers the unit tests of several modules share.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
+pub(crate) mod test_support {
     /// Deterministic pseudo-random bytes.
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn bytes(n: usize, seed: u64) -> Vec<u8> {
         let mut state = seed;
         (0..n)
             .map(|_| {
@@ -697,6 +696,12 @@ mod tests {
             })
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::bytes;
+    use super::*;
 
     /// A matrix with random codes and sane f16 scales.
     fn matrix(format: Format, rows: usize, cols: usize) -> QuantMatrix {

@@ -178,18 +178,10 @@ impl QLinear {
         match self {
             Self::Candle(m) => m.forward(x),
             Self::Blocks(m) => packed_matmul(m, x),
-            Self::KQuant(m) => {
-                let mut dims = x.dims().to_vec();
-                let values: Vec<f32> = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-                let acts =
-                    rapid_kernels::kquants::Q8KRows::quantize(&values, m.cols()).map_err(candle_core::Error::wrap)?;
-                let mut out = vec![0f32; acts.rows() * m.rows()];
-                m.matmul(&acts, &mut out).map_err(candle_core::Error::wrap)?;
-                if let Some(last) = dims.last_mut() {
-                    *last = m.rows();
-                }
-                Tensor::from_vec(out, dims, x.device())
-            }
+            Self::KQuant(m) => rows_through(x, m.rows(), |values, cols, out| {
+                let acts = rapid_kernels::kquants::Q8KRows::quantize(values, cols)?;
+                m.matmul(&acts, out)
+            }),
         }
     }
 }
@@ -208,14 +200,24 @@ fn ours(dtype: GgmlDType) -> Option<Format> {
 
 /// `x · Wᵀ` for a packed matrix: activations quantized to 8 bits per block, as llama.cpp.
 pub fn packed_matmul(m: &QuantMatrix, x: &Tensor) -> Result<Tensor> {
+    rows_through(x, m.rows(), |values, cols, out| m.matmul(&Q8Rows::quantize(values, cols)?, out))
+}
+
+/// `x`'s rows (its last dimension) through a kernel of ours that writes `features` outputs
+/// per row: `product(values, cols, out)`.
+fn rows_through(
+    x: &Tensor,
+    features: usize,
+    product: impl FnOnce(&[f32], usize, &mut [f32]) -> std::result::Result<(), rapid_kernels::KernelError>,
+) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let cols = dims.last().copied().unwrap_or(0);
     let values: Vec<f32> = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-    let acts = Q8Rows::quantize(&values, cols).map_err(candle_core::Error::wrap)?;
-    let mut out = vec![0f32; acts.rows() * m.rows()];
-    m.matmul(&acts, &mut out).map_err(candle_core::Error::wrap)?;
+    let rows = values.len().checked_div(cols).unwrap_or(0);
+    let mut out = vec![0f32; rows * features];
+    product(&values, cols, &mut out).map_err(candle_core::Error::wrap)?;
     if let Some(last) = dims.last_mut() {
-        *last = m.rows();
+        *last = features;
     }
     Tensor::from_vec(out, dims, x.device())
 }
