@@ -25,6 +25,7 @@ const TILE: usize = 16;
 
 /// Rows of activations quantized per 256 values, as ggml's `quantize_row_q8_K`.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Q8KRows {
     rows: usize,
     blocks_per_row: usize,
@@ -200,15 +201,7 @@ impl KMatrix {
             let mut buf = [0f32; 4 * TILE];
             for r0 in (0..n).step_by(4) {
                 let k = (n - r0).min(4);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `new` built tiles only where `tiles::available` holds; `tiles` holds
-                // `blocks` tile-blocks and `x` rows r0..r0+k of `blocks` blocks each.
-                unsafe {
-                    match self.format {
-                        KFormat::Q4K => avx512::q4k(tiles, blocks, x, r0, k, &mut buf),
-                        KFormat::Q6K => avx512::q6k(tiles, blocks, x, r0, k, &mut buf),
-                    }
-                }
+                run_tile(self.format, tiles, blocks, x, r0, k, &mut buf);
                 for j in 0..k {
                     strip.row(r0 + j).copy_from_slice(&buf[j * TILE..(j + 1) * TILE]);
                 }
@@ -216,6 +209,25 @@ impl KMatrix {
         };
         crate::threads::for_each_strip(out, n, self.rows, TILE, tile);
         Ok(())
+    }
+}
+
+/// One tile against activation rows `r0..r0 + k` into `out` (`k` rows of 16).
+#[allow(clippy::too_many_arguments)]
+fn run_tile(format: KFormat, tiles: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k: usize, out: &mut [f32; 4 * TILE]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `KMatrix::new` builds tiles only where `tiles::available` holds; `tiles` holds
+    // `blocks` tile-blocks and `x` rows r0..r0+k of `blocks` blocks each.
+    unsafe {
+        match format {
+            KFormat::Q4K => avx512::q4k(tiles, blocks, x, r0, k, out),
+            KFormat::Q6K => avx512::q6k(tiles, blocks, x, r0, k, out),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (format, tiles, blocks, x, r0, k, out);
+        unreachable!("K-quant tiles are only built where the tiled kernel runs");
     }
 }
 

@@ -7,8 +7,11 @@
 //! block product is an integer dot product scaled once.
 //!
 //! The AVX2 paths are compiled when the target has AVX2 (the repository builds for
-//! x86-64-v3, see `.cargo/config.toml`); other targets use the scalar versions, which are
-//! also the reference the tests hold the SIMD ones to. Where the CPU has AVX-512 VNNI,
+//! x86-64-v3, see `.cargo/config.toml`), NEON ones on 64-bit ARM; other targets use the
+//! scalar versions, which are also the reference the tests hold the SIMD ones to. All of
+//! them sum in the same order (llama.cpp's x86 one), so the numbers are the same on every
+//! machine, bit for bit (`scripts/test` runs the NEON tests under qemu where
+//! `scripts/setup-arm` installed a cross toolchain). Where the CPU has AVX-512 VNNI,
 //! matrices whose rows come in multiples of 16 are stored interleaved ([`tiles`]) and run
 //! 16 rows per instruction, with the same numbers bit for bit.
 //!
@@ -357,7 +360,8 @@ struct Act<'a> {
 }
 
 /// The kernel for this build: the AVX2 one (with its run-time VNNI choice) where the target
-/// has AVX2 and FMA, else the scalar reference.
+/// has AVX2 and FMA, NEON on 64-bit ARM, else the scalar reference. All sum in the same
+/// order: the same numbers on every machine.
 macro_rules! kernel {
     ($($name:ident ($x:ty) -> $ret:ty;)*) => {$(
         fn $name(row: &[u8], x: $x) -> $ret {
@@ -365,7 +369,14 @@ macro_rules! kernel {
             {
                 avx2::$name(row, x)
             }
-            #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+            #[cfg(target_arch = "aarch64")]
+            {
+                neon::$name(row, x)
+            }
+            #[cfg(not(any(
+                all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"),
+                target_arch = "aarch64"
+            )))]
             {
                 scalar::$name(row, x)
             }
@@ -383,7 +394,10 @@ kernel! {
 }
 
 // The reference for the SIMD versions; the kernel itself on targets without them.
-#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"), allow(dead_code))]
+#[cfg_attr(
+    any(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"), target_arch = "aarch64"),
+    allow(dead_code)
+)]
 mod scalar {
     pub fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
         [dot_q4_1(row, &x[0]), dot_q4_1(row, &x[1]), dot_q4_1(row, &x[2]), dot_q4_1(row, &x[3])]
@@ -399,47 +413,202 @@ mod scalar {
 
     use super::{Act, QK, f16};
 
-    pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
-        let mut sum = 0f32;
-        for (b, block) in row.chunks_exact(20).enumerate() {
-            let (d, m) = (f16(block, 0), f16(block, 2));
+    /// Σ w·x over a row of `bytes`-sized blocks whose 32 signed codes `codes` gives, in the
+    /// SIMD kernels' order (and so llama.cpp's): 8 lanes per block, lane `k` the exact
+    /// integer sum of values `4k..4k+4`, each lane scaled into its own f32 accumulator with a
+    /// fused multiply-add per block, the lanes reduced as `hsum_float_8`. Every platform
+    /// gets the same numbers as the AVX2 / VNNI kernels, bit for bit.
+    fn dot_lanes(row: &[u8], x: &Act<'_>, bytes: usize, codes: impl Fn(&[u8]) -> (f32, [i32; QK])) -> f32 {
+        let mut acc = [0f32; 8];
+        for (b, block) in row.chunks_exact(bytes).enumerate() {
+            let (d, q) = codes(block);
             let qx = &x.qs[b * QK..(b + 1) * QK];
-            let mut acc = 0i32;
-            for j in 0..16 {
-                acc += i32::from(block[4 + j] & 0xF) * i32::from(qx[j]);
-                acc += i32::from(block[4 + j] >> 4) * i32::from(qx[j + 16]);
+            let dd = d * x.d[b];
+            for (k, a) in acc.iter_mut().enumerate() {
+                let lane: i32 = (4 * k..4 * k + 4).map(|j| q[j] * i32::from(qx[j])).sum();
+                *a = dd.mul_add(lane as f32, *a);
             }
-            sum += d * x.d[b] * acc as f32 + m * x.s[b];
         }
-        sum
+        super::hsum_float_8(&acc)
+    }
+
+    pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
+        let sum = dot_lanes(row, x, 20, |block| {
+            let mut q = [0i32; QK];
+            for j in 0..16 {
+                q[j] = i32::from(block[4 + j] & 0xF);
+                q[j + 16] = i32::from(block[4 + j] >> 4);
+            }
+            (f16(block, 0), q)
+        });
+        // The minimums' terms, summed on the side block by block (a product, then a sum).
+        let offsets = row.chunks_exact(20).enumerate().fold(0f32, |acc, (b, block)| acc + f16(block, 2) * x.s[b]);
+        sum + offsets
     }
 
     pub fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
-        let mut sum = 0f32;
-        for (b, block) in row.chunks_exact(22).enumerate() {
-            let d = f16(block, 0);
+        dot_lanes(row, x, 22, |block| {
             let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-            let qx = &x.qs[b * QK..(b + 1) * QK];
-            let mut acc = 0i32;
-            for j in 0..QK {
+            let mut q = [0i32; QK];
+            for (j, v) in q.iter_mut().enumerate() {
                 let low = if j < 16 { block[6 + j] & 0xF } else { block[6 + j - 16] >> 4 };
-                let q = i32::from(low) | (((qh >> j) & 1) as i32) << 4;
-                acc += (q - 16) * i32::from(qx[j]);
+                *v = (i32::from(low) | (((qh >> j) & 1) as i32) << 4) - 16;
             }
-            sum += d * x.d[b] * acc as f32;
-        }
-        sum
+            (f16(block, 0), q)
+        })
     }
 
     pub fn dot_q8_0(row: &[u8], x: &Act<'_>) -> f32 {
-        let mut sum = 0f32;
-        for (b, block) in row.chunks_exact(34).enumerate() {
-            let qx = &x.qs[b * QK..(b + 1) * QK];
-            let acc: i32 = block[2..34].iter().zip(qx).map(|(&w, &a)| i32::from(w as i8) * i32::from(a)).sum();
-            sum += f16(block, 0) * x.d[b] * acc as f32;
-        }
-        sum
+        dot_lanes(row, x, 34, |block| {
+            let mut q = [0i32; QK];
+            for (v, &w) in q.iter_mut().zip(&block[2..34]) {
+                *v = i32::from(w as i8);
+            }
+            (f16(block, 0), q)
+        })
     }
+}
+
+/// NEON (every 64-bit ARM CPU) versions with the scalar reference's order: the integer
+/// lanes from widening 8-bit products and pairwise adds, two 4-lane f32 accumulators as
+/// the 8 lanes, reduced as `hsum_float_8`.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{Act, QK, f16};
+
+    /// Lanes `4k..4k+4` sums of 16 signed byte products, as 4 i32.
+    #[inline(always)]
+    unsafe fn lanes16(w: int8x16_t, x: int8x16_t) -> int32x4_t {
+        // SAFETY: register-only NEON arithmetic.
+        unsafe {
+            let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(x)));
+            let hi = vpaddlq_s16(vmull_s8(vget_high_s8(w), vget_high_s8(x)));
+            vpaddq_s32(lo, hi)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum8(lo: float32x4_t, hi: float32x4_t) -> f32 {
+        // SAFETY: register-only NEON arithmetic.
+        unsafe {
+            let t = vaddq_f32(hi, lo);
+            (vgetq_lane_f32(t, 0) + vgetq_lane_f32(t, 2)) + (vgetq_lane_f32(t, 1) + vgetq_lane_f32(t, 3))
+        }
+    }
+
+    /// A block's 32 codes as two signed-byte registers (values 0..16 and 16..32).
+    type Decode = fn(&[u8]) -> (f32, int8x16_t, int8x16_t);
+
+    fn q4_1_block(block: &[u8]) -> (f32, int8x16_t, int8x16_t) {
+        // SAFETY: a Q4_1 block is 20 bytes, the nibbles the 16 after the scales.
+        unsafe {
+            let nib = vld1q_u8(block[4..20].as_ptr());
+            let (lo, hi) = (vandq_u8(nib, vdupq_n_u8(0xF)), vshrq_n_u8(nib, 4));
+            (f16(block, 0), vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi))
+        }
+    }
+
+    fn q5_0_block(block: &[u8]) -> (f32, int8x16_t, int8x16_t) {
+        // SAFETY: a Q5_0 block is 22 bytes: scale, 4 bytes of high bits, 16 of nibbles.
+        unsafe {
+            let nib = vld1q_u8(block[6..22].as_ptr());
+            let bit = vld1q_u8([1u8, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128].as_ptr());
+            // Bit j of qh is the high bit of value j: byte j gets 0x10 where it is set.
+            let high =
+                |a: u8, b: u8| vandq_u8(vtstq_u8(vcombine_u8(vdup_n_u8(a), vdup_n_u8(b)), bit), vdupq_n_u8(0x10));
+            let lo = vorrq_u8(vandq_u8(nib, vdupq_n_u8(0xF)), high(block[2], block[3]));
+            let hi = vorrq_u8(vshrq_n_u8(nib, 4), high(block[4], block[5]));
+            let sixteen = vdupq_n_s8(16);
+            (f16(block, 0), vsubq_s8(vreinterpretq_s8_u8(lo), sixteen), vsubq_s8(vreinterpretq_s8_u8(hi), sixteen))
+        }
+    }
+
+    fn q8_0_block(block: &[u8]) -> (f32, int8x16_t, int8x16_t) {
+        // SAFETY: a Q8_0 block is 34 bytes, the codes the 32 after the scale.
+        unsafe {
+            let q = block[2..34].as_ptr().cast::<i8>();
+            (f16(block, 0), vld1q_s8(q), vld1q_s8(q.add(16)))
+        }
+    }
+
+    fn dot4_with(row: &[u8], x: &[Act<'_>; 4], bytes: usize, decode: Decode) -> [f32; 4] {
+        let blocks = row.len() / bytes;
+        for a in x {
+            assert!(a.qs.len() >= blocks * QK && a.d.len() >= blocks);
+        }
+        // SAFETY: loads read 16 bytes at offsets 0 and 16 of each activation block, inside
+        // `qs` (checked above); the rest is register arithmetic.
+        unsafe {
+            let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
+            for b in 0..blocks {
+                let (d, w_lo, w_hi) = decode(&row[b * bytes..(b + 1) * bytes]);
+                for (k, a) in x.iter().enumerate() {
+                    let q = a.qs.as_ptr().add(b * QK);
+                    let dd = vdupq_n_f32(d * a.d[b]);
+                    let l_lo = vcvtq_f32_s32(lanes16(w_lo, vld1q_s8(q)));
+                    let l_hi = vcvtq_f32_s32(lanes16(w_hi, vld1q_s8(q.add(16))));
+                    acc[k][0] = vfmaq_f32(acc[k][0], l_lo, dd);
+                    acc[k][1] = vfmaq_f32(acc[k][1], l_hi, dd);
+                }
+            }
+            std::array::from_fn(|k| hsum8(acc[k][0], acc[k][1]))
+        }
+    }
+
+    fn dot_with(row: &[u8], x: &Act<'_>, bytes: usize, decode: Decode) -> f32 {
+        let blocks = row.len() / bytes;
+        assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks);
+        // SAFETY: as in `dot4_with`.
+        unsafe {
+            let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+            for b in 0..blocks {
+                let (d, w_lo, w_hi) = decode(&row[b * bytes..(b + 1) * bytes]);
+                let q = x.qs.as_ptr().add(b * QK);
+                let dd = vdupq_n_f32(d * x.d[b]);
+                lo = vfmaq_f32(lo, vcvtq_f32_s32(lanes16(w_lo, vld1q_s8(q))), dd);
+                hi = vfmaq_f32(hi, vcvtq_f32_s32(lanes16(w_hi, vld1q_s8(q.add(16)))), dd);
+            }
+            hsum8(lo, hi)
+        }
+    }
+
+    /// Q4_1's minimums: `m·s` summed on the side, block by block.
+    fn offsets(row: &[u8], x: &Act<'_>) -> f32 {
+        row.chunks_exact(20).enumerate().fold(0f32, |acc, (b, block)| acc + f16(block, 2) * x.s[b])
+    }
+
+    pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
+        dot_with(row, x, 20, q4_1_block) + offsets(row, x)
+    }
+
+    pub fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        let sums = dot4_with(row, x, 20, q4_1_block);
+        std::array::from_fn(|k| sums[k] + offsets(row, &x[k]))
+    }
+
+    pub fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
+        dot_with(row, x, 22, q5_0_block)
+    }
+
+    pub fn dot4_q5_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        dot4_with(row, x, 22, q5_0_block)
+    }
+
+    pub fn dot_q8_0(row: &[u8], x: &Act<'_>) -> f32 {
+        dot_with(row, x, 34, q8_0_block)
+    }
+
+    pub fn dot4_q8_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        dot4_with(row, x, 34, q8_0_block)
+    }
+}
+
+/// ggml's `hsum_float_8`: `((x4 + x0) + (x6 + x2)) + ((x5 + x1) + (x7 + x3))`.
+fn hsum_float_8(x: &[f32; 8]) -> f32 {
+    let r: [f32; 4] = std::array::from_fn(|i| x[4 + i] + x[i]);
+    (r[0] + r[2]) + (r[1] + r[3])
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
@@ -744,10 +913,8 @@ mod tests {
                         Format::Q8_0 => scalar::dot_q8_0(&w.row(o), &act),
                     };
                     let got = out[r * rows + o];
-                    assert!(
-                        (got - scalar).abs() <= 1e-3 * scalar.abs().max(1.0),
-                        "{format:?} {r},{o}: {got} vs {scalar}"
-                    );
+                    // The scalar reference sums in the SIMD kernels' order: the same bits.
+                    assert_eq!(got.to_bits(), scalar.to_bits(), "{format:?} {r},{o}: {got} vs {scalar}");
                     // 8-bit activations: the error is a small fraction of Σ|w·x|.
                     let exact: f32 = (0..cols).map(|k| dense[o * cols + k] * x[r * cols + k]).sum();
                     let magnitude: f32 = (0..cols).map(|k| (dense[o * cols + k] * x[r * cols + k]).abs()).sum();
