@@ -3,10 +3,14 @@
 //! Where the CPU lacks VNNI these formats stay on Candle's kernels ([`KMatrix::new`] says
 //! so by returning `None`).
 //!
-//! Per row and 256-value super-block the products are exact integers: each sub-block's
-//! sum times its scale (and, for Q4_K, the minimums times the activations' sums), then two
-//! f32 fused multiply-adds per super-block. (llama.cpp sums the same integers in another
-//! float order; gemma's K-quant layers are not bit-identical to it either way.)
+//! The integer sums are exact, and the float order is llama.cpp's (its x86 build):
+//! - Q4_K as its repacked kernels: per super-block (gemv, single rows) or per pair of
+//!   sub-blocks (gemm, each full group of 4 rows from the batch's start) one fused
+//!   multiply-add of the scaled sums, and one of the minimums' terms into an accumulator of
+//!   their own, subtracted at the end;
+//! - Q6_K as its `vec_dot_q6_K_q8_K`: 8 integer lanes per super-block, each scaled into its
+//!   own f32 accumulator, reduced as `hsum_float_8`. (For batches of 16 rows or more
+//!   llama.cpp's Q6_K takes another order, not reproduced yet.)
 //!
 //! Tile layout per 16 rows and super-block, within 3% of the blocks it replaces:
 //! - Q4_K (2368 bytes for 2304): `d[16]`, `dmin[16]` (f16), the 6-bit scales and minimums
@@ -247,15 +251,28 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn q4k(tiles: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k: usize, out: &mut [f32; 4 * TILE]) {
+        // llama.cpp's repacked Q4_K runs a full group of 4 activation rows through its gemm,
+        // which scales each pair of sub-blocks into the f32 accumulators, and the rows left
+        // over through its gemv, which scales once per super-block; the integers are equal.
+        let gemm = k == 4;
         // SAFETY: see `KMatrix::matmul`; every load below is inside one tile-block or one
         // activation block.
         unsafe {
             let low = _mm512_set1_epi8(0x0F);
             let mut acc = [_mm512_setzero_ps(); 4];
+            let mut acc_min = [_mm512_setzero_ps(); 4];
             for b in 0..blocks {
                 let tile = tiles.as_ptr().add(b * 2368);
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.cast()));
                 let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(32).cast()));
+                let dd: [__m512; 4] = std::array::from_fn(|i| {
+                    let dx = _mm512_set1_ps(x.d[(r0 + i.min(k - 1)) * blocks + b]);
+                    _mm512_mul_ps(d, dx)
+                });
+                let ddm: [__m512; 4] = std::array::from_fn(|i| {
+                    let dx = _mm512_set1_ps(x.d[(r0 + i.min(k - 1)) * blocks + b]);
+                    _mm512_mul_ps(dmin, dx)
+                });
                 let mut total = [_mm512_setzero_si512(); 4];
                 let mut mins = [_mm512_setzero_si512(); 4];
                 for j in 0..4 {
@@ -279,31 +296,43 @@ mod avx512 {
                     let m_b = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(192 + sb * TILE).cast()));
                     for i in 0..k {
                         let bs = &x.bsums[((r0 + i) * blocks + b) * 16..];
-                        total[i] = _mm512_add_epi32(
-                            total[i],
-                            _mm512_add_epi32(_mm512_mullo_epi32(sum_a[i], sc_a), _mm512_mullo_epi32(sum_b[i], sc_b)),
-                        );
+                        let scaled =
+                            _mm512_add_epi32(_mm512_mullo_epi32(sum_a[i], sc_a), _mm512_mullo_epi32(sum_b[i], sc_b));
                         let (xa, xb) = (bs[2 * sa] + bs[2 * sa + 1], bs[2 * sb] + bs[2 * sb + 1]);
-                        mins[i] = _mm512_add_epi32(
-                            mins[i],
-                            _mm512_add_epi32(
-                                _mm512_mullo_epi32(m_a, _mm512_set1_epi32(xa)),
-                                _mm512_mullo_epi32(m_b, _mm512_set1_epi32(xb)),
-                            ),
+                        let min = _mm512_add_epi32(
+                            _mm512_mullo_epi32(m_a, _mm512_set1_epi32(xa)),
+                            _mm512_mullo_epi32(m_b, _mm512_set1_epi32(xb)),
                         );
+                        if gemm {
+                            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(scaled), dd[i], acc[i]);
+                            acc_min[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(min), ddm[i], acc_min[i]);
+                        } else {
+                            total[i] = _mm512_add_epi32(total[i], scaled);
+                            mins[i] = _mm512_add_epi32(mins[i], min);
+                        }
                     }
                 }
-                for i in 0..k {
-                    let dx = _mm512_set1_ps(x.d[(r0 + i) * blocks + b]);
-                    acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(total[i]), acc[i]);
-                    acc[i] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(mins[i]), acc[i]);
+                if !gemm {
+                    for i in 0..k {
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[i]), dd[i], acc[i]);
+                        acc_min[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins[i]), ddm[i], acc_min[i]);
+                    }
                 }
+            }
+            // As llama.cpp's repacked Q4_K kernels: the minimums' terms in their own
+            // accumulator, subtracted once at the end.
+            for i in 0..k {
+                acc[i] = _mm512_sub_ps(acc[i], acc_min[i]);
             }
             store(&acc, k, out);
         }
     }
 
-    // The row and sub-block indices address several arrays and activation offsets at once.
+    /// Q6_K in llama.cpp's order (`ggml_vec_dot_q6_K_q8_K`, AVX2): per row and super-block 8
+    /// integer lanes, lane `g` the scaled products of values `4g..4g+4` of every 32 (codes
+    /// unsigned, 0..64) minus `32 · (bsum[2g]·sc[2g] + bsum[2g+1]·sc[2g+1])`, each lane scaled
+    /// into its own f32 accumulator with one fused multiply-add, reduced as `hsum_float_8`.
+    // The row, lane and sub-block indices address several arrays and activation offsets.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn q6k(tiles: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k: usize, out: &mut [f32; 4 * TILE]) {
@@ -311,61 +340,65 @@ mod avx512 {
         unsafe {
             let low = _mm512_set1_epi8(0x0F);
             let two = _mm512_set1_epi8(3);
-            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut acc = [[_mm512_setzero_ps(); 8]; 4];
             for b in 0..blocks {
                 let tile = tiles.as_ptr().add(b * 3360);
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.cast()));
-                let mut total = [_mm512_setzero_si512(); 4];
-                for h in 0..2 {
-                    // Values 128h + 32q + l sit in sub-block 8h + 2q + l/16: groups g < 4 feed
-                    // the even sub-blocks, g >= 4 the odd ones, so 4 sums per row are live.
-                    for part in 0..2 {
-                        let mut sums = [[_mm512_setzero_si512(); 4]; 4];
-                        for g in 4 * part..4 * part + 4 {
-                            let at = tile.add(288 + (h * 8 + g) * 192);
-                            let (qa, qb) = (_mm512_loadu_si512(at.cast()), _mm512_loadu_si512(at.add(64).cast()));
-                            let qh = _mm512_loadu_si512(at.add(128).cast());
-                            let high = |shift: u32| {
-                                let bits = match shift {
-                                    0 => qh,
-                                    2 => _mm512_srli_epi16(qh, 2),
-                                    4 => _mm512_srli_epi16(qh, 4),
-                                    _ => _mm512_srli_epi16(qh, 6),
-                                };
-                                _mm512_slli_epi16(_mm512_and_si512(bits, two), 4)
+                let scale = |sub: usize| _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(32 + sub * TILE).cast()));
+                for g in 0..8 {
+                    let mut lane = [_mm512_setzero_si512(); 4];
+                    for h in 0..2 {
+                        let at = tile.add(288 + (h * 8 + g) * 192);
+                        let (qa, qb) = (_mm512_loadu_si512(at.cast()), _mm512_loadu_si512(at.add(64).cast()));
+                        let qh = _mm512_loadu_si512(at.add(128).cast());
+                        let high = |shift: u32| {
+                            let bits = match shift {
+                                0 => qh,
+                                2 => _mm512_srli_epi16(qh, 2),
+                                4 => _mm512_srli_epi16(qh, 4),
+                                _ => _mm512_srli_epi16(qh, 6),
                             };
-                            let v = [
-                                _mm512_or_si512(_mm512_and_si512(qa, low), high(0)),
-                                _mm512_or_si512(_mm512_and_si512(qb, low), high(2)),
-                                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qa, 4), low), high(4)),
-                                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qb, 4), low), high(6)),
-                            ];
-                            for i in 0..k {
-                                let qs = x.qs.as_ptr().add(((r0 + i) * blocks + b) * QK_K + 128 * h + 4 * g);
-                                for (q, vq) in v.iter().enumerate() {
-                                    let xq = _mm512_set1_epi32(std::ptr::read_unaligned(qs.add(32 * q).cast::<i32>()));
-                                    sums[i][q] = _mm512_dpbusd_epi32(sums[i][q], *vq, xq);
-                                }
-                            }
-                        }
-                        for q in 0..4 {
-                            let sub = 8 * h + 2 * q + part;
-                            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(32 + sub * TILE).cast()));
-                            for i in 0..k {
-                                // Codes are q + 32: subtract 32 · Σx of the sub-block.
-                                let bsum = x.bsums[((r0 + i) * blocks + b) * 16 + sub];
-                                let exact = _mm512_sub_epi32(sums[i][q], _mm512_set1_epi32(32 * bsum));
-                                total[i] = _mm512_add_epi32(total[i], _mm512_mullo_epi32(exact, sc));
+                            _mm512_slli_epi16(_mm512_and_si512(bits, two), 4)
+                        };
+                        // Values 128h + 32q + 4g..: sub-block 8h + 2q + g/4.
+                        let v = [
+                            _mm512_or_si512(_mm512_and_si512(qa, low), high(0)),
+                            _mm512_or_si512(_mm512_and_si512(qb, low), high(2)),
+                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qa, 4), low), high(4)),
+                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qb, 4), low), high(6)),
+                        ];
+                        let sc: [__m512i; 4] = std::array::from_fn(|q| scale(8 * h + 2 * q + g / 4));
+                        for i in 0..k {
+                            let qs = x.qs.as_ptr().add(((r0 + i) * blocks + b) * QK_K + 128 * h + 4 * g);
+                            for q in 0..4 {
+                                let xq = _mm512_set1_epi32(std::ptr::read_unaligned(qs.add(32 * q).cast::<i32>()));
+                                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[q], xq);
+                                lane[i] = _mm512_add_epi32(lane[i], _mm512_mullo_epi32(dot, sc[q]));
                             }
                         }
                     }
-                }
-                for i in 0..k {
-                    let dx = _mm512_set1_ps(x.d[(r0 + i) * blocks + b]);
-                    acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(total[i]), acc[i]);
+                    // The codes' offset of 32, by sub-block pairs as ggml's madd of bsums and scales.
+                    let (sa, sb) = (scale(2 * g), scale(2 * g + 1));
+                    for i in 0..k {
+                        let bs = &x.bsums[((r0 + i) * blocks + b) * 16..];
+                        let offset = _mm512_add_epi32(
+                            _mm512_mullo_epi32(sa, _mm512_set1_epi32(bs[2 * g])),
+                            _mm512_mullo_epi32(sb, _mm512_set1_epi32(bs[2 * g + 1])),
+                        );
+                        let exact = _mm512_sub_epi32(lane[i], _mm512_slli_epi32(offset, 5));
+                        let dd = _mm512_mul_ps(d, _mm512_set1_ps(x.d[(r0 + i) * blocks + b]));
+                        acc[i][g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(exact), acc[i][g]);
+                    }
                 }
             }
-            store(&acc, k, out);
+            let mut sums = [_mm512_setzero_ps(); 4];
+            for i in 0..k {
+                // hsum_float_8, for 16 rows at once.
+                let a = &acc[i];
+                let r: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(a[4 + j], a[j]));
+                sums[i] = _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]));
+            }
+            store(&sums, k, out);
         }
     }
 }
