@@ -9,7 +9,7 @@
 //!   multiply-add of the scaled sums, and one of the minimums' terms into an accumulator of
 //!   their own, subtracted at the end;
 //! - Q6_K as its `vec_dot_q6_K_q8_K`: 8 integer lanes per super-block, each scaled into its
-//!   own f32 accumulator, reduced as `hsum_float_8`. (For batches of 16 rows or more
+//!   own f32 accumulator, reduced as `hsum_float_8`. (For batches of 8 rows or more
 //!   llama.cpp's Q6_K takes another order, not reproduced yet.)
 //!
 //! Tile layout per 16 rows and super-block, within 3% of the blocks it replaces:
