@@ -8,9 +8,10 @@
 //!   sub-blocks (gemm, each full group of 4 rows from the batch's start) one fused
 //!   multiply-add of the scaled sums, and one of the minimums' terms into an accumulator of
 //!   their own, subtracted at the end;
-//! - Q6_K as its `vec_dot_q6_K_q8_K`: 8 integer lanes per super-block, each scaled into its
-//!   own f32 accumulator, reduced as `hsum_float_8`. (For batches of 8 rows or more
-//!   llama.cpp's Q6_K takes another order, not reproduced yet.)
+//! - Q6_K below 8 activation rows as its `vec_dot_q6_K_q8_K`: 8 integer lanes per
+//!   super-block, each scaled into its own f32 accumulator, reduced as `hsum_float_8`; from
+//!   8 rows on as its repacked kernels: one fused multiply-add per super-block,
+//!   `(isum · d_w) · d_x`.
 //!
 //! Tile layout per 16 rows and super-block, within 3% of the blocks it replaces:
 //! - Q4_K (2368 bytes for 2304): `d[16]`, `dmin[16]` (f16), the 6-bit scales and minimums
@@ -336,6 +337,9 @@ mod avx512 {
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn q6k(tiles: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k: usize, out: &mut [f32; 4 * TILE]) {
+        // From 8 activation rows on, llama.cpp runs Q6_K through its repacked kernels: one
+        // fused multiply-add per super-block of the whole integer sum, `(isum · d_w) · d_x`.
+        let repacked = x.rows >= 8;
         // SAFETY: as in `q4k`.
         unsafe {
             let low = _mm512_set1_epi8(0x0F);
@@ -344,6 +348,7 @@ mod avx512 {
             for b in 0..blocks {
                 let tile = tiles.as_ptr().add(b * 3360);
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.cast()));
+                let mut total = [_mm512_setzero_si512(); 4];
                 let scale = |sub: usize| _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(32 + sub * TILE).cast()));
                 for g in 0..8 {
                     let mut lane = [_mm512_setzero_si512(); 4];
@@ -386,13 +391,27 @@ mod avx512 {
                             _mm512_mullo_epi32(sb, _mm512_set1_epi32(bs[2 * g + 1])),
                         );
                         let exact = _mm512_sub_epi32(lane[i], _mm512_slli_epi32(offset, 5));
-                        let dd = _mm512_mul_ps(d, _mm512_set1_ps(x.d[(r0 + i) * blocks + b]));
-                        acc[i][g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(exact), acc[i][g]);
+                        if repacked {
+                            total[i] = _mm512_add_epi32(total[i], exact);
+                        } else {
+                            let dd = _mm512_mul_ps(d, _mm512_set1_ps(x.d[(r0 + i) * blocks + b]));
+                            acc[i][g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(exact), acc[i][g]);
+                        }
+                    }
+                }
+                if repacked {
+                    for i in 0..k {
+                        let dx = _mm512_set1_ps(x.d[(r0 + i) * blocks + b]);
+                        acc[i][0] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total[i]), d), dx, acc[i][0]);
                     }
                 }
             }
             let mut sums = [_mm512_setzero_ps(); 4];
             for i in 0..k {
+                if repacked {
+                    sums[i] = acc[i][0];
+                    continue;
+                }
                 // hsum_float_8, for 16 rows at once.
                 let a = &acc[i];
                 let r: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(a[4 + j], a[j]));
