@@ -224,9 +224,16 @@ fn run_tile(format: KFormat, tiles: &[u8], blocks: usize, x: &Q8KRows, r0: usize
     // SAFETY: `KMatrix::new` builds tiles only where `tiles::available` holds; `tiles` holds
     // `blocks` tile-blocks and `x` rows r0..r0+k of `blocks` blocks each.
     unsafe {
-        match format {
-            KFormat::Q4K => avx512::q4k(tiles, blocks, x, r0, k, out),
-            KFormat::Q6K => avx512::q6k(tiles, blocks, x, r0, k, out),
+        // The row count as a constant keeps the accumulators in registers.
+        match (format, k) {
+            (KFormat::Q4K, 1) => avx512::q4k::<1>(tiles, blocks, x, r0, out),
+            (KFormat::Q4K, 2) => avx512::q4k::<2>(tiles, blocks, x, r0, out),
+            (KFormat::Q4K, 3) => avx512::q4k::<3>(tiles, blocks, x, r0, out),
+            (KFormat::Q4K, _) => avx512::q4k::<4>(tiles, blocks, x, r0, out),
+            (KFormat::Q6K, 1) => avx512::q6k::<1>(tiles, blocks, x, r0, out),
+            (KFormat::Q6K, 2) => avx512::q6k::<2>(tiles, blocks, x, r0, out),
+            (KFormat::Q6K, 3) => avx512::q6k::<3>(tiles, blocks, x, r0, out),
+            (KFormat::Q6K, _) => avx512::q6k::<4>(tiles, blocks, x, r0, out),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -243,46 +250,47 @@ mod avx512 {
 
     /// Stores `acc[j]` (16 rows) as row `j` of `out`.
     #[inline(always)]
-    unsafe fn store(acc: &[__m512; 4], k: usize, out: &mut [f32; 4 * TILE]) {
-        for (j, a) in acc.iter().enumerate().take(k) {
+    unsafe fn store<const K: usize>(acc: &[__m512; K], out: &mut [f32; 4 * TILE]) {
+        for (j, a) in acc.iter().enumerate() {
             // SAFETY: `out` holds 4 rows of 16.
             unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(j * TILE), *a) };
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn q4k(tiles: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k: usize, out: &mut [f32; 4 * TILE]) {
+    pub(super) unsafe fn q4k<const K: usize>(
+        tiles: &[u8],
+        blocks: usize,
+        x: &Q8KRows,
+        r0: usize,
+        out: &mut [f32; 4 * TILE],
+    ) {
         // llama.cpp's repacked Q4_K runs a full group of 4 activation rows through its gemm,
         // which scales each pair of sub-blocks into the f32 accumulators, and the rows left
         // over through its gemv, which scales once per super-block; the integers are equal.
-        let gemm = k == 4;
+        let gemm = K == 4;
         // SAFETY: see `KMatrix::matmul`; every load below is inside one tile-block or one
         // activation block.
         unsafe {
             let low = _mm512_set1_epi8(0x0F);
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let mut acc_min = [_mm512_setzero_ps(); 4];
+            let mut acc = [_mm512_setzero_ps(); K];
+            let mut acc_min = [_mm512_setzero_ps(); K];
             for b in 0..blocks {
                 let tile = tiles.as_ptr().add(b * 2368);
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.cast()));
                 let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(32).cast()));
-                let dd: [__m512; 4] = std::array::from_fn(|i| {
-                    let dx = _mm512_set1_ps(x.d[(r0 + i.min(k - 1)) * blocks + b]);
-                    _mm512_mul_ps(d, dx)
-                });
-                let ddm: [__m512; 4] = std::array::from_fn(|i| {
-                    let dx = _mm512_set1_ps(x.d[(r0 + i.min(k - 1)) * blocks + b]);
-                    _mm512_mul_ps(dmin, dx)
-                });
-                let mut total = [_mm512_setzero_si512(); 4];
-                let mut mins = [_mm512_setzero_si512(); 4];
+                let dx: [__m512; K] = std::array::from_fn(|i| _mm512_set1_ps(x.d[(r0 + i) * blocks + b]));
+                let dd: [__m512; K] = std::array::from_fn(|i| _mm512_mul_ps(d, dx[i]));
+                let ddm: [__m512; K] = std::array::from_fn(|i| _mm512_mul_ps(dmin, dx[i]));
+                let mut total = [_mm512_setzero_si512(); K];
+                let mut mins = [_mm512_setzero_si512(); K];
                 for j in 0..4 {
-                    let mut sum_a = [_mm512_setzero_si512(); 4];
-                    let mut sum_b = [_mm512_setzero_si512(); 4];
+                    let mut sum_a = [_mm512_setzero_si512(); K];
+                    let mut sum_b = [_mm512_setzero_si512(); K];
                     for g in 0..8 {
                         let w = _mm512_loadu_si512(tile.add(320 + (j * 8 + g) * 64).cast());
                         let (lo, hi) = (_mm512_and_si512(w, low), _mm512_and_si512(_mm512_srli_epi16(w, 4), low));
-                        for i in 0..k {
+                        for i in 0..K {
                             let qs = x.qs.as_ptr().add(((r0 + i) * blocks + b) * QK_K + 64 * j + 4 * g);
                             let xa = _mm512_set1_epi32(std::ptr::read_unaligned(qs.cast::<i32>()));
                             let xb = _mm512_set1_epi32(std::ptr::read_unaligned(qs.add(32).cast::<i32>()));
@@ -295,7 +303,7 @@ mod avx512 {
                     let sc_b = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(64 + sb * TILE).cast()));
                     let m_a = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(192 + sa * TILE).cast()));
                     let m_b = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.add(192 + sb * TILE).cast()));
-                    for i in 0..k {
+                    for i in 0..K {
                         let bs = &x.bsums[((r0 + i) * blocks + b) * 16..];
                         let scaled =
                             _mm512_add_epi32(_mm512_mullo_epi32(sum_a[i], sc_a), _mm512_mullo_epi32(sum_b[i], sc_b));
@@ -314,7 +322,7 @@ mod avx512 {
                     }
                 }
                 if !gemm {
-                    for i in 0..k {
+                    for i in 0..K {
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[i]), dd[i], acc[i]);
                         acc_min[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins[i]), ddm[i], acc_min[i]);
                     }
@@ -322,102 +330,149 @@ mod avx512 {
             }
             // As llama.cpp's repacked Q4_K kernels: the minimums' terms in their own
             // accumulator, subtracted once at the end.
-            for i in 0..k {
+            for i in 0..K {
                 acc[i] = _mm512_sub_ps(acc[i], acc_min[i]);
             }
-            store(&acc, k, out);
+            store(&acc, out);
         }
     }
 
-    /// Q6_K in llama.cpp's order (`ggml_vec_dot_q6_K_q8_K`, AVX2): per row and super-block 8
-    /// integer lanes, lane `g` the scaled products of values `4g..4g+4` of every 32 (codes
-    /// unsigned, 0..64) minus `32 · (bsum[2g]·sc[2g] + bsum[2g+1]·sc[2g+1])`, each lane scaled
-    /// into its own f32 accumulator with one fused multiply-add, reduced as `hsum_float_8`.
+    /// Q6_K's codes for half `h` and group `g` of a tile-block: values `128h + 32q + 4g..+4`
+    /// of 16 rows as 4 registers (`q` = 0..4), unsigned (0..64).
+    #[inline(always)]
+    unsafe fn q6k_codes(tile: *const u8, h: usize, g: usize) -> [__m512i; 4] {
+        // SAFETY: the caller points at one Q6_K tile-block.
+        unsafe {
+            let (low, high) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+            let at = tile.add(288 + (h * 8 + g) * 192);
+            let (qa, qb) = (_mm512_loadu_si512(at.cast()), _mm512_loadu_si512(at.add(64).cast()));
+            let qh = _mm512_loadu_si512(at.add(128).cast());
+            // Each value's two high bits moved to bits 4-5 of its byte (16-bit shifts by
+            // less than 8 only carry bits into the parts the mask clears), then
+            // `(nibbles & 0x0F) | high` in one ternary-logic operation (0xEC: (A & C) | B).
+            let merge = |nibbles: __m512i, bits: __m512i| {
+                _mm512_ternarylogic_epi32::<0xEC>(nibbles, _mm512_and_si512(bits, high), low)
+            };
+            [
+                merge(qa, _mm512_slli_epi16(qh, 4)),
+                merge(qb, _mm512_slli_epi16(qh, 2)),
+                merge(_mm512_srli_epi16(qa, 4), qh),
+                merge(_mm512_srli_epi16(qb, 4), _mm512_srli_epi16(qh, 2)),
+            ]
+        }
+    }
+
+    /// Q6_K in llama.cpp's float order. Below 8 activation rows as its
+    /// `ggml_vec_dot_q6_K_q8_K` (AVX2): per row and super-block 8 integer lanes, lane `g` the
+    /// scaled products of values `4g..4g+4` of every 32 (codes unsigned, 0..64) minus
+    /// `32 · (bsum[2g]·sc[2g] + bsum[2g+1]·sc[2g+1])`, each lane scaled into its own f32
+    /// accumulator with one fused multiply-add, reduced as `hsum_float_8`. From 8 rows on as
+    /// its repacked kernels: one fused multiply-add per super-block, `(isum · d_w) · d_x`.
+    /// The integers are exact, so they are summed in whatever order is cheapest here.
     // The row, lane and sub-block indices address several arrays and activation offsets.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn q6k(tiles: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k: usize, out: &mut [f32; 4 * TILE]) {
-        // From 8 activation rows on, llama.cpp runs Q6_K through its repacked kernels: one
-        // fused multiply-add per super-block of the whole integer sum, `(isum · d_w) · d_x`.
-        let repacked = x.rows >= 8;
+    pub(super) unsafe fn q6k<const K: usize>(
+        tiles: &[u8],
+        blocks: usize,
+        x: &Q8KRows,
+        r0: usize,
+        out: &mut [f32; 4 * TILE],
+    ) {
         // SAFETY: as in `q4k`.
         unsafe {
-            let low = _mm512_set1_epi8(0x0F);
-            let two = _mm512_set1_epi8(3);
-            let mut acc = [[_mm512_setzero_ps(); 8]; 4];
+            let sums = if x.rows >= 8 {
+                q6k_sums::<K, true>(tiles, blocks, x, r0)
+            } else {
+                q6k_sums::<K, false>(tiles, blocks, x, r0)
+            };
+            store(&sums, out);
+        }
+    }
+
+    /// The 16 rows' scales of sub-block `s` as i32 lanes.
+    #[inline(always)]
+    unsafe fn q6k_scales(tile: *const u8, s: usize) -> __m512i {
+        // SAFETY: the caller points at one Q6_K tile-block.
+        unsafe { _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(32 + s * TILE).cast())) }
+    }
+
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn q6k_sums<const K: usize, const REPACKED: bool>(
+        tiles: &[u8],
+        blocks: usize,
+        x: &Q8KRows,
+        r0: usize,
+    ) -> [__m512; K] {
+        // SAFETY: as in `q4k`.
+        unsafe {
+            let low16 = _mm512_set1_epi32(0xFFFF);
+            let mut acc = [[_mm512_setzero_ps(); 8]; K];
             for b in 0..blocks {
                 let tile = tiles.as_ptr().add(b * 3360);
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.cast()));
-                let mut total = [_mm512_setzero_si512(); 4];
-                let scale = |sub: usize| _mm512_cvtepi8_epi32(_mm_loadu_si128(tile.add(32 + sub * TILE).cast()));
+                let dd: [__m512; K] =
+                    std::array::from_fn(|i| _mm512_mul_ps(d, _mm512_set1_ps(x.d[(r0 + i) * blocks + b])));
+                // Each scale in both 16-bit halves of its row's lane, for vpdpwssd.
+                let pairs: [__m512i; 16] = std::array::from_fn(|s| {
+                    let sc = q6k_scales(tile, s);
+                    _mm512_or_si512(_mm512_and_si512(sc, low16), _mm512_slli_epi32(sc, 16))
+                });
+                let mut total = [_mm512_setzero_si512(); K];
                 for g in 0..8 {
-                    let mut lane = [_mm512_setzero_si512(); 4];
+                    // One accumulator per 32-value quarter: four short dependency chains.
+                    let mut part = [[_mm512_setzero_si512(); 4]; K];
                     for h in 0..2 {
-                        let at = tile.add(288 + (h * 8 + g) * 192);
-                        let (qa, qb) = (_mm512_loadu_si512(at.cast()), _mm512_loadu_si512(at.add(64).cast()));
-                        let qh = _mm512_loadu_si512(at.add(128).cast());
-                        let high = |shift: u32| {
-                            let bits = match shift {
-                                0 => qh,
-                                2 => _mm512_srli_epi16(qh, 2),
-                                4 => _mm512_srli_epi16(qh, 4),
-                                _ => _mm512_srli_epi16(qh, 6),
-                            };
-                            _mm512_slli_epi16(_mm512_and_si512(bits, two), 4)
-                        };
-                        // Values 128h + 32q + 4g..: sub-block 8h + 2q + g/4.
-                        let v = [
-                            _mm512_or_si512(_mm512_and_si512(qa, low), high(0)),
-                            _mm512_or_si512(_mm512_and_si512(qb, low), high(2)),
-                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qa, 4), low), high(4)),
-                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qb, 4), low), high(6)),
-                        ];
-                        let sc: [__m512i; 4] = std::array::from_fn(|q| scale(8 * h + 2 * q + g / 4));
-                        for i in 0..k {
+                        let v = q6k_codes(tile, h, g);
+                        for i in 0..K {
                             let qs = x.qs.as_ptr().add(((r0 + i) * blocks + b) * QK_K + 128 * h + 4 * g);
                             for q in 0..4 {
+                                // Codes (< 64) times 8-bit values: pairs fit 16 bits exactly.
                                 let xq = _mm512_set1_epi32(std::ptr::read_unaligned(qs.add(32 * q).cast::<i32>()));
-                                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[q], xq);
-                                lane[i] = _mm512_add_epi32(lane[i], _mm512_mullo_epi32(dot, sc[q]));
+                                let products = _mm512_maddubs_epi16(v[q], xq);
+                                part[i][q] = _mm512_dpwssd_epi32(part[i][q], products, pairs[8 * h + 2 * q + g / 4]);
                             }
                         }
                     }
-                    // The codes' offset of 32, by sub-block pairs as ggml's madd of bsums and scales.
-                    let (sa, sb) = (scale(2 * g), scale(2 * g + 1));
-                    for i in 0..k {
+                    // The codes' offset of 32, by sub-block pairs as ggml's madd of bsums and
+                    // scales: (sc[2g], sc[2g+1]) against (bsum[2g], bsum[2g+1]) in 16-bit halves.
+                    let (sa, sb) = (q6k_scales(tile, 2 * g), q6k_scales(tile, 2 * g + 1));
+                    let scale_pair = _mm512_or_si512(_mm512_and_si512(sa, low16), _mm512_slli_epi32(sb, 16));
+                    for i in 0..K {
+                        let [p0, p1, p2, p3] = part[i];
+                        let lane = _mm512_add_epi32(_mm512_add_epi32(p0, p1), _mm512_add_epi32(p2, p3));
                         let bs = &x.bsums[((r0 + i) * blocks + b) * 16..];
-                        let offset = _mm512_add_epi32(
-                            _mm512_mullo_epi32(sa, _mm512_set1_epi32(bs[2 * g])),
-                            _mm512_mullo_epi32(sb, _mm512_set1_epi32(bs[2 * g + 1])),
+                        let bsum_pair = (bs[2 * g] as u32 & 0xFFFF) | ((bs[2 * g + 1] as u32) << 16);
+                        let offset = _mm512_dpwssd_epi32(
+                            _mm512_setzero_si512(),
+                            scale_pair,
+                            _mm512_set1_epi32(bsum_pair as i32),
                         );
-                        let exact = _mm512_sub_epi32(lane[i], _mm512_slli_epi32(offset, 5));
-                        if repacked {
+                        let exact = _mm512_sub_epi32(lane, _mm512_slli_epi32(offset, 5));
+                        if REPACKED {
                             total[i] = _mm512_add_epi32(total[i], exact);
                         } else {
-                            let dd = _mm512_mul_ps(d, _mm512_set1_ps(x.d[(r0 + i) * blocks + b]));
-                            acc[i][g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(exact), acc[i][g]);
+                            acc[i][g] = _mm512_fmadd_ps(dd[i], _mm512_cvtepi32_ps(exact), acc[i][g]);
                         }
                     }
                 }
-                if repacked {
-                    for i in 0..k {
+                if REPACKED {
+                    for i in 0..K {
                         let dx = _mm512_set1_ps(x.d[(r0 + i) * blocks + b]);
                         acc[i][0] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total[i]), d), dx, acc[i][0]);
                     }
                 }
             }
-            let mut sums = [_mm512_setzero_ps(); 4];
-            for i in 0..k {
-                if repacked {
-                    sums[i] = acc[i][0];
-                    continue;
-                }
-                // hsum_float_8, for 16 rows at once.
+            if REPACKED {
+                return std::array::from_fn(|i| acc[i][0]);
+            }
+            // hsum_float_8, for 16 rows at once.
+            std::array::from_fn(|i| {
                 let a = &acc[i];
                 let r: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(a[4 + j], a[j]));
-                sums[i] = _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]));
-            }
-            store(&sums, k, out);
+                _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]))
+            })
         }
     }
 }

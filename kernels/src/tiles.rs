@@ -227,40 +227,70 @@ mod avx512 {
                 }
             }
             for r0 in (0..n).step_by(4) {
-                let k = (n - r0).min(4);
-                let mut acc = [[_mm512_setzero_ps(); 8]; 4];
-                let mut offsets = [_mm512_setzero_ps(); 4];
-                for b in 0..blocks {
-                    let (w, d, m) = match unpacked.get(b) {
+                let group = Group { tiles, blocks, x: &x[r0..], sums: &sums[r0..], unpacked: &unpacked, offset };
+                let out = &mut out[r0 * TILE..];
+                // The row count as a constant keeps the accumulators in registers (a
+                // runtime count left a 2 KB array on the stack, zeroed per tile).
+                match n - r0 {
+                    1 => group.run::<F, 1>(out),
+                    2 => group.run::<F, 2>(out),
+                    3 => group.run::<F, 3>(out),
+                    _ => group.run::<F, 4>(out),
+                }
+            }
+        }
+    }
+
+    /// Up to four activation rows against one tile's blocks.
+    struct Group<'a, 'b> {
+        tiles: &'a [u8],
+        blocks: usize,
+        x: &'a [Act<'b>],
+        sums: &'a [&'a [i32]],
+        unpacked: &'a [([__m512i; 8], __m512, __m512)],
+        offset: i32,
+    }
+
+    impl Group<'_, '_> {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn run<const F: u8, const K: usize>(&self, out: &mut [f32]) {
+            let tb = tile_block::<F>();
+            // SAFETY: `dot_tile`'s caller bounded `tiles`, `x` and `sums` for `blocks`
+            // blocks and `K` rows; `out` holds `K` rows of 16.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); 8]; K];
+                let mut offsets = [_mm512_setzero_ps(); K];
+                for b in 0..self.blocks {
+                    let (w, d, m) = match self.unpacked.get(b) {
                         Some(&kept) => kept,
-                        None => unpack::<F>(tiles.as_ptr().add(b * tb)),
+                        None => unpack::<F>(self.tiles.as_ptr().add(b * tb)),
                     };
-                    for j in 0..k {
-                        let a = &x[r0 + j];
+                    for j in 0..K {
+                        let a = &self.x[j];
                         let dd = _mm512_mul_ps(d, _mm512_set1_ps(a.d[b]));
                         if F == 1 {
                             // m·s added block by block, a product then a sum (no fusing).
                             offsets[j] = _mm512_add_ps(offsets[j], _mm512_mul_ps(m, _mm512_set1_ps(a.s[b])));
                         }
                         let qs = a.qs.as_ptr().add(b * QK);
-                        let s = sums[r0 + j].as_ptr().add(b * 8);
+                        let s = self.sums[j].as_ptr().add(b * 8);
                         for g in 0..8 {
                             // Σ q·x + offset·Σx: the signed codes' products, summed exactly.
-                            let init = _mm512_set1_epi32(offset * *s.add(g));
+                            let init = _mm512_set1_epi32(self.offset * *s.add(g));
                             let xg = _mm512_set1_epi32(std::ptr::read_unaligned(qs.add(4 * g).cast::<i32>()));
                             let lanes = _mm512_dpbusd_epi32(init, w[g], xg);
                             acc[j][g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(lanes), acc[j][g]);
                         }
                     }
                 }
-                for (j, acc) in acc.iter().enumerate().take(k) {
+                for (j, acc) in acc.iter().enumerate() {
                     // hsum_float_8, for 16 rows at once.
                     let r: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(acc[4 + i], acc[i]));
                     let mut total = _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]));
                     if F == 1 {
                         total = _mm512_add_ps(total, offsets[j]);
                     }
-                    _mm512_storeu_ps(out[(r0 + j) * TILE..][..TILE].as_mut_ptr(), total);
+                    _mm512_storeu_ps(out[j * TILE..][..TILE].as_mut_ptr(), total);
                 }
             }
         }
