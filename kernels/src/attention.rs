@@ -19,16 +19,16 @@ use half::f16;
 /// to its precision before a product with it.
 pub trait CacheValue: Copy + Send + Sync + 'static {
     fn round(x: f32) -> f32;
-    /// `row` as f32: itself, or widened into `buf` (F16C, eight at a time, where available).
-    fn widen<'a>(row: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
+    /// `row` as f32 into `dst` (same length; F16C, eight at a time, where available).
+    fn widen_into(row: &[Self], dst: &mut [f32]);
 }
 
 impl CacheValue for f32 {
     fn round(x: f32) -> f32 {
         x
     }
-    fn widen<'a>(row: &'a [Self], _buf: &'a mut Vec<f32>) -> &'a [f32] {
-        row
+    fn widen_into(row: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(row);
     }
 }
 
@@ -36,11 +36,9 @@ impl CacheValue for f16 {
     fn round(x: f32) -> f32 {
         f16::from_f32(x).to_f32()
     }
-    fn widen<'a>(row: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    fn widen_into(row: &[Self], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
-        buf.resize(row.len(), 0.0);
-        row.convert_to_f32_slice(buf);
-        buf
+        row.convert_to_f32_slice(dst);
     }
 }
 
@@ -93,15 +91,18 @@ pub fn attend<T: CacheValue>(
     // size would be page-faulted in on every decode step).
     let len = past + t;
     thread_local! {
-        static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const {
-            std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new()))
+        static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+            std::cell::RefCell::new((Vec::new(), Vec::new()))
         };
     }
-    WIDE.with_borrow_mut(|(wk, wv, buf)| {
-        let mut widen = |cache: &[T], all: &mut Vec<f32>| {
-            all.clear();
+    WIDE.with_borrow_mut(|(wk, wv)| {
+        let widen = |cache: &[T], all: &mut Vec<f32>| {
+            // Only grows: the values past `kv_heads * len * d` are never read.
+            if all.len() < kv_heads * len * d {
+                all.resize(kv_heads * len * d, 0.0);
+            }
             for kvh in 0..kv_heads {
-                all.extend_from_slice(T::widen(&cache[kvh * kv_stride * d..][..len * d], buf));
+                T::widen_into(&cache[kvh * kv_stride * d..][..len * d], &mut all[kvh * len * d..][..len * d]);
             }
         };
         widen(k, wk);
