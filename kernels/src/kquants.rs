@@ -38,6 +38,8 @@ pub struct Q8KRows {
     qs: Vec<i8>,
     /// Per block, the sums of each 16 codes.
     bsums: Vec<i32>,
+    /// The same sums as 16-bit integers (|sum| <= 16 * 127), for ggml's `madd` with scales.
+    bsums16: Vec<i16>,
 }
 
 /// ggml's `nearest_int`: round half to even through the 1.5·2^23 trick.
@@ -75,8 +77,9 @@ impl Q8KRows {
             }
             d[b] = 1.0 / iscale;
         }
-        let bsums = qs.chunks_exact(16).map(|c| c.iter().map(|&v| i32::from(v)).sum()).collect();
-        Ok(Self { rows: x.len() / cols, blocks_per_row: cols / QK_K, d, qs, bsums })
+        let bsums: Vec<i32> = qs.chunks_exact(16).map(|c| c.iter().map(|&v| i32::from(v)).sum()).collect();
+        let bsums16 = bsums.iter().map(|&s| s as i16).collect();
+        Ok(Self { rows: x.len() / cols, blocks_per_row: cols / QK_K, d, qs, bsums, bsums16 })
     }
 
     pub fn rows(&self) -> usize {
@@ -113,7 +116,18 @@ pub struct KMatrix {
     format: KFormat,
     rows: usize,
     cols: usize,
+    /// Tiles (AVX-512 VNNI) or GGUF's own row-major blocks (the AVX2 kernels).
     data: Vec<u8>,
+    tiled: bool,
+}
+
+/// Whether this build has the row-major AVX2 kernels (x86-64-v3 and up).
+const ROW_MAJOR: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"));
+
+/// Whether K-quant products run on our kernels here (either layout), with llama.cpp's
+/// numbers; elsewhere [`KMatrix::new`] declines and Candle's kernels take the matrices.
+pub fn available() -> bool {
+    crate::tiles::available() || ROW_MAJOR
 }
 
 /// Q4_K's 6-bit scale and minimum of sub-block `j` (ggml's `get_scale_min_k4`).
@@ -126,14 +140,31 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 impl KMatrix {
-    /// The tiled form of GGUF blocks, where the CPU runs the tiled kernel and the rows come
-    /// in sixteens; `None` otherwise (Candle's kernels take the matrix then).
+    /// GGUF blocks in the layout this CPU runs fastest: 16-row tiles with AVX-512 VNNI,
+    /// else the blocks as they are for the AVX2 kernels; `None` where neither runs or the
+    /// rows do not come in sixteens (Candle's kernels take the matrix then).
     pub fn new(format: KFormat, rows: usize, cols: usize, data: &[u8]) -> Result<Option<Self>, KernelError> {
+        Self::with_layout(format, rows, cols, data, crate::tiles::available())
+    }
+
+    /// [`Self::new`] with the layout chosen: `tiled` (where the CPU runs the tiled kernel)
+    /// or row-major (where the build has the AVX2 kernels). Both give the same numbers, bit
+    /// for bit; tests and A/B runs compare them.
+    pub fn with_layout(
+        format: KFormat,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        tiled: bool,
+    ) -> Result<Option<Self>, KernelError> {
         if !cols.is_multiple_of(QK_K) || data.len() != rows * cols / QK_K * format.block_bytes() {
             return Err(KernelError::Shape(format!("{} bytes are not a {rows}x{cols} {format:?} matrix", data.len())));
         }
-        if !rows.is_multiple_of(TILE) || !crate::tiles::available() {
+        if !rows.is_multiple_of(TILE) || (tiled && !crate::tiles::available()) || (!tiled && !ROW_MAJOR) {
             return Ok(None);
+        }
+        if !tiled {
+            return Ok(Some(Self { format, rows, cols, data: data.to_vec(), tiled }));
         }
         let blocks = cols / QK_K;
         let (bb, tb) = (format.block_bytes(), format.tile_bytes());
@@ -177,7 +208,7 @@ impl KMatrix {
                 }
             }
         }
-        Ok(Some(Self { format, rows, cols, data: tiles }))
+        Ok(Some(Self { format, rows, cols, data: tiles, tiled }))
     }
 
     pub fn rows(&self) -> usize {
@@ -200,7 +231,29 @@ impl KMatrix {
                 self.format
             )));
         }
-        let (n, blocks, tb) = (x.rows, x.blocks_per_row, self.format.tile_bytes());
+        let (n, blocks) = (x.rows, x.blocks_per_row);
+        if !self.tiled {
+            // A task per strip of 16 output features; each weight row's blocks (at most a
+            // few KB) stay in L1 while groups of 4 activation rows pass over them.
+            let bytes = blocks * self.format.block_bytes();
+            let rows = |t: usize, strip: &mut crate::threads::Strip<'_>| {
+                for i in 0..TILE {
+                    let o = t * TILE + i;
+                    let row = &self.data[o * bytes..(o + 1) * bytes];
+                    for r0 in (0..n).step_by(4) {
+                        let k = (n - r0).min(4);
+                        let mut values = [0f32; 4];
+                        run_row(self.format, row, blocks, x, r0, k, &mut values);
+                        for (j, v) in values.iter().enumerate().take(k) {
+                            strip.row(r0 + j)[i] = *v;
+                        }
+                    }
+                }
+            };
+            crate::threads::for_each_strip(out, n, self.rows, TILE, rows);
+            return Ok(());
+        }
+        let tb = self.format.tile_bytes();
         let tile = |t: usize, strip: &mut crate::threads::Strip<'_>| {
             let tiles = &self.data[t * blocks * tb..(t + 1) * blocks * tb];
             let mut buf = [0f32; 4 * TILE];
@@ -214,6 +267,40 @@ impl KMatrix {
         };
         crate::threads::for_each_strip(out, n, self.rows, TILE, tile);
         Ok(())
+    }
+}
+
+/// One weight row (GGUF blocks) against activation rows `r0..r0 + k` into `out[..k]`.
+fn run_row(format: KFormat, row: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k: usize, out: &mut [f32; 4]) {
+    assert!(row.len() == blocks * format.block_bytes() && x.blocks_per_row == blocks && r0 + k <= x.rows);
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        // Q6_K's float order changes with the batch (see `avx512::q6k`).
+        let repacked = x.rows >= 8;
+        // SAFETY: the build has AVX2 and FMA; the assert bounds every load (a row of
+        // `blocks` blocks, activation rows r0..r0+k of `blocks` blocks each).
+        let values: &[f32] = unsafe {
+            match (format, k, repacked) {
+                (KFormat::Q4K, 1, _) => &avx2::q4k::<1>(row, blocks, x, r0),
+                (KFormat::Q4K, 2, _) => &avx2::q4k::<2>(row, blocks, x, r0),
+                (KFormat::Q4K, 3, _) => &avx2::q4k::<3>(row, blocks, x, r0),
+                (KFormat::Q4K, _, _) => &avx2::q4k::<4>(row, blocks, x, r0),
+                (KFormat::Q6K, 1, false) => &avx2::q6k::<1, false>(row, blocks, x, r0),
+                (KFormat::Q6K, 2, false) => &avx2::q6k::<2, false>(row, blocks, x, r0),
+                (KFormat::Q6K, 3, false) => &avx2::q6k::<3, false>(row, blocks, x, r0),
+                (KFormat::Q6K, _, false) => &avx2::q6k::<4, false>(row, blocks, x, r0),
+                (KFormat::Q6K, 1, true) => &avx2::q6k::<1, true>(row, blocks, x, r0),
+                (KFormat::Q6K, 2, true) => &avx2::q6k::<2, true>(row, blocks, x, r0),
+                (KFormat::Q6K, 3, true) => &avx2::q6k::<3, true>(row, blocks, x, r0),
+                (KFormat::Q6K, _, true) => &avx2::q6k::<4, true>(row, blocks, x, r0),
+            }
+        };
+        out[..values.len()].copy_from_slice(values);
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        let _ = (out, r0);
+        unreachable!("row-major K-quant matrices are only built where the AVX2 kernels are");
     }
 }
 
@@ -477,6 +564,184 @@ mod avx512 {
     }
 }
 
+/// Row-major K-quant products for AVX2 (CPUs without AVX-512 VNNI): per weight row the
+/// integer sums and float operations of the tiled kernels, so the same numbers bit for bit.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod avx2 {
+    use super::{Q8KRows, QK_K, scale_min_k4};
+    use std::arch::x86_64::*;
+
+    fn f16_at(block: &[u8], at: usize) -> f32 {
+        half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
+    }
+
+    #[inline(always)]
+    unsafe fn hsum_i32(v: __m256i) -> i32 {
+        unsafe {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+            _mm_cvtsi128_si32(s)
+        }
+    }
+
+    /// The lane sums of four registers.
+    #[inline(always)]
+    unsafe fn hsum4_i32(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> [i32; 4] {
+        unsafe {
+            let s = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            let mut out = [0i32; 4];
+            _mm_storeu_si128(out.as_mut_ptr().cast(), s);
+            out
+        }
+    }
+
+    /// `hsum_float_8`: `(a[j] + a[4 + j])`, then `(r0 + r2) + (r1 + r3)`.
+    #[inline(always)]
+    unsafe fn hsum_float_8(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+    }
+
+    /// Q4_K as `avx512::q4k` for one weight row: a full group of 4 activation rows scales
+    /// each pair of sub-blocks, other rows once per super-block; the minimums' terms in an
+    /// accumulator of their own, subtracted at the end.
+    // The row and sub-block indices address several arrays and activation offsets.
+    #[allow(clippy::needless_range_loop)]
+    pub(super) unsafe fn q4k<const K: usize>(row: &[u8], blocks: usize, x: &Q8KRows, r0: usize) -> [f32; K] {
+        let gemm = K == 4;
+        // SAFETY: `run_row` bounded the row and the activation rows.
+        unsafe {
+            let low = _mm256_set1_epi8(0x0F);
+            let (mut acc, mut acc_min) = ([0f32; K], [0f32; K]);
+            for b in 0..blocks {
+                let block = &row[b * 144..(b + 1) * 144];
+                let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+                let mut scale_min = [(0u8, 0u8); 8];
+                for (s, sm) in scale_min.iter_mut().enumerate() {
+                    *sm = scale_min_k4(s, &block[4..16]);
+                }
+                let mut dx = [0f32; K];
+                for (i, v) in dx.iter_mut().enumerate() {
+                    *v = x.d[(r0 + i) * blocks + b];
+                }
+                let mut total = [_mm256_setzero_si256(); K];
+                let mut mins = [0i32; K];
+                for j in 0..4 {
+                    let q = _mm256_loadu_si256(block.as_ptr().add(16 + 32 * j).cast());
+                    let (lo, hi) = (_mm256_and_si256(q, low), _mm256_and_si256(_mm256_srli_epi16(q, 4), low));
+                    let ((sc_a, m_a), (sc_b, m_b)) = (scale_min[2 * j], scale_min[2 * j + 1]);
+                    let (sa, sb) = (_mm256_set1_epi16(i16::from(sc_a)), _mm256_set1_epi16(i16::from(sc_b)));
+                    // Loops, not `array::from_fn`: its closures with SIMD values were not inlined.
+                    let mut scaled = [_mm256_setzero_si256(); K];
+                    let mut min = [0i32; K];
+                    for i in 0..K {
+                        let at = ((r0 + i) * blocks + b) * QK_K + 64 * j;
+                        let xa = _mm256_loadu_si256(x.qs.as_ptr().add(at).cast());
+                        let xb = _mm256_loadu_si256(x.qs.as_ptr().add(at + 32).cast());
+                        scaled[i] = _mm256_add_epi32(
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xa), sa),
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xb), sb),
+                        );
+                        let bs = &x.bsums[((r0 + i) * blocks + b) * 16..][..16];
+                        min[i] = i32::from(m_a) * (bs[4 * j] + bs[4 * j + 1])
+                            + i32::from(m_b) * (bs[4 * j + 2] + bs[4 * j + 3]);
+                    }
+                    if gemm {
+                        // One pair of sub-blocks' sums of the 4 rows at once.
+                        let s = hsum4_i32(scaled[0], scaled[1 % K], scaled[2 % K], scaled[3 % K]);
+                        for i in 0..K {
+                            acc[i] = (s[i] as f32).mul_add(d * dx[i], acc[i]);
+                            acc_min[i] = (min[i] as f32).mul_add(dmin * dx[i], acc_min[i]);
+                        }
+                    } else {
+                        for i in 0..K {
+                            total[i] = _mm256_add_epi32(total[i], scaled[i]);
+                            mins[i] += min[i];
+                        }
+                    }
+                }
+                if !gemm {
+                    for i in 0..K {
+                        acc[i] = (hsum_i32(total[i]) as f32).mul_add(d * dx[i], acc[i]);
+                        acc_min[i] = (mins[i] as f32).mul_add(dmin * dx[i], acc_min[i]);
+                    }
+                }
+            }
+            std::array::from_fn(|i| acc[i] - acc_min[i])
+        }
+    }
+
+    /// Q6_K as `avx512::q6k` for one weight row: below 8 batch rows ggml's AVX2
+    /// `vec_dot_q6_K_q8_K` itself (8 lanes, each scaled into its own accumulator), from 8
+    /// rows on one fused multiply-add per super-block (`REPACKED`).
+    #[allow(clippy::needless_range_loop)]
+    pub(super) unsafe fn q6k<const K: usize, const REPACKED: bool>(
+        row: &[u8],
+        blocks: usize,
+        x: &Q8KRows,
+        r0: usize,
+    ) -> [f32; K] {
+        // SAFETY: `run_row` bounded the row and the activation rows.
+        unsafe {
+            let (low, high) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
+            let mut acc = [_mm256_setzero_ps(); K];
+            let mut sums = [0f32; K];
+            for b in 0..blocks {
+                let block = &row[b * 210..(b + 1) * 210];
+                let d = f16_at(block, 208);
+                let sc = |s: usize| i16::from(block[192 + s] as i8);
+                let mut lanes = [_mm256_setzero_si256(); K];
+                for h in 0..2 {
+                    let at = block.as_ptr();
+                    let qa = _mm256_loadu_si256(at.add(64 * h).cast());
+                    let qb = _mm256_loadu_si256(at.add(64 * h + 32).cast());
+                    let qh = _mm256_loadu_si256(at.add(128 + 32 * h).cast());
+                    // Values 128h + 32q + 0..32, each code's high bits moved to bits 4-5.
+                    let v = [
+                        _mm256_or_si256(_mm256_and_si256(qa, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), high)),
+                        _mm256_or_si256(_mm256_and_si256(qb, low), _mm256_and_si256(_mm256_slli_epi16(qh, 2), high)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), low), _mm256_and_si256(qh, high)),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(qb, 4), low),
+                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), high),
+                        ),
+                    ];
+                    for q in 0..4 {
+                        // Lanes 0-3 (values 0..16 of the 32) take sub-block 8h + 2q, 4-7 the next.
+                        let s = 8 * h + 2 * q;
+                        let scales = _mm256_set_m128i(_mm_set1_epi16(sc(s + 1)), _mm_set1_epi16(sc(s)));
+                        for i in 0..K {
+                            let at = ((r0 + i) * blocks + b) * QK_K + 128 * h + 32 * q;
+                            let xq = _mm256_loadu_si256(x.qs.as_ptr().add(at).cast());
+                            lanes[i] =
+                                _mm256_add_epi32(lanes[i], _mm256_madd_epi16(_mm256_maddubs_epi16(v[q], xq), scales));
+                        }
+                    }
+                }
+                let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(block.as_ptr().add(192).cast()));
+                for i in 0..K {
+                    // The codes' offset of 32, by sub-block pairs as ggml's madd of bsums and scales.
+                    let bs = x.bsums16.as_ptr().add(((r0 + i) * blocks + b) * 16);
+                    let offset = _mm256_madd_epi16(_mm256_loadu_si256(bs.cast()), scales16);
+                    let exact = _mm256_sub_epi32(lanes[i], _mm256_slli_epi32(offset, 5));
+                    let dx = x.d[(r0 + i) * blocks + b];
+                    if REPACKED {
+                        sums[i] = (hsum_i32(exact) as f32 * d).mul_add(dx, sums[i]);
+                    } else {
+                        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(exact), acc[i]);
+                    }
+                }
+            }
+            if REPACKED { sums } else { std::array::from_fn(|i| hsum_float_8(acc[i])) }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,16 +800,24 @@ mod tests {
         w
     }
 
+    /// Every layout this machine runs: tiles where the CPU has AVX-512 VNNI, row-major where
+    /// the build has AVX2.
+    fn layouts() -> Vec<bool> {
+        [true, false].into_iter().filter(|&tiled| if tiled { crate::tiles::available() } else { ROW_MAJOR }).collect()
+    }
+
     #[test]
-    fn tiled_products_match_the_dequantized_weights() {
-        if !crate::tiles::available() {
-            eprintln!("no AVX-512 VNNI here: K-quants stay on Candle's kernels on this CPU");
+    fn products_match_the_dequantized_weights() {
+        if !available() {
+            eprintln!("no K-quant kernels of ours on this CPU: K-quants stay on Candle's kernels");
             return;
         }
-        for format in [KFormat::Q4K, KFormat::Q6K] {
+        for (format, tiled) in
+            [KFormat::Q4K, KFormat::Q6K].into_iter().flat_map(|f| layouts().into_iter().map(move |t| (f, t)))
+        {
             let (rows, cols) = (32, 512);
             let data = blocks(format, rows, cols);
-            let m = KMatrix::new(format, rows, cols, &data).expect("shape").expect("tiled");
+            let m = KMatrix::with_layout(format, rows, cols, &data, tiled).expect("shape").expect("layout");
             let w: Vec<f32> = data.chunks_exact(format.block_bytes()).flat_map(|b| dequantize(format, b)).collect();
             for n in [1, 3, 6] {
                 let x: Vec<f32> = bytes(n * cols, 5).iter().map(|&b| (f32::from(b) - 127.5) / 50.0).collect();
@@ -560,10 +833,35 @@ mod tests {
                         let got = f64::from(out[r * rows + o]);
                         assert!(
                             (got - want).abs() <= 1e-5 * scale.max(1e-3),
-                            "{format:?} n {n} row {r} out {o}: {got} vs {want}"
+                            "{format:?} (tiled: {tiled}) n {n} row {r} out {o}: {got} vs {want}"
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The AVX2 kernels compute each row's integers and float operations as the tiled ones
+    /// do, for every batch size (the orders change at 4 rows for Q4_K and 8 for Q6_K).
+    #[test]
+    fn row_major_products_equal_the_tiled_ones_bit_for_bit() {
+        if layouts().len() < 2 {
+            eprintln!("this machine runs one K-quant layout only: nothing to compare");
+            return;
+        }
+        for format in [KFormat::Q4K, KFormat::Q6K] {
+            let (rows, cols) = (48, 768);
+            let data = blocks(format, rows, cols);
+            let tiled = KMatrix::with_layout(format, rows, cols, &data, true).expect("shape").expect("tiled");
+            let row_major = KMatrix::with_layout(format, rows, cols, &data, false).expect("shape").expect("row-major");
+            for n in [1, 2, 3, 4, 5, 7, 8, 9, 12, 13] {
+                let x: Vec<f32> = bytes(n * cols, 9).iter().map(|&b| (f32::from(b) - 127.5) / 40.0).collect();
+                let q = Q8KRows::quantize(&x, cols).expect("quantize");
+                let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                tiled.matmul(&q, &mut a).expect("tiled");
+                row_major.matmul(&q, &mut b).expect("row-major");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "{format:?} with {n} activation rows");
             }
         }
     }

@@ -126,8 +126,8 @@ impl QLinear {
             GgmlDType::Q6K => KFormat::Q6K,
             _ => return Ok(None),
         };
-        let tiled = rapid_kernels::tiles::available() && std::env::var_os("RAPID_HOST_CANDLE_KERNELS").is_none();
-        if !tiled || !device.is_cpu() || info.shape.dims2().is_err() {
+        let ours = rapid_kernels::kquants::available() && std::env::var_os("RAPID_HOST_CANDLE_KERNELS").is_none();
+        if !ours || !device.is_cpu() || info.shape.dims2().is_err() {
             return Ok(None);
         }
         let super::gguf::RawTensor { rows, cols, data, .. } = gguf.raw_tensor(name)?;
