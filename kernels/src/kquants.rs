@@ -1,7 +1,8 @@
 //! K-quant weights (GGUF `Q4_K`, `Q6_K`) interleaved 16 rows at a time for AVX-512 VNNI,
 //! against activations quantized per 256 values (`Q8_K`, as ggml's `quantize_row_q8_K`).
-//! Where the CPU lacks VNNI these formats stay on Candle's kernels ([`KMatrix::new`] says
-//! so by returning `None`).
+//! Where the CPU lacks VNNI, the blocks stay row-major for AVX2 kernels that do each row's
+//! arithmetic exactly as the tiled ones; builds without AVX2 (ARM) leave these formats to
+//! Candle's kernels ([`KMatrix::new`] says so by returning `None`).
 //!
 //! The integer sums are exact, and the float order is llama.cpp's (its x86 build):
 //! - Q4_K as its repacked kernels: per super-block (gemv, single rows) or per pair of

@@ -874,6 +874,11 @@ mod tests {
 
     /// A matrix with random codes and sane f16 scales.
     fn matrix(format: Format, rows: usize, cols: usize) -> QuantMatrix {
+        QuantMatrix::new(format, rows, cols, blocks(format, rows, cols)).expect("shape")
+    }
+
+    /// GGUF blocks with random codes and modest f16 scales.
+    fn blocks(format: Format, rows: usize, cols: usize) -> Vec<u8> {
         let mut data = bytes(rows * cols / QK * format.block_bytes(), 7);
         for block in data.chunks_exact_mut(format.block_bytes()) {
             let d = half::f16::from_f32(0.01 + f32::from(block[0]) / 5000.0).to_le_bytes();
@@ -883,7 +888,7 @@ mod tests {
                 block[2..4].copy_from_slice(&m);
             }
         }
-        QuantMatrix::new(format, rows, cols, data).expect("shape")
+        data
     }
 
     fn activations(rows: usize, cols: usize) -> Vec<f32> {
@@ -942,13 +947,14 @@ mod tests {
 
     fn tiled_equals_row_major(format: Format) {
         let (rows, cols) = (48, 256);
-        let tiled = matrix(format, rows, cols);
+        let gguf = blocks(format, rows, cols);
+        let tiled = QuantMatrix::new(format, rows, cols, gguf.clone()).expect("shape");
         assert!(tiled.tiled);
-        let plain = QuantMatrix {
-            tiled: false,
-            data: (0..rows).flat_map(|o| tiled.row(o).into_owned()).collect(),
-            ..tiled.clone()
-        };
+        // The GGUF bytes themselves on the row-major side, and each row read back from the
+        // tiles equal to them: the interleaving loses nothing.
+        let plain = QuantMatrix { tiled: false, data: gguf.clone(), ..tiled.clone() };
+        let back: Vec<u8> = (0..rows).flat_map(|o| tiled.row(o).into_owned()).collect();
+        assert!(back == gguf, "{format:?}: rows read back from the tiles differ from the GGUF blocks");
         for n in [1, 3, 4, 7] {
             let q = Q8Rows::quantize(&activations(n, cols), cols).expect("quantize");
             let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);

@@ -9,8 +9,9 @@
 //! A tile-block (16 rows, 32 values) takes the bytes of the 16 blocks it replaces: the 16
 //! f16 scales (Q4_1: then the 16 f16 minimums); then the codes, 64 bytes per register:
 //! - Q5_0: 4 x 64 bytes of nibbles, part `p` holding bytes `4p..4p+4` of every row's block
-//!   (low nibbles: values `4p..`, high nibbles: values `16+4p..`), then the 16 rows' 32-bit
-//!   high-bit masks;
+//!   (low nibbles: values `4p..`, high nibbles: values `16+4p..`), then the high bits as 8
+//!   64-bit masks, mask `g` bit `4r + i` the high bit of value `4g + i` of row `r`: one
+//!   masked byte add per register puts them in place;
 //! - Q4_1: the 4 nibble parts as for Q5_0;
 //! - Q8_0: 8 x 64 bytes, group `g` holding values `4g..4g+4` of every row, stored `+128` so
 //!   that they are unsigned.
@@ -104,6 +105,43 @@ pub(crate) fn interleave(format: Format, data: &mut [u8], rows: usize, cols: usi
                     }
                 }
             }
+            if format == Format::Q5_0 {
+                transpose_high_bits(&mut tile[288..352], true);
+            }
+        }
+    }
+}
+
+/// Q5_0's high bits between the 16 rows' 32-bit words (`to_masks`) and the 8 masks of
+/// 64 bits, mask `g` bit `4r + i` = word `r` bit `4g + i` (and back).
+fn transpose_high_bits(region: &mut [u8], to_masks: bool) {
+    let mut from = [0u32; 16];
+    let mut masks = [0u64; 8];
+    if to_masks {
+        for (r, w) in from.iter_mut().enumerate() {
+            *w = u32::from_le_bytes([region[4 * r], region[4 * r + 1], region[4 * r + 2], region[4 * r + 3]]);
+        }
+        for (g, m) in masks.iter_mut().enumerate() {
+            for (r, w) in from.iter().enumerate() {
+                *m |= u64::from((w >> (4 * g)) & 0xF) << (4 * r);
+            }
+        }
+        for (g, m) in masks.iter().enumerate() {
+            region[8 * g..8 * g + 8].copy_from_slice(&m.to_le_bytes());
+        }
+    } else {
+        for (g, m) in masks.iter_mut().enumerate() {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&region[8 * g..8 * g + 8]);
+            *m = u64::from_le_bytes(bytes);
+        }
+        for (r, w) in from.iter_mut().enumerate() {
+            for (g, m) in masks.iter().enumerate() {
+                *w |= (((m >> (4 * r)) & 0xF) as u32) << (4 * g);
+            }
+        }
+        for (r, w) in from.iter().enumerate() {
+            region[4 * r..4 * r + 4].copy_from_slice(&w.to_le_bytes());
         }
     }
 }
@@ -115,7 +153,10 @@ pub(crate) fn row(format: Format, tiles: &[u8], o: usize, cols: usize) -> Vec<u8
     let mut out = vec![0u8; blocks * bytes];
     let runs = runs(format);
     for b in 0..blocks {
-        let tile = &tiles[(t * blocks + b) * tb..][..tb];
+        let mut tile = std::borrow::Cow::Borrowed(&tiles[(t * blocks + b) * tb..][..tb]);
+        if format == Format::Q5_0 {
+            transpose_high_bits(&mut tile.to_mut()[288..352], false);
+        }
         let dst = &mut out[b * bytes..][..bytes];
         for &(from, len, to, stride) in &runs {
             dst[from..from + len].copy_from_slice(&tile[to + stride * r..][..len]);
@@ -187,16 +228,11 @@ mod avx512 {
             if F == 1 {
                 return (w, d, _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(32).cast())));
             }
-            let spread = _mm512_set1_epi32(0x0020_4081);
-            let ones = _mm512_set1_epi32(0x0101_0101);
-            let nibble = _mm512_set1_epi32(0xF);
-            let qh = _mm512_loadu_si512(tile.add(288).cast());
+            let sixteen = _mm512_set1_epi8(16);
             for (g, wg) in w.iter_mut().enumerate() {
-                // Bits 4g..4g+4 of each row's mask to bit 4 of its 4 bytes (the multiply
-                // moves bit i to bit 8i; the shifted copies never overlap).
-                let bits = _mm512_and_si512(_mm512_srlv_epi32(qh, _mm512_set1_epi32(4 * g as i32)), nibble);
-                let spread = _mm512_and_si512(_mm512_mullo_epi32(bits, spread), ones);
-                *wg = _mm512_or_si512(*wg, _mm512_slli_epi32(spread, 4));
+                // Bit 4 of each byte whose value has its high bit set.
+                let mask: __mmask64 = std::ptr::read_unaligned(tile.add(288 + 8 * g).cast::<u64>());
+                *wg = _mm512_mask_add_epi8(*wg, mask, *wg, sixteen);
             }
             (w, d, _mm512_setzero_ps())
         }
