@@ -180,6 +180,26 @@ fn gemma3_tokenizes_like_llama_cpp() {
     check_model("gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m", false);
 }
 
+/// Awkward texts (runs of spaces and newlines, emoji and characters only byte tokens cover,
+/// CJK, special and user-defined tokens written in the text, an empty string) tokenized and
+/// detokenized as llama.cpp does, for both vocabularies: GPT-2 byte-level BPE (SmolLM2) and
+/// SentencePiece (gemma, our own `engine::spm`). scripts/llamacpp_tokens.py records them.
+#[test]
+fn awkward_texts_tokenize_and_detokenize_like_llama_cpp() {
+    let doc = reference("tokenization");
+    for (file, cases) in doc["models"].as_object().expect("models") {
+        let engine = Engine::load(&model(file), candle_core::Device::Cpu, false).expect("loads");
+        for case in cases.as_array().expect("cases") {
+            let text = case["text"].as_str().expect("text");
+            let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
+            let ids = engine.tokenizer.encode(text, false).expect("encode");
+            assert_eq!(ids, want, "{file}: tokens of {text:?}");
+            let back = engine.tokenizer.decode(&want).expect("decode");
+            assert_eq!(back, case["detokenized"].as_str().expect("detokenized"), "{file}: text of {want:?}");
+        }
+    }
+}
+
 // 2026-11-26 (session 4): bit-identical to llama.cpp (see the logits test below), so
 // token for token on all four prompts. scripts/llamacpp_intermediates.py found what it took,
 // tensor by tensor: RMS norm with f64 sums, SwiGLU with ggml's vector exp, RoPE as one

@@ -29,7 +29,7 @@ pub enum ConstraintError {
 /// llguidance's view of our tokenizer.
 struct TokenizerView {
     trie: TokTrie,
-    tokenizer: tokenizers::Tokenizer,
+    tokenizer: super::tokenizer::TextModel,
 }
 
 impl TokenizerEnv for TokenizerView {
@@ -40,7 +40,7 @@ impl TokenizerEnv for TokenizerView {
     /// llguidance re-tokenizes grammar literals; the model's own tokenizer does it exactly.
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
         let text = String::from_utf8_lossy(s);
-        self.tokenizer.encode(text.as_ref(), false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+        self.tokenizer.encode(text.as_ref()).unwrap_or_default()
     }
 }
 

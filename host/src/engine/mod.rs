@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod mlx;
 pub mod models;
 pub mod sampling;
+pub mod spm;
 pub mod template;
 pub mod tokenizer;
 

@@ -7,21 +7,50 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, Tokenizer};
 
+use std::sync::Arc;
+
 use super::EngineError;
 use super::gguf::GgufFile;
+use super::spm::SpmModel;
 
 /// GGUF token types (llama.cpp `llama_token_type`).
 const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
 
+/// What turns text into ids and back: a `tokenizers` pipeline (GPT-2 byte-level vocabularies,
+/// `tokenizer.json` files), or SentencePiece as llama.cpp runs it (GGUF `llama` vocabularies).
+#[derive(Debug, Clone)]
+pub enum TextModel {
+    Pipeline(Box<Tokenizer>),
+    SentencePiece(Arc<SpmModel>),
+}
+
+impl TextModel {
+    /// Ids of `text`, special tokens written in it recognized (no BOS).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        match self {
+            Self::Pipeline(t) => Ok(t.encode(text, false).map_err(err)?.get_ids().to_vec()),
+            Self::SentencePiece(m) => Ok(m.encode(text)),
+        }
+    }
+
+    /// Text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        match self {
+            Self::Pipeline(t) => t.decode(ids, false).map_err(err),
+            Self::SentencePiece(m) => Ok(m.decode(ids)),
+        }
+    }
+}
+
 /// A model's tokenizer with the ids the engine needs.
 pub struct ModelTokenizer {
-    pub inner: Tokenizer,
+    pub inner: TextModel,
     pub bos: Option<u32>,
     /// Tokens that end generation (end of sequence, end of turn).
     pub stop_ids: Vec<u32>,
     pub add_bos: bool,
-    tokens: Vocabulary,
+    tokens: Arc<Vocabulary>,
     types: Vec<i32>,
     kind: VocabKind,
 }
@@ -54,7 +83,8 @@ impl ModelTokenizer {
         let tokens = gguf.strings("tokenizer.ggml.tokens")?;
         let types = gguf.i32s("tokenizer.ggml.token_type").unwrap_or_default();
         let kind = if model == "gpt2" { VocabKind::ByteLevel } else { VocabKind::SentencePiece };
-        let mut inner = match model.as_str() {
+        let vocabulary = Arc::new(Vocabulary::new(&tokens));
+        let inner = match model.as_str() {
             "gpt2" => {
                 let merges = gguf.strings("tokenizer.ggml.merges")?;
                 let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
@@ -77,20 +107,27 @@ impl ModelTokenizer {
                 };
                 tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
                 tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)));
-                tokenizer
+                // Control and user-defined tokens (`<|im_start|>`, `<tool_call>`) are matched
+                // whole in text and kept when decoding, so parsers see the markers.
+                let specials: Vec<AddedToken> = tokens
+                    .iter()
+                    .zip(types.iter().chain(std::iter::repeat(&1)))
+                    .filter(|(_, t)| **t == TOKEN_CONTROL || **t == TOKEN_USER_DEFINED)
+                    .map(|(tok, t)| AddedToken::from(tok.clone(), *t == TOKEN_CONTROL))
+                    .collect();
+                tokenizer.add_special_tokens(specials).map_err(err)?;
+                TextModel::Pipeline(Box::new(tokenizer))
             }
-            "llama" => sentencepiece_bpe(gguf, &tokens, &types)?,
+            "llama" => {
+                let scores = gguf.f32s("tokenizer.ggml.scores")?;
+                let add_space_prefix =
+                    gguf.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
+                let unknown = gguf.u32("tokenizer.ggml.unknown_token_id").ok();
+                let spm = SpmModel::new(vocabulary.clone(), scores, &types, add_space_prefix, unknown)?;
+                TextModel::SentencePiece(Arc::new(spm))
+            }
             other => return Err(EngineError::Tokenizer(format!("tokenizer model `{other}` is not supported yet"))),
         };
-        // Control and user-defined tokens (`<|im_start|>`, `<tool_call>`) are matched whole in
-        // text and kept when decoding, so parsers see the markers.
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(types.iter().chain(std::iter::repeat(&1)))
-            .filter(|(_, t)| **t == TOKEN_CONTROL || **t == TOKEN_USER_DEFINED)
-            .map(|(tok, t)| AddedToken::from(tok.clone(), *t == TOKEN_CONTROL))
-            .collect();
-        inner.add_special_tokens(specials).map_err(err)?;
 
         let bos = gguf.u32("tokenizer.ggml.bos_token_id").ok();
         let mut stop_ids = Vec::new();
@@ -108,7 +145,7 @@ impl ModelTokenizer {
         stop_ids.sort_unstable();
         stop_ids.dedup();
         let add_bos = gguf.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
-        Ok(Self { inner, bos, stop_ids, add_bos, tokens: Vocabulary::new(&tokens), types, kind })
+        Ok(Self { inner, bos, stop_ids, add_bos, tokens: vocabulary, types, kind })
     }
 
     /// A `tokenizer.json` (with `tokenizer_config.json` and `config.json` beside it, for the
@@ -152,23 +189,24 @@ impl ModelTokenizer {
         stop_ids.sort_unstable();
         stop_ids.dedup();
         let add_bos = tk_config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
-        Ok(Self { inner, bos, stop_ids, add_bos, tokens: Vocabulary::new(&tokens), types, kind })
+        let inner = TextModel::Pipeline(Box::new(inner));
+        Ok(Self { inner, bos, stop_ids, add_bos, tokens: Arc::new(Vocabulary::new(&tokens)), types, kind })
     }
 
     /// Token ids of `text`; control tokens written in the text are recognized.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, EngineError> {
-        let encoding = self.inner.encode(text, false).map_err(err)?;
-        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        let encoded = self.inner.encode(text)?;
+        let mut ids = Vec::with_capacity(encoded.len() + 1);
         if add_bos && let Some(bos) = self.bos {
             ids.push(bos);
         }
-        ids.extend_from_slice(encoding.get_ids());
+        ids.extend_from_slice(&encoded);
         Ok(ids)
     }
 
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
-        self.inner.decode(ids, false).map_err(err)
+        self.inner.decode(ids)
     }
 
     pub fn token(&self, id: u32) -> Option<&str> {
@@ -216,70 +254,16 @@ fn byte_level_decoder() -> std::collections::HashMap<char, u8> {
 }
 
 fn sentencepiece_bytes(piece: &str) -> Vec<u8> {
-    if piece.len() == 6
-        && let Some(hex) = piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>'))
-        && let Ok(byte) = u8::from_str_radix(hex, 16)
-    {
-        return vec![byte];
+    match super::spm::byte_token(piece) {
+        Some(byte) => vec![byte],
+        None => piece.replace('\u{2581}', " ").into_bytes(),
     }
-    piece.replace('\u{2581}', " ").into_bytes()
-}
-
-/// SentencePiece BPE (Gemma, Llama 2) as a `tokenizers` BPE: merges are recovered from the
-/// vocabulary by splitting every piece in two, ranked by the merged piece's score, which is
-/// how SentencePiece picks merges; unknown characters fall back to `<0xXX>` byte tokens.
-fn sentencepiece_bpe(gguf: &GgufFile, tokens: &[String], types: &[i32]) -> Result<Tokenizer, EngineError> {
-    use tokenizers::decoders::byte_fallback::ByteFallback;
-    use tokenizers::decoders::fuse::Fuse;
-    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
-    use tokenizers::normalizers::{Prepend, Replace};
-    use tokenizers::{NormalizerWrapper, normalizers};
-
-    const NORMAL: i32 = 1;
-    let scores = gguf.f32s("tokenizer.ggml.scores")?;
-    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-    let mut ranked: Vec<(f32, u32, String, String)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
-        if types.get(id).copied().unwrap_or(NORMAL) != NORMAL || piece.chars().nth(1).is_none() {
-            continue;
-        }
-        for (split, _) in piece.char_indices().skip(1) {
-            let (left, right) = piece.split_at(split);
-            if vocab.contains_key(left) && vocab.contains_key(right) {
-                ranked.push((scores.get(id).copied().unwrap_or(0.0), id as u32, left.to_string(), right.to_string()));
-            }
-        }
-    }
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, l, r)| (l, r)).collect();
-    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
-    if let Ok(unk) = gguf.u32("tokenizer.ggml.unknown_token_id")
-        && let Some(token) = tokens.get(unk as usize)
-    {
-        builder = builder.unk_token(token.clone());
-    }
-    let mut tokenizer = Tokenizer::new(builder.build().map_err(err)?);
-    let replace = Replace::new(" ", "\u{2581}").map_err(err)?;
-    let add_prefix = gguf.get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
-    let normalizer: NormalizerWrapper = if add_prefix {
-        normalizers::Sequence::new(vec![Prepend::new("\u{2581}".into()).into(), replace.into()]).into()
-    } else {
-        replace.into()
-    };
-    tokenizer.with_normalizer(Some(normalizer)).map_err(err)?;
-    let decoder = DecoderSequence::new(vec![
-        tokenizers::decoders::DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(err)?),
-        ByteFallback::default().into(),
-        Fuse::default().into(),
-    ]);
-    tokenizer.with_decoder(Some(decoder));
-    Ok(tokenizer)
 }
 
 /// Every token's text in one buffer (a `Vec<String>` costs ~56 bytes per token in headers
 /// and allocations: ~15 MB for a 262k-token vocabulary).
 #[derive(Debug, Clone, Default)]
-struct Vocabulary {
+pub struct Vocabulary {
     text: String,
     ends: Vec<u32>,
 }
@@ -295,17 +279,21 @@ impl Vocabulary {
         Self { text, ends }
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.ends.len()
     }
 
-    fn get(&self, id: usize) -> Option<&str> {
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, id: usize) -> Option<&str> {
         let end = *self.ends.get(id)? as usize;
         let start = if id == 0 { 0 } else { self.ends[id - 1] as usize };
         self.text.get(start..end)
     }
 
-    fn iter(&self) -> impl Iterator<Item = &str> {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
         (0..self.len()).filter_map(|id| self.get(id))
     }
 }
