@@ -5,12 +5,13 @@
 //! on ties - for as long as some concatenation is a token; characters no token covers fall
 //! back to `<0xXX>` byte tokens.
 //!
-//! Built straight from the vocabulary (one sort of the token ids by text) instead of a BPE
-//! with merges derived from every split of every piece: for Gemma's 262k tokens that
-//! derivation took ~0.5 s and ~70 MB at load.
+//! Built straight from the vocabulary (one hash table of token ids keyed by their text)
+//! instead of a BPE with merges derived from every split of every piece: for Gemma's 262k
+//! tokens that derivation took ~0.5 s and ~70 MB at load.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -26,8 +27,9 @@ const TOKEN_USER_DEFINED: i32 = 4;
 pub struct SpmModel {
     vocab: Arc<Vocabulary>,
     scores: Vec<f32>,
-    /// Token ids ordered by text (then id), for lookups by binary search.
-    by_text: Vec<u32>,
+    /// Token ids keyed by their text (which lives in `vocab`).
+    by_text: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
     /// `<0xXX>` byte tokens.
     bytes: [Option<u32>; 256],
     /// Control and user-defined tokens, matched leftmost-longest in the raw text.
@@ -77,11 +79,21 @@ impl SpmModel {
         add_space_prefix: bool,
         unknown: Option<u32>,
     ) -> Result<Self, EngineError> {
-        let mut by_text: Vec<u32> = (0..vocab.len() as u32).collect();
-        by_text.sort_unstable_by(|&a, &b| {
-            vocab.get(a as usize).unwrap_or_default().cmp(vocab.get(b as usize).unwrap_or_default()).then(a.cmp(&b))
-        });
-        let mut model = Self { vocab, scores, by_text, bytes: [None; 256], specials: None, add_space_prefix, unknown };
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let text = |id: u32| vocab.get(id as usize).unwrap_or_default();
+        let mut by_text = hashbrown::HashTable::with_capacity(vocab.len());
+        for id in 0..vocab.len() as u32 {
+            let hash = hasher.hash_one(text(id));
+            // A text spelled by two ids maps to the later one, as llama.cpp's map does.
+            match by_text.find_mut(hash, |&other| text(other) == text(id)) {
+                Some(slot) => *slot = id,
+                None => {
+                    by_text.insert_unique(hash, id, |&other| hasher.hash_one(text(other)));
+                }
+            }
+        }
+        let mut model =
+            Self { vocab, scores, by_text, hasher, bytes: [None; 256], specials: None, add_space_prefix, unknown };
         for b in 0..=255u8 {
             model.bytes[usize::from(b)] = model.id(&format!("<0x{b:02X}>"));
         }
@@ -104,12 +116,10 @@ impl SpmModel {
         Ok(model)
     }
 
-    /// The id of the token spelled `text` (the last such id, as llama.cpp's map keeps).
+    /// The id of the token spelled `text`.
     fn id(&self, text: &str) -> Option<u32> {
-        let text_of = |id: u32| self.vocab.get(id as usize).unwrap_or_default();
-        let after = self.by_text.partition_point(|&id| text_of(id) <= text);
-        let id = *self.by_text.get(after.checked_sub(1)?)?;
-        (text_of(id) == text).then_some(id)
+        let hash = self.hasher.hash_one(text);
+        self.by_text.find(hash, |&id| self.vocab.get(id as usize) == Some(text)).copied()
     }
 
     pub fn encode(&self, text: &str) -> Vec<u32> {
