@@ -1,7 +1,7 @@
 //! Products per second for one quantized matrix against `n` activation rows (n = 1 is a
 //! decode step, n > 1 a prefill batch), on the threads `CANDLE_NUM_THREADS` gives the pool:
 //! `CANDLE_NUM_THREADS=1 cargo run --release -p rapid-kernels --example matmul [format rows cols n]`,
-//! format one of q4_1 q5_0 q8_0 q4_k q6_k. For checking kernel speed and scaling.
+//! format one of q4_0 q4_1 q5_0 q8_0 q4_k q6_k. For checking kernel speed and scaling.
 use rapid_kernels::kquants::{KFormat, KMatrix, Q8KRows};
 use rapid_kernels::{Format, Q8Rows, QuantMatrix};
 
@@ -58,6 +58,7 @@ fn main() {
         _ => {}
     }
     let format = match args.first().map(String::as_str).unwrap_or("q4_1") {
+        "q4_0" => Format::Q4_0,
         "q5_0" => Format::Q5_0,
         "q8_0" => Format::Q8_0,
         _ => Format::Q4_1,

@@ -47,6 +47,8 @@ impl std::error::Error for KernelError {}
 /// GGUF block formats with a kernel here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// `d: f16, qs: [u8; 16]`; `w = d * (q - 8)`, q in 0..16.
+    Q4_0,
     /// `d: f16, m: f16, qs: [u8; 16]`; `w = d * q + m`, q in 0..16.
     Q4_1,
     /// `d: f16, qh: [u8; 4], qs: [u8; 16]`; `w = d * (q - 16)`, q in 0..32.
@@ -59,6 +61,7 @@ pub enum Format {
 impl Format {
     pub fn block_bytes(self) -> usize {
         match self {
+            Self::Q4_0 => 18,
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,
             Self::Q8_0 => 34,
@@ -192,6 +195,7 @@ impl QuantMatrix {
             let act =
                 Act { d: &x.d[blocks.clone()], s: &x.s[blocks.clone()], qs: &x.qs[blocks.start * QK..blocks.end * QK] };
             match self.format {
+                Format::Q4_0 => dot_q4_0(&self.row(o), &act),
                 Format::Q4_1 => dot_q4_1(&self.row(o), &act),
                 Format::Q5_0 => dot_q5_0(&self.row(o), &act),
                 Format::Q8_0 => dot_q8_0(&self.row(o), &act),
@@ -227,6 +231,7 @@ impl QuantMatrix {
                 while r + 4 <= n {
                     let acts = [act(r), act(r + 1), act(r + 2), act(r + 3)];
                     let dots = match self.format {
+                        Format::Q4_0 => dot4_q4_0(&row, &acts),
                         Format::Q4_1 => dot4_q4_1(&row, &acts),
                         Format::Q5_0 => dot4_q5_0(&row, &acts),
                         Format::Q8_0 => dot4_q8_0(&row, &acts),
@@ -322,6 +327,12 @@ impl QuantMatrix {
         let mut out = Vec::with_capacity(data.len() / self.format.block_bytes() * QK);
         for block in data.chunks_exact(self.format.block_bytes()) {
             match self.format {
+                Format::Q4_0 => {
+                    let d = f16(block, 0);
+                    let qs = &block[2..18];
+                    out.extend(qs.iter().map(|q| d * (i32::from(q & 0xF) - 8) as f32));
+                    out.extend(qs.iter().map(|q| d * (i32::from(q >> 4) - 8) as f32));
+                }
                 Format::Q4_1 => {
                     let (d, m) = (f16(block, 0), f16(block, 2));
                     let qs = &block[4..20];
@@ -385,6 +396,8 @@ macro_rules! kernel {
 }
 
 kernel! {
+    dot_q4_0(&Act<'_>) -> f32;
+    dot4_q4_0(&[Act<'_>; 4]) -> [f32; 4];
     dot_q4_1(&Act<'_>) -> f32;
     dot4_q4_1(&[Act<'_>; 4]) -> [f32; 4];
     dot_q5_0(&Act<'_>) -> f32;
@@ -399,6 +412,10 @@ kernel! {
     allow(dead_code)
 )]
 mod scalar {
+    pub fn dot4_q4_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        [dot_q4_0(row, &x[0]), dot_q4_0(row, &x[1]), dot_q4_0(row, &x[2]), dot_q4_0(row, &x[3])]
+    }
+
     pub fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
         [dot_q4_1(row, &x[0]), dot_q4_1(row, &x[1]), dot_q4_1(row, &x[2]), dot_q4_1(row, &x[3])]
     }
@@ -430,6 +447,17 @@ mod scalar {
             }
         }
         super::hsum_float_8(&acc)
+    }
+
+    pub fn dot_q4_0(row: &[u8], x: &Act<'_>) -> f32 {
+        dot_lanes(row, x, 18, |block| {
+            let mut q = [0i32; QK];
+            for j in 0..16 {
+                q[j] = i32::from(block[2 + j] & 0xF) - 8;
+                q[j + 16] = i32::from(block[2 + j] >> 4) - 8;
+            }
+            (f16(block, 0), q)
+        })
     }
 
     pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
@@ -510,6 +538,16 @@ mod neon {
         }
     }
 
+    fn q4_0_block(block: &[u8]) -> (f32, int8x16_t, int8x16_t) {
+        // SAFETY: a Q4_0 block is 18 bytes, the nibbles the 16 after the scale.
+        unsafe {
+            let nib = vld1q_u8(block[2..18].as_ptr());
+            let (lo, hi) = (vandq_u8(nib, vdupq_n_u8(0xF)), vshrq_n_u8(nib, 4));
+            let eight = vdupq_n_s8(8);
+            (f16(block, 0), vsubq_s8(vreinterpretq_s8_u8(lo), eight), vsubq_s8(vreinterpretq_s8_u8(hi), eight))
+        }
+    }
+
     fn q5_0_block(block: &[u8]) -> (f32, int8x16_t, int8x16_t) {
         // SAFETY: a Q5_0 block is 22 bytes: scale, 4 bytes of high bits, 16 of nibbles.
         unsafe {
@@ -586,6 +624,14 @@ mod neon {
     pub fn dot4_q4_1(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
         let sums = dot4_with(row, x, 20, q4_1_block);
         std::array::from_fn(|k| sums[k] + offsets(row, &x[k]))
+    }
+
+    pub fn dot_q4_0(row: &[u8], x: &Act<'_>) -> f32 {
+        dot_with(row, x, 18, q4_0_block)
+    }
+
+    pub fn dot4_q4_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        dot4_with(row, x, 18, q4_0_block)
     }
 
     pub fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
@@ -732,6 +778,13 @@ mod avx2 {
 
     /// A Q5_0 block as `(d, q - 16)`, signed bytes: where the high bit is clear, the top
     /// nibble is set.
+    /// A Q4_0 block as `(d, q)`, q signed (nibble - 8).
+    #[inline(always)]
+    unsafe fn q4_0_block(block: &[u8]) -> (f32, __m256i) {
+        // SAFETY: a Q4_0 block is 18 bytes, the nibbles the 16 after the scale.
+        unsafe { (f16(block, 0), _mm256_sub_epi8(bytes_from_nibbles_32(&block[2..]), _mm256_set1_epi8(8))) }
+    }
+
     #[inline(always)]
     unsafe fn q5_0_block(block: &[u8]) -> (f32, __m256i) {
         unsafe {
@@ -803,6 +856,18 @@ mod avx2 {
     }
 
     #[inline(always)]
+    pub(super) unsafe fn dot_q4_0_impl<const VNNI: bool>(row: &[u8], x: &Act<'_>) -> f32 {
+        // SAFETY: the caller's contract (AVX2, and VNNI when asked for).
+        unsafe { dot_signed::<VNNI>(row, x, 18, |b| q4_0_block(b)) }
+    }
+
+    #[inline(always)]
+    pub(super) unsafe fn dot4_q4_0_impl<const VNNI: bool>(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
+        // SAFETY: as above.
+        unsafe { dot4_signed::<VNNI>(row, x, 18, |b| q4_0_block(b)) }
+    }
+
+    #[inline(always)]
     pub(super) unsafe fn dot_q5_0_impl<const VNNI: bool>(row: &[u8], x: &Act<'_>) -> f32 {
         // SAFETY: the caller's contract (AVX2, and VNNI when asked for).
         unsafe { dot_signed::<VNNI>(row, x, 22, |b| q5_0_block(b)) }
@@ -843,6 +908,8 @@ mod avx2 {
     }
 
     dispatch! {
+        dot_q4_0 / dot_q4_0_vnni / dot_q4_0_impl (&Act<'_>) -> f32;
+        dot4_q4_0 / dot4_q4_0_vnni / dot4_q4_0_impl (&[Act<'_>; 4]) -> [f32; 4];
         dot_q4_1 / dot_q4_1_vnni / dot_q4_1_impl (&Act<'_>) -> f32;
         dot4_q4_1 / dot4_q4_1_vnni / dot4_q4_1_impl (&[Act<'_>; 4]) -> [f32; 4];
         dot_q5_0 / dot_q5_0_vnni / dot_q5_0_impl (&Act<'_>) -> f32;
@@ -897,7 +964,7 @@ mod tests {
 
     #[test]
     fn simd_and_scalar_agree_and_approximate_f32() {
-        for format in [Format::Q4_1, Format::Q5_0, Format::Q8_0] {
+        for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q8_0] {
             let (rows, cols, n) = (37, 256, 6);
             let w = matrix(format, rows, cols);
             let x = activations(n, cols);
@@ -914,6 +981,7 @@ mod tests {
                 for o in 0..rows {
                     let scalar = match format {
                         Format::Q4_1 => scalar::dot_q4_1(&w.row(o), &act),
+                        Format::Q4_0 => scalar::dot_q4_0(&w.row(o), &act),
                         Format::Q5_0 => scalar::dot_q5_0(&w.row(o), &act),
                         Format::Q8_0 => scalar::dot_q8_0(&w.row(o), &act),
                     };
@@ -940,7 +1008,7 @@ mod tests {
             eprintln!("no AVX-512 VNNI here: the tiled kernel is not used on this CPU");
             return;
         }
-        for format in [Format::Q4_1, Format::Q5_0, Format::Q8_0] {
+        for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q8_0] {
             tiled_equals_row_major(format);
         }
     }
@@ -981,13 +1049,16 @@ mod tests {
             qs: &q.qs[r * cols..(r + 1) * cols],
         };
         let acts = [act(0), act(1), act(2), act(3)];
-        for format in [Format::Q4_1, Format::Q5_0, Format::Q8_0] {
+        for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q8_0] {
             let w = matrix(format, 9, cols);
             for o in 0..9 {
                 let row = &*w.row(o);
                 // SAFETY: this build targets AVX2 + FMA (the cfg above).
                 let (plain1, plain4) = unsafe {
                     match format {
+                        Format::Q4_0 => {
+                            (avx2::dot_q4_0_impl::<false>(row, &acts[0]), avx2::dot4_q4_0_impl::<false>(row, &acts))
+                        }
                         Format::Q4_1 => {
                             (avx2::dot_q4_1_impl::<false>(row, &acts[0]), avx2::dot4_q4_1_impl::<false>(row, &acts))
                         }
@@ -1000,6 +1071,7 @@ mod tests {
                     }
                 };
                 let (best1, best4) = match format {
+                    Format::Q4_0 => (avx2::dot_q4_0(row, &acts[0]), avx2::dot4_q4_0(row, &acts)),
                     Format::Q4_1 => (avx2::dot_q4_1(row, &acts[0]), avx2::dot4_q4_1(row, &acts)),
                     Format::Q5_0 => (avx2::dot_q5_0(row, &acts[0]), avx2::dot4_q5_0(row, &acts)),
                     Format::Q8_0 => (avx2::dot_q8_0(row, &acts[0]), avx2::dot4_q8_0(row, &acts)),

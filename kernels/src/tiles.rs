@@ -12,7 +12,7 @@
 //!   (low nibbles: values `4p..`, high nibbles: values `16+4p..`), then the high bits as 8
 //!   64-bit masks, mask `g` bit `4r + i` the high bit of value `4g + i` of row `r`: one
 //!   masked byte add per register puts them in place;
-//! - Q4_1: the 4 nibble parts as for Q5_0;
+//! - Q4_1: the 4 nibble parts as for Q5_0 (Q4_0 likewise, after its scales);
 //! - Q8_0: 8 x 64 bytes, group `g` holding values `4g..4g+4` of every row, stored `+128` so
 //!   that they are unsigned.
 
@@ -47,6 +47,12 @@ pub fn available() -> bool {
 /// row `r`'s bytes `from..from + len` go to `to + stride * r`.
 fn runs(format: Format) -> Vec<(usize, usize, usize, usize)> {
     match format {
+        // d | qs[16]
+        Format::Q4_0 => {
+            let mut runs = vec![(0, 2, 0, 2)];
+            runs.extend((0..4).map(|p| (2 + 4 * p, 4, 32 + 64 * p, 4)));
+            runs
+        }
         // d | qh[4] | qs[16]
         Format::Q5_0 => {
             let mut runs = vec![(0, 2, 0, 2), (2, 4, 288, 4)];
@@ -192,6 +198,7 @@ pub(crate) fn dot_tile(
             Format::Q5_0 => avx512::dot_tile::<0>(tiles, blocks, x, sums, out),
             Format::Q4_1 => avx512::dot_tile::<1>(tiles, blocks, x, sums, out),
             Format::Q8_0 => avx512::dot_tile::<2>(tiles, blocks, x, sums, out),
+            Format::Q4_0 => avx512::dot_tile::<3>(tiles, blocks, x, sums, out),
         }
     }
 }
@@ -201,9 +208,9 @@ mod avx512 {
     use super::{Act, QK, TILE};
     use std::arch::x86_64::*;
 
-    /// `F`: 0 = Q5_0, 1 = Q4_1, 2 = Q8_0.
+    /// `F`: 0 = Q5_0, 1 = Q4_1, 2 = Q8_0, 3 = Q4_0.
     const fn tile_block<const F: u8>() -> usize {
-        TILE * [22, 20, 34][F as usize]
+        TILE * [22, 20, 34, 18][F as usize]
     }
 
     /// Unsigned codes of one tile-block as 8 registers (values `4g..4g+4` of 16 rows), the
@@ -218,6 +225,7 @@ mod avx512 {
                 return (w, d, _mm512_setzero_ps());
             }
             let low = _mm512_set1_epi8(0x0F);
+            // Q4_1's minimums come before the codes.
             let codes = if F == 1 { 64 } else { 32 };
             let mut w = [_mm512_setzero_si512(); 8];
             for p in 0..4 {
@@ -227,6 +235,9 @@ mod avx512 {
             }
             if F == 1 {
                 return (w, d, _mm512_cvtph_ps(_mm256_loadu_si256(tile.add(32).cast())));
+            }
+            if F == 3 {
+                return (w, d, _mm512_setzero_ps());
             }
             let sixteen = _mm512_set1_epi8(16);
             for (g, wg) in w.iter_mut().enumerate() {
@@ -247,8 +258,9 @@ mod avx512 {
         out: &mut [f32],
     ) {
         let tb = tile_block::<F>();
-        // The codes' offset: Q5_0 stores q in 0..32 for q − 16, Q8_0 q + 128 for q.
-        let offset: i32 = [-16, 0, -128][F as usize];
+        // The codes' offset: Q5_0 stores q in 0..32 for q − 16, Q8_0 q + 128 for q, Q4_0
+        // q in 0..16 for q - 8.
+        let offset: i32 = [-16, 0, -128, -8][F as usize];
         let n = x.len();
         // SAFETY: the caller bounded `tiles`, `x` and `sums` for `blocks` blocks; the
         // unpacked copy holds `blocks` entries.

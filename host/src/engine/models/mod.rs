@@ -190,6 +190,7 @@ impl QLinear {
 /// Candle's everywhere (A/B comparisons).
 fn ours(dtype: GgmlDType) -> Option<Format> {
     let format = match dtype {
+        GgmlDType::Q4_0 => Some(Format::Q4_0),
         GgmlDType::Q4_1 => Some(Format::Q4_1),
         GgmlDType::Q5_0 => Some(Format::Q5_0),
         GgmlDType::Q8_0 => Some(Format::Q8_0),
