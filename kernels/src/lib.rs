@@ -449,15 +449,21 @@ mod scalar {
         super::hsum_float_8(&acc)
     }
 
+    /// Q4_0 in llama.cpp's order for it on x86, where it repacks Q4_0 (`q4_0_8x8`): one
+    /// fused multiply-add per block of the block's whole integer sum, `isum · (d_w · d_x)`.
     pub fn dot_q4_0(row: &[u8], x: &Act<'_>) -> f32 {
-        dot_lanes(row, x, 18, |block| {
-            let mut q = [0i32; QK];
-            for j in 0..16 {
-                q[j] = i32::from(block[2 + j] & 0xF) - 8;
-                q[j + 16] = i32::from(block[2 + j] >> 4) - 8;
-            }
-            (f16(block, 0), q)
-        })
+        let mut acc = 0f32;
+        for (b, block) in row.chunks_exact(18).enumerate() {
+            let qx = &x.qs[b * QK..(b + 1) * QK];
+            let isum: i32 = (0..16)
+                .map(|j| {
+                    (i32::from(block[2 + j] & 0xF) - 8) * i32::from(qx[j])
+                        + (i32::from(block[2 + j] >> 4) - 8) * i32::from(qx[j + 16])
+                })
+                .sum();
+            acc = (isum as f32).mul_add(f16(block, 0) * x.d[b], acc);
+        }
+        acc
     }
 
     pub fn dot_q4_1(row: &[u8], x: &Act<'_>) -> f32 {
@@ -626,12 +632,25 @@ mod neon {
         std::array::from_fn(|k| sums[k] + offsets(row, &x[k]))
     }
 
+    /// Q4_0 as the scalar reference: one fused multiply-add per block of its integer sum.
     pub fn dot_q4_0(row: &[u8], x: &Act<'_>) -> f32 {
-        dot_with(row, x, 18, q4_0_block)
+        let blocks = row.len() / 18;
+        assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks);
+        let mut acc = 0f32;
+        for b in 0..blocks {
+            let (d, w_lo, w_hi) = q4_0_block(&row[b * 18..(b + 1) * 18]);
+            // SAFETY: 16-byte loads at offsets 0 and 16 of activation block b (checked above).
+            let isum = unsafe {
+                let q = x.qs.as_ptr().add(b * QK);
+                vaddvq_s32(vaddq_s32(lanes16(w_lo, vld1q_s8(q)), lanes16(w_hi, vld1q_s8(q.add(16)))))
+            };
+            acc = (isum as f32).mul_add(d * x.d[b], acc);
+        }
+        acc
     }
 
     pub fn dot4_q4_0(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        dot4_with(row, x, 18, q4_0_block)
+        std::array::from_fn(|k| dot_q4_0(row, &x[k]))
     }
 
     pub fn dot_q5_0(row: &[u8], x: &Act<'_>) -> f32 {
@@ -855,16 +874,61 @@ mod avx2 {
         }
     }
 
+    /// Σ unsigned(a) · signed(b) over 32 byte pairs, as one integer.
+    #[inline(always)]
+    unsafe fn isum_us8<const VNNI: bool>(a: __m256i, b: __m256i) -> i32 {
+        unsafe {
+            let v = if VNNI {
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b)
+            } else {
+                _mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(a, b))
+            };
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+        }
+    }
+
+    /// Q4_0 in llama.cpp's order for it on x86 (its repacked `q4_0_8x8` kernels): one fused
+    /// multiply-add per block of the block's whole integer sum, `isum · (d_w · d_x)`.
     #[inline(always)]
     pub(super) unsafe fn dot_q4_0_impl<const VNNI: bool>(row: &[u8], x: &Act<'_>) -> f32 {
-        // SAFETY: the caller's contract (AVX2, and VNNI when asked for).
-        unsafe { dot_signed::<VNNI>(row, x, 18, |b| q4_0_block(b)) }
+        let blocks = row.len() / 18;
+        assert!(x.qs.len() >= blocks * QK && x.d.len() >= blocks);
+        // SAFETY: the caller's contract (AVX2, and VNNI when asked for); loads inside the
+        // asserted bounds.
+        unsafe {
+            let mut acc = 0f32;
+            for b in 0..blocks {
+                let (d, qw) = q4_0_block(&row[b * 18..(b + 1) * 18]);
+                let qx = _mm256_loadu_si256(x.qs[b * QK..].as_ptr().cast());
+                let isum = isum_us8::<VNNI>(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+                acc = (isum as f32).mul_add(d * x.d[b], acc);
+            }
+            acc
+        }
     }
 
     #[inline(always)]
     pub(super) unsafe fn dot4_q4_0_impl<const VNNI: bool>(row: &[u8], x: &[Act<'_>; 4]) -> [f32; 4] {
-        // SAFETY: as above.
-        unsafe { dot4_signed::<VNNI>(row, x, 18, |b| q4_0_block(b)) }
+        let blocks = row.len() / 18;
+        for a in x {
+            assert!(a.qs.len() >= blocks * QK && a.d.len() >= blocks);
+        }
+        // SAFETY: as above, for each of the four rows.
+        unsafe {
+            let mut acc = [0f32; 4];
+            for b in 0..blocks {
+                let (d, qw) = q4_0_block(&row[b * 18..(b + 1) * 18]);
+                let abs_w = _mm256_sign_epi8(qw, qw);
+                for (k, a) in x.iter().enumerate() {
+                    let qx = _mm256_loadu_si256(a.qs[b * QK..].as_ptr().cast());
+                    let isum = isum_us8::<VNNI>(abs_w, _mm256_sign_epi8(qx, qw));
+                    acc[k] = (isum as f32).mul_add(d * a.d[b], acc[k]);
+                }
+            }
+            acc
+        }
     }
 
     #[inline(always)]

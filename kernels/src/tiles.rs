@@ -322,16 +322,30 @@ mod avx512 {
                         }
                         let qs = a.qs.as_ptr().add(b * QK);
                         let s = self.sums[j].as_ptr().add(b * 8);
+                        let mut block_sum = _mm512_setzero_si512();
                         for g in 0..8 {
                             // Σ q·x + offset·Σx: the signed codes' products, summed exactly.
                             let init = _mm512_set1_epi32(self.offset * *s.add(g));
                             let xg = _mm512_set1_epi32(std::ptr::read_unaligned(qs.add(4 * g).cast::<i32>()));
                             let lanes = _mm512_dpbusd_epi32(init, w[g], xg);
-                            acc[j][g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(lanes), acc[j][g]);
+                            if F == 3 {
+                                block_sum = _mm512_add_epi32(block_sum, lanes);
+                            } else {
+                                acc[j][g] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(lanes), acc[j][g]);
+                            }
+                        }
+                        if F == 3 {
+                            // Q4_0 as llama.cpp's repacked kernels: one fused multiply-add per
+                            // block of its whole integer sum.
+                            acc[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block_sum), dd, acc[j][0]);
                         }
                     }
                 }
                 for (j, acc) in acc.iter().enumerate() {
+                    if F == 3 {
+                        _mm512_storeu_ps(out[j * TILE..][..TILE].as_mut_ptr(), acc[0]);
+                        continue;
+                    }
                     // hsum_float_8, for 16 rows at once.
                     let r: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(acc[4 + i], acc[i]));
                     let mut total = _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]));
