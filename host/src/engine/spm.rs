@@ -230,3 +230,79 @@ pub fn byte_token(piece: &str) -> Option<u8> {
     let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
     if hex.len() == 2 { u8::from_str_radix(hex, 16).ok() } else { None }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small vocabulary: byte tokens for every byte, some pieces with scores, a control
+    /// token and a user-defined one.
+    fn model(add_space_prefix: bool) -> (SpmModel, Vec<String>) {
+        let mut tokens: Vec<(String, f32, i32)> = vec![("<unk>".into(), 0.0, 2), ("<s>".into(), 0.0, 3)];
+        tokens.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 0.0, 6)));
+        for (piece, score) in [
+            ("▁", -1.0),
+            ("h", -2.0),
+            ("e", -2.0),
+            ("l", -2.0),
+            ("o", -2.0),
+            ("he", -3.0),
+            ("ll", -1.5),
+            ("llo", -4.0),
+            ("hello", -5.0),
+            ("▁hello", -6.0),
+            ("ab", -1.0),
+            ("bc", -1.0),
+            ("a", -2.0),
+            ("b", -2.0),
+            ("c", -2.0),
+        ] {
+            tokens.push((piece.into(), score, 1));
+        }
+        tokens.push(("<turn>".into(), 0.0, 3));
+        tokens.push(("  ".into(), 0.0, 4));
+        let texts: Vec<String> = tokens.iter().map(|t| t.0.clone()).collect();
+        let scores = tokens.iter().map(|t| t.1).collect();
+        let types: Vec<i32> = tokens.iter().map(|t| t.2).collect();
+        let vocab = Arc::new(Vocabulary::new(&texts));
+        (SpmModel::new(vocab, scores, &types, add_space_prefix, Some(0)).expect("model"), texts)
+    }
+
+    fn pieces(texts: &[String], ids: &[u32]) -> Vec<String> {
+        ids.iter().map(|&id| texts[id as usize].clone()).collect()
+    }
+
+    #[test]
+    fn merges_follow_the_scores_and_fall_back_to_bytes() {
+        let (m, texts) = model(false);
+        // "ll" (-1.5) merges first, then "he" (-3), then "llo" (-4), then "hello" (-5).
+        assert_eq!(pieces(&texts, &m.encode("hello")), ["hello"]);
+        // Equal scores: the leftmost pair ("ab") wins over "bc".
+        assert_eq!(pieces(&texts, &m.encode("abc")), ["ab", "c"]);
+        // "é" is no token: its two UTF-8 bytes.
+        assert_eq!(pieces(&texts, &m.encode("é")), ["<0xC3>", "<0xA9>"]);
+        assert!(m.encode("").is_empty());
+    }
+
+    #[test]
+    fn special_and_user_defined_tokens_are_matched_in_the_raw_text() {
+        let (m, texts) = model(true);
+        // A space prefix starts the text and follows each special or user-defined token
+        // (llama.cpp's add_space_prefix); two spaces are the user-defined token, not escaped
+        // spaces.
+        assert_eq!(pieces(&texts, &m.encode("hello<turn>hello")), ["▁hello", "<turn>", "▁hello"]);
+        assert_eq!(pieces(&texts, &m.encode("a  b")), ["▁", "a", "  ", "▁", "b"]);
+        let (plain, texts) = model(false);
+        assert_eq!(pieces(&texts, &plain.encode("hello hello")), ["hello", "▁hello"]);
+    }
+
+    #[test]
+    fn decoding_restores_spaces_bytes_and_special_tokens() {
+        let (m, _) = model(true);
+        let ids = m.encode("hello<turn> héllo");
+        assert_eq!(m.decode(&ids), " hello<turn>  héllo");
+        // A lone continuation byte decodes to the replacement character, not a panic.
+        let lone = m.id("<0xA9>").expect("byte token");
+        assert_eq!(m.decode(&[lone]), "\u{FFFD}");
+    }
+}

@@ -269,7 +269,7 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
-    fn new(tokens: &[String]) -> Self {
+    pub fn new(tokens: &[String]) -> Self {
         let mut text = String::with_capacity(tokens.iter().map(String::len).sum());
         let mut ends = Vec::with_capacity(tokens.len());
         for token in tokens {
