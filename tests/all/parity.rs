@@ -126,7 +126,11 @@ fn gemma3_follows_llama_cpp_within_near_ties() {
 /// by scripts/llamacpp_reference.py), the largest difference and how many steps match
 /// exactly.
 fn logits_against_llama_cpp(file: &str, name: &str) -> (f32, usize, usize) {
-    let engine = Engine::load(&model(file), candle_core::Device::Cpu, false).expect("loads");
+    logits_of_file_against_llama_cpp(&model(file), name)
+}
+
+fn logits_of_file_against_llama_cpp(path: &std::path::Path, name: &str) -> (f32, usize, usize) {
+    let engine = Engine::load(path, candle_core::Device::Cpu, false).expect("loads");
     let doc = reference(name);
     let (mut worst, mut exact, mut steps) = (0f32, 0, 0);
     for case in doc["cases"].as_array().expect("cases") {
@@ -152,6 +156,45 @@ fn logits_against_llama_cpp(file: &str, name: &str) -> (f32, usize, usize) {
 fn smollm2_logits_equal_llama_cpp_bit_for_bit() {
     let (worst, exact, steps) =
         logits_against_llama_cpp("SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(exact, steps, "{exact}/{steps} steps exact, largest difference {worst}");
+}
+
+/// SmolLM2's Q4_1 file requantized to Q4_0 (the Q8_0 embedding table to Q8_0) through
+/// Candle's quantizers, which are ggml's reference ones: the same tensors as llama.cpp's
+/// quantizer writes (scripts/llamacpp_requantize.py), whose logits the fixture holds.
+fn requantized_q4_0(dir: &std::path::Path) -> PathBuf {
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+    let cpu = candle_core::Device::Cpu;
+    let mut file = std::fs::File::open(model("SmolLM2-135M-Instruct.Q4_1.gguf")).expect("open");
+    let content = gguf_file::Content::read(&mut file).expect("gguf");
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(&str, QTensor)> = names
+        .into_iter()
+        .map(|name| {
+            let t = content.tensor(&mut file, name, &cpu).expect("tensor");
+            let t = match t.dtype() {
+                GgmlDType::Q4_1 => QTensor::quantize(&t.dequantize(&cpu).expect("f32"), GgmlDType::Q4_0),
+                GgmlDType::Q8_0 => QTensor::quantize(&t.dequantize(&cpu).expect("f32"), GgmlDType::Q8_0),
+                _ => Ok(t),
+            };
+            (name.as_str(), t.expect("quantize"))
+        })
+        .collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let path = dir.join("SmolLM2-135M-Instruct.Q4_0.gguf");
+    let mut out = std::fs::File::create(&path).expect("create");
+    gguf_file::write(&mut out, &metadata, &refs).expect("write");
+    path
+}
+
+/// Q4_0 (which llama.cpp repacks on x86 and sums in an order of its own) bit for bit too.
+#[test]
+fn q4_0_logits_equal_llama_cpp_bit_for_bit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = requantized_q4_0(dir.path());
+    let (worst, exact, steps) = logits_of_file_against_llama_cpp(&path, "SmolLM2-135M-Instruct.Q4_0-requantized");
     assert_eq!(exact, steps, "{exact}/{steps} steps exact, largest difference {worst}");
 }
 
