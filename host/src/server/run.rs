@@ -27,6 +27,10 @@ pub struct Runner {
     /// The engine runs one sequence at a time until continuous batching lands.
     busy: std::sync::Mutex<()>,
     in_flight: Arc<AtomicUsize>,
+    /// Sequences generating right now (the rest of `in_flight` waits).
+    running: AtomicUsize,
+    /// Positions the live sequences hold in their KV caches.
+    cached_tokens: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -39,12 +43,31 @@ impl Runner {
             limit: limit.max(1),
             busy: std::sync::Mutex::new(()),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            running: AtomicUsize::new(0),
+            cached_tokens: AtomicUsize::new(0),
         }
     }
 
     /// Requests generating or queued right now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Sequences generating right now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Requests admitted but not yet generating.
+    pub fn waiting(&self) -> usize {
+        self.in_flight().saturating_sub(self.running())
+    }
+
+    /// The share (0..1) of the KV capacity the live sequences hold: one sequence of the
+    /// model's context length until batching lands.
+    pub fn kv_cache_usage(&self) -> f64 {
+        let capacity = self.engine.context_length().max(1);
+        (self.cached_tokens.load(Ordering::Relaxed) as f64 / capacity as f64).min(1.0)
     }
 
     /// Starts `request`; its events arrive on the returned channel. Refuses with 503 when
@@ -67,8 +90,14 @@ impl Runner {
                     if request.constraint.is_some() {
                         Metrics::add(&runner.metrics.constrained, 1);
                     }
+                    runner.running.fetch_add(1, Ordering::Relaxed);
+                    runner.cached_tokens.store(request.prompt_tokens.len(), Ordering::Relaxed);
                     let mut first_token: Option<Instant> = None;
-                    generate(&runner.engine, &request, |event| {
+                    let outcome = generate(&runner.engine, &request, |event| {
+                        if matches!(event, GenerationEvent::Text { .. }) {
+                            // One text event per sampled token.
+                            runner.cached_tokens.fetch_add(1, Ordering::Relaxed);
+                        }
                         match &event {
                             GenerationEvent::Text { .. } if first_token.is_none() => {
                                 first_token = Some(Instant::now());
@@ -91,7 +120,10 @@ impl Runner {
                         } else {
                             ControlFlow::Continue(())
                         }
-                    })
+                    });
+                    runner.cached_tokens.store(0, Ordering::Relaxed);
+                    runner.running.fetch_sub(1, Ordering::Relaxed);
+                    outcome
                 }
             };
             if let Err(e) = result {
