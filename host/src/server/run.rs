@@ -70,17 +70,34 @@ impl Runner {
         (self.cached_tokens.load(Ordering::Relaxed) as f64 / capacity as f64).min(1.0)
     }
 
+    /// Takes a place among the requests generating or waiting, before the request is
+    /// prepared (template, tokenizing, grammar), so that work too is bounded. Refuses with
+    /// 503 when the server is at its concurrency limit. Dropping the admission frees it.
+    pub fn admit(&self) -> Result<Admission, AppError> {
+        let permit =
+            Arc::clone(&self.slots).try_acquire_owned().map_err(|_| AppError::Overloaded { limit: self.limit })?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(Admission { _permit: permit, in_flight: Arc::clone(&self.in_flight), admitted: Instant::now() })
+    }
+
     /// Starts `request`; its events arrive on the returned channel. Refuses with 503 when
     /// the server is at its concurrency limit.
     pub fn start(self: &Arc<Self>, request: GenerationRequest) -> Result<mpsc::Receiver<RunEvent>, AppError> {
-        let permit =
-            Arc::clone(&self.slots).try_acquire_owned().map_err(|_| AppError::Overloaded { limit: self.limit })?;
+        let admission = self.admit()?;
+        Ok(self.start_admitted(admission, request))
+    }
+
+    /// Starts an admitted request; its events arrive on the returned channel.
+    pub fn start_admitted(
+        self: &Arc<Self>,
+        admission: Admission,
+        request: GenerationRequest,
+    ) -> mpsc::Receiver<RunEvent> {
         let (tx, rx) = mpsc::channel(256);
         let runner = Arc::clone(self);
-        let admitted = Instant::now();
-        runner.in_flight.fetch_add(1, Ordering::Relaxed);
+        let admitted = admission.admitted;
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _admission = admission;
             let result = {
                 let _turn = runner.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 // A client that left while queued is not worth a generation.
@@ -129,8 +146,21 @@ impl Runner {
             if let Err(e) = result {
                 let _ = tx.blocking_send(RunEvent::Failed(e.to_string()));
             }
-            runner.in_flight.fetch_sub(1, Ordering::Relaxed);
         });
-        Ok(rx)
+        rx
+    }
+}
+
+/// A request's place among those generating or waiting (see [`Runner::admit`]).
+#[derive(Debug)]
+pub struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    in_flight: Arc<AtomicUsize>,
+    admitted: Instant,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
