@@ -17,6 +17,7 @@ mod parsers;
 mod policies;
 mod registry;
 mod reload;
+mod replicas;
 mod server;
 mod structured;
 mod support;

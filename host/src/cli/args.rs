@@ -236,4 +236,9 @@ pub(crate) struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1 routes (health and metrics stay open).
     #[arg(long, env = "RAPID_HOST_API_KEY", value_name = "KEY", hide_env_values = true)]
     pub(crate) api_key: Option<String>,
+    /// On SIGTERM or Ctrl-C, wait up to this many seconds for the requests in flight (streams
+    /// included) to finish; meanwhile /health/ready and new requests answer 503. A second
+    /// signal stops at once.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub(crate) drain_timeout: u64,
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
@@ -125,18 +125,85 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
     );
 
     let (done, loading_server) = loading;
-    runtime.block_on(async move {
+    let drain_timeout = Duration::from_secs(args.drain_timeout);
+    let outcome = runtime.block_on(async move {
         let _ = done.send(());
         let _ = loading_server.await;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         eprintln!("  listening on http://{addr}/v1");
-        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("server failed")
+        serve_until_drained(listener, router(state), drain_timeout).await
     })?;
-    eprintln!("rapid-host stopped");
-    Ok(ExitCode::SUCCESS)
+    // Generations of requests cut by the drain timeout stop at their next token; do not wait
+    // on them past that.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    Ok(match outcome {
+        Drained::Clean => {
+            eprintln!("rapid-host stopped");
+            ExitCode::SUCCESS
+        }
+        Drained::Cut(n) => {
+            eprintln!("rapid-host stopped with {n} request(s) still in flight (cut)");
+            ExitCode::FAILURE
+        }
+    })
 }
 
-/// Ctrl-C or SIGTERM: stop accepting; in-flight streams finish (or end with the process).
+/// How a drain ended.
+enum Drained {
+    /// Every request in flight finished.
+    Clean,
+    /// The drain timeout or a second signal cut this many requests short.
+    Cut(usize),
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains: readiness and new requests answer 503 while
+/// the requests in flight finish (at most `timeout`), then the listener closes. A second
+/// signal ends the drain at once.
+async fn serve_until_drained(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    timeout: Duration,
+) -> anyhow::Result<Drained> {
+    use rapid_host::server::drain::Drain;
+
+    let drain = Drain::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, drain.wrap(app)).with_graceful_shutdown(async move {
+        let _ = stopped.await;
+    });
+    let server = async move { server.await.context("server failed") };
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map(|()| Drained::Clean),
+        () = shutdown_signal() => {}
+    }
+    drain.start();
+    let deadline = tokio::time::Instant::now() + timeout;
+    eprintln!(
+        "draining: /health/ready and new requests answer 503; waiting up to {}s for {} request(s) in flight",
+        timeout.as_secs(),
+        drain.in_flight()
+    );
+    let drained = tokio::select! {
+        result = &mut server => return result.map(|()| Drained::Clean),
+        () = drain.idle() => true,
+        () = tokio::time::sleep_until(deadline) => false,
+        () = shutdown_signal() => false,
+    };
+    let _ = stop.send(());
+    if !drained {
+        return Ok(Drained::Cut(drain.in_flight()));
+    }
+    // Every response has its last byte queued: close the listener and the idle connections,
+    // and let the connections still flushing finish.
+    match tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + Duration::from_secs(5)), &mut server).await
+    {
+        Ok(result) => result.map(|()| Drained::Clean),
+        Err(_) => Ok(Drained::Cut(drain.in_flight())),
+    }
+}
+
+/// Ctrl-C or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

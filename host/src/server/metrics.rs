@@ -1,4 +1,5 @@
 //! Prometheus metrics: requests by route and status, tokens, parser failures, queue depth,
+//! the load gauges (waiting, running, KV-cache use) under rapid-host's names and under vLLM's,
 //! and latency histograms (time to first token, decode time, time per output token).
 
 use std::collections::BTreeMap;
@@ -133,6 +134,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> String {
         "# TYPE rapid_host_queue_depth gauge\nrapid_host_queue_depth {}\n",
         state.runner.in_flight()
     ));
+    render_load(&state, &mut out);
     m.time_to_first_token.render(
         "rapid_host_time_to_first_token_seconds",
         "Admission (queue wait included) to the first generated token.",
@@ -145,4 +147,51 @@ pub async fn render(State(state): State<Arc<AppState>>) -> String {
         &mut out,
     );
     out
+}
+
+/// The load an inference gateway routes by, read fresh on every scrape (the endpoint picker
+/// of the Gateway API Inference Extension scrapes every 50 ms by default): rapid-host's own
+/// names, then the same numbers under the vLLM names the picker reads unless told otherwise
+/// (`vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc`,
+/// and the optional `vllm:cache_config_info`), labelled with the served model as vLLM does.
+fn render_load(state: &AppState, out: &mut String) {
+    let runner = &state.runner;
+    let (waiting, running, usage) = (runner.waiting(), runner.running(), runner.kv_cache_usage());
+    let gauges: [(&str, &str, String); 3] = [
+        ("requests_waiting", "Requests admitted and waiting for a place in the batch.", waiting.to_string()),
+        ("requests_running", "Requests generating right now.", running.to_string()),
+        ("kv_cache_usage_ratio", "Share (0..1) of the KV-cache capacity the live sequences hold.", usage.to_string()),
+    ];
+    for (name, help, value) in &gauges {
+        out.push_str(&format!(
+            "# HELP rapid_host_{name} {help}\n# TYPE rapid_host_{name} gauge\nrapid_host_{name} {value}\n"
+        ));
+    }
+    let model = escape_label(state.model_id());
+    let vllm = [
+        ("vllm:num_requests_waiting", "Requests waiting to be processed (rapid_host_requests_waiting).", &gauges[0].2),
+        ("vllm:num_requests_running", "Requests running (rapid_host_requests_running).", &gauges[1].2),
+        (
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage, 1 means 100 percent (rapid_host_kv_cache_usage_ratio).",
+            &gauges[2].2,
+        ),
+    ];
+    for (name, help, value) in vllm {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model_name=\"{model}\"}} {value}\n"));
+    }
+    // Each live sequence has a KV cache of its own that grows a position at a time, so a
+    // block is one token and the capacity is one context window (what kv_cache_usage() divides
+    // by). The endpoint picker raises block sizes below its minimum to that minimum.
+    let blocks = state.engine.context_length();
+    out.push_str(&format!(
+        "# HELP vllm:cache_config_info Information of the KV-cache layout (block size in tokens, blocks).\n\
+         # TYPE vllm:cache_config_info gauge\n\
+         vllm:cache_config_info{{block_size=\"1\",num_gpu_blocks=\"{blocks}\",model_name=\"{model}\"}} 1\n"
+    ));
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

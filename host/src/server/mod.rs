@@ -6,10 +6,14 @@
 //! - [`run`]: bridges the blocking engine to async handlers, with admission control and
 //!   cancellation when the client goes away.
 //! - [`structured`]: `response_format` and forced tool calls as grammars (llguidance).
-//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`metrics`]: Prometheus counters, gauges (under rapid-host's names and vLLM's, which the
+//!   inference gateway's endpoint picker reads) and histograms.
+//! - [`drain`]: graceful drain on shutdown: readiness 503, new requests 503 + `Retry-After`,
+//!   requests in flight finish.
 
 pub mod chat;
 pub mod completions;
+pub mod drain;
 pub mod error;
 pub mod metrics;
 pub mod run;
