@@ -1,5 +1,6 @@
 //! Running as one of several replicas behind a gateway: the load gauges an inference
-//! gateway routes by (vLLM's names) and graceful drain on SIGTERM.
+//! gateway routes by (vLLM's names), graceful drain on SIGTERM, the deploy files against the
+//! Kubernetes schemas, and a rolling restart behind a real HAProxy.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -311,4 +312,41 @@ fn a_drain_timeout_cuts_what_is_left_and_exits_nonzero() {
     sigterm(&replica.child);
     let status = replica.child.wait().expect("wait");
     assert_eq!(status.code(), Some(1), "a drain that cut a request says so");
+}
+
+#[test]
+fn the_deploy_manifests_validate_against_the_kubernetes_schemas() {
+    let script = repo_root().join("deploy/validate");
+    let output = Command::new("python3").arg(&script).output().expect("python3 runs deploy/validate");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "deploy/validate failed:\n{stdout}\n{stderr}");
+    for kind in ["Deployment", "Service", "InferencePool", "HorizontalPodAutoscaler", "PodDisruptionBudget"] {
+        assert!(stdout.contains(&format!("ok {kind}/")), "{kind} not validated:\n{stdout}");
+    }
+    assert!(stdout.contains("ok helm values"), "{stdout}");
+}
+
+#[test]
+fn a_rolling_restart_behind_haproxy_loses_no_request() {
+    if Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!(
+            "SKIPPED a_rolling_restart_behind_haproxy_loses_no_request: haproxy is not installed \
+             (scripts/setup installs it from the Debian packages)"
+        );
+        return;
+    }
+    let output = Command::new("python3")
+        .arg(repo_root().join("scripts/rolling-restart"))
+        .arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_rapid-host"))
+        .args(["--requests", "20", "--max-tokens", "16"])
+        .output()
+        .expect("python3 runs scripts/rolling-restart");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "rolling restart lost requests:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("20 requests: 20 complete, 0 failed, 0 truncated"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("replica 1 drained and exited 0"), "{stdout}");
+    assert!(stdout.contains("replica 2 drained and exited 0"), "{stdout}");
 }
