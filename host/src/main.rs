@@ -11,7 +11,6 @@ use rapid_host::parsers::PipelineConfig;
 use rapid_host::plugins::{PluginRuntime, PluginSet, SandboxLimits};
 use rapid_host::registry::AliasRegistry;
 use rapid_host::resolve::{ModelResolver, ResolveFailure, ResolvedModel};
-use rapid_host::scaffold::{default_sdk_path, scaffold};
 use tracing_subscriber::EnvFilter;
 
 mod cli;
@@ -92,12 +91,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve(args) => serve(&registry, args),
         Command::Generate(args) => generate(&registry, args),
-        Command::Plugin { action: PluginAction::New { name, kind, lang: _, dir, sdk } } => {
-            let sdk = sdk.unwrap_or_else(default_sdk_path);
-            let root = scaffold(&name, kind, &dir, &sdk)?;
-            println!("created {}", root.display());
-            println!("next: cd {} && cargo build --release && see README.md", root.display());
-            Ok(ExitCode::SUCCESS)
+        Command::Plugin { action: PluginAction::New { name, kind, lang, dir, sdk } } => {
+            plugin_new(&name, kind, lang, &dir, sdk)
         }
         Command::Plugin { action: PluginAction::Test { wasm, fixtures, with_plugins } } => {
             plugin_test(&wasm, &fixtures, with_plugins.as_deref())

@@ -13,6 +13,7 @@ mod loading;
 mod mlx_parity;
 mod openai_sdk;
 mod parity;
+mod parser_cost;
 mod parsers;
 mod policies;
 mod registry;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use rapid_host::host_facts::ByteSize;
-use rapid_host::scaffold::ScaffoldKind;
+use rapid_host::scaffold::{ScaffoldKind, ScaffoldLang};
 
 #[derive(Debug, Parser)]
 #[command(name = "rapid-host", version, about = "OpenAI-compatible local LLM server with WebAssembly plugins")]
@@ -145,15 +145,16 @@ pub(crate) struct GenerateArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PluginAction {
-    /// Scaffold a plugin crate that builds with the SDK, with fixtures and a README.
+    /// Scaffold a plugin project (Rust crate on the SDK, JavaScript or Python), with fixtures
+    /// and a README that says how to build, test and ship it.
     New {
         /// Plugin name (lowercase, digits, `-`); a parser plugin's parser name is it with `_`.
         name: String,
         #[arg(long, value_enum, default_value = "parser")]
         kind: ScaffoldKind,
-        /// Source language of the plugin.
-        #[arg(long, default_value = "rust", value_parser = ["rust"])]
-        lang: String,
+        /// Source language of the plugin (js and python: parsers only).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: ScaffoldLang,
         /// Directory to create the crate in.
         #[arg(long, default_value = ".", value_name = "DIR")]
         dir: PathBuf,

@@ -1,6 +1,6 @@
 //! `parse`, `plugin test`: parser and policy plugins driven from the command line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -11,6 +11,27 @@ use rapid_host::parsers::{AssembledMessage, ParserPipeline, PipelineConfig};
 use rapid_host::plugins::{PluginKind, PluginRuntime, PluginSet, SandboxLimits};
 use rapid_host::registry::AliasRegistry;
 use rapid_host::resolve::ModelResolver;
+use rapid_host::scaffold::{ScaffoldKind, ScaffoldLang, default_sdk_path, scaffold};
+
+/// `rapid-host plugin new`: writes the project and says what to run next.
+pub(crate) fn plugin_new(
+    name: &str,
+    kind: ScaffoldKind,
+    lang: ScaffoldLang,
+    dir: &Path,
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let sdk = sdk.unwrap_or_else(default_sdk_path);
+    let root = scaffold(name, kind, lang, dir, &sdk)?;
+    println!("created {}", root.display());
+    let build = match lang {
+        ScaffoldLang::Rust => "cargo build --release",
+        ScaffoldLang::Js => "npm install && npm run build",
+        ScaffoldLang::Python => "./build.sh",
+    };
+    println!("next: cd {} && {build}, then `rapid-host plugin test` as README.md says", root.display());
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Runs `input` through a parser pipeline, whole or `chunk` characters at a time.
 pub(crate) fn parse_text(
@@ -43,9 +64,11 @@ pub(crate) fn parse_text(
 /// `rapid-host plugin test`: every fixture case at every standard chunking; a table; exit 1
 /// if anything fails.
 pub(crate) fn plugin_test(wasm: &Path, fixture_path: &Path, with_plugins: Option<&Path>) -> anyhow::Result<ExitCode> {
-    use rapid_host::parsers::fixtures::{self, standard_chunkings};
+    use rapid_host::parsers::fixtures::{self, Chunking, standard_chunkings};
 
-    let runtime = PluginRuntime::new(SandboxLimits::default(), PluginRuntime::default_cache_dir())?;
+    // Metered: the cost report below counts the plugin's wasm instructions per byte, a
+    // number that does not depend on this machine or its load.
+    let runtime = PluginRuntime::metered(SandboxLimits::default(), PluginRuntime::default_cache_dir())?;
     let mut set = PluginSet::empty(runtime);
     // The plugin under test first, so it wins over a same-named one among the companions.
     set.load_file(wasm);
@@ -69,6 +92,8 @@ pub(crate) fn plugin_test(wasm: &Path, fixture_path: &Path, with_plugins: Option
     let mut rows: Vec<[String; 4]> = Vec::new();
     let mut problems = Vec::new();
     let (mut passed, mut failed) = (0, 0);
+    // At 1-character chunks: input bytes and instructions, for the cost per byte.
+    let (mut char_bytes, mut char_instructions) = (0u64, 0u64);
     for file in fixtures::load(fixture_path)? {
         let file_label = file_name(&file.path);
         for case in &file.cases {
@@ -84,9 +109,14 @@ pub(crate) fn plugin_test(wasm: &Path, fixture_path: &Path, with_plugins: Option
             let mut marks = Vec::new();
             let mut ok = true;
             for chunking in &chunkings {
-                let outcome = fixtures::run(&set, &config, &case.raw, chunking)
-                    .map_err(|e| e.to_string())
-                    .and_then(|run| fixtures::check(&case.expect, &run));
+                let outcome =
+                    fixtures::run(&set, &config, &case.raw, chunking).map_err(|e| e.to_string()).and_then(|run| {
+                        if *chunking == Chunking::Sizes(vec![1]) {
+                            char_bytes += case.raw.len() as u64;
+                            char_instructions += run.instructions.unwrap_or(0);
+                        }
+                        fixtures::check(&case.expect, &run)
+                    });
                 match outcome {
                     Ok(()) => marks.push(String::from("ok")),
                     Err(diff) => {
@@ -116,8 +146,34 @@ pub(crate) fn plugin_test(wasm: &Path, fixture_path: &Path, with_plugins: Option
     for problem in &problems {
         println!("  {problem}");
     }
+    print_parser_cost(&set, &summary.name, char_bytes, char_instructions);
     println!("\n{passed} passed, {failed} failed");
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// What the plugin cost over all runs: calls, time inside it, and wasm instructions per
+/// input byte at 1-character chunks (the streaming worst case).
+fn print_parser_cost(set: &PluginSet, plugin: &str, char_bytes: u64, char_instructions: u64) {
+    use std::sync::atomic::Ordering;
+    let Some((_, cost)) = set.runtime().parser_costs().snapshot().into_iter().find(|(name, _)| name == plugin) else {
+        return;
+    };
+    let feeds = cost.feeds.load(Ordering::Relaxed);
+    let (seconds, calls) = cost.call_seconds.sum_and_count();
+    let per_call = if calls == 0 { 0.0 } else { seconds / calls as f64 * 1e6 };
+    println!(
+        "\ncost of {plugin}: {feeds} feeds and {} finishes, {} bytes in; {:.1} ms inside the plugin ({per_call:.1} µs per call)",
+        cost.finishes.load(Ordering::Relaxed),
+        cost.input_bytes.load(Ordering::Relaxed),
+        seconds * 1e3,
+    );
+    if char_bytes > 0 && char_instructions > 0 {
+        println!(
+            "  {:.0} wasm instructions per input byte at 1-character chunks (counted, not timed: \
+             the same on any machine; a parser that rescans its buffer on every feed grows with the output)",
+            char_instructions as f64 / char_bytes as f64
+        );
+    }
 }
 
 /// Alias-policy fixtures: model name (and free memory) → expected resolution or refusal.

@@ -1,5 +1,7 @@
 //! Parser fixtures: raw model output → expected message, the format of our own corpus
-//! (`tests/parsers/*.json`) and of `rapid-host plugin test`.
+//! (`tests/parsers/*.json`) and of `rapid-host plugin test`, defined by the JSON Schema
+//! `docs/fixture.schema.json`. Files are checked against that schema before they are read,
+//! so a mistake is reported with the file, the case and the field.
 
 use std::path::{Path, PathBuf};
 
@@ -68,8 +70,10 @@ pub struct ExpectedCall {
 pub enum FixtureError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}: not JSON: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path} does not follow the fixture format (docs/fixture.schema.json):\n  {}", problems.join("\n  "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
     #[error("no fixture files (*.json) in {0}")]
     Empty(PathBuf),
 }
@@ -98,12 +102,172 @@ pub fn load(path: &Path) -> Result<Vec<FixtureFile>, FixtureError> {
         .map(|file| {
             let text =
                 std::fs::read_to_string(&file).map_err(|source| FixtureError::Read { path: file.clone(), source })?;
-            let mut parsed: FixtureFile =
+            let value: Value =
                 serde_json::from_str(&text).map_err(|source| FixtureError::Parse { path: file.clone(), source })?;
+            let problems = schema_problems(&value);
+            if !problems.is_empty() {
+                return Err(FixtureError::Invalid { path: file, problems });
+            }
+            let mut parsed: FixtureFile =
+                serde_json::from_value(value).map_err(|source| FixtureError::Parse { path: file.clone(), source })?;
             parsed.path = file;
             Ok(parsed)
         })
         .collect()
+}
+
+/// The fixture format, as published in `docs/fixture.schema.json`.
+pub const SCHEMA: &str = include_str!("../../../docs/fixture.schema.json");
+
+/// Where `value` breaks the fixture schema, each problem naming the case (by its `name`)
+/// and the field; empty when it follows it.
+pub fn schema_problems(value: &Value) -> Vec<String> {
+    let schema: Value = match serde_json::from_str(SCHEMA) {
+        Ok(schema) => schema,
+        Err(e) => return vec![format!("the fixture schema itself is not JSON: {e}")],
+    };
+    let mut problems = Vec::new();
+    check_schema(&schema, &schema, value, &mut Vec::new(), &mut problems);
+    problems
+        .into_iter()
+        .map(|(path, message)| {
+            let (case, field) = describe(value, &path);
+            format!("{case}{field}: {message}")
+        })
+        .collect()
+}
+
+/// One step of a path into the document.
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// `case "NAME" (cases[2]), ` and the field path within it.
+fn describe(value: &Value, path: &[Step]) -> (String, String) {
+    let (case, rest) = match path {
+        [Step::Key(cases), Step::Index(i), rest @ ..] if cases == "cases" => {
+            let name = value.pointer(&format!("/cases/{i}/name")).and_then(Value::as_str);
+            let case = match name {
+                Some(name) => format!("case {name:?} (cases[{i}])"),
+                None => format!("case {} (cases[{i}], no name)", i + 1),
+            };
+            (case, rest)
+        }
+        _ => (String::from("file"), path),
+    };
+    let mut field = String::new();
+    for step in rest {
+        match step {
+            Step::Key(k) if field.is_empty() => field.push_str(k),
+            Step::Key(k) => field.push_str(&format!(".{k}")),
+            Step::Index(i) => field.push_str(&format!("[{i}]")),
+        }
+    }
+    if field.is_empty() { (case, String::new()) } else { (case, format!(", field `{field}`")) }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The subset of JSON Schema (2020-12) the fixture schema uses: `type`, `properties`,
+/// `required`, `additionalProperties: false`, `items`, `minItems`, `minLength`, `minimum`
+/// and local `$ref`s. Annotations (`description`, `title`, …) are ignored.
+fn check_schema(
+    root: &Value,
+    schema: &Value,
+    value: &Value,
+    path: &mut Vec<Step>,
+    problems: &mut Vec<(Vec<Step>, String)>,
+) {
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let target = reference.strip_prefix('#').and_then(|pointer| root.pointer(pointer));
+        match target {
+            Some(target) => check_schema(root, target, value, path, problems),
+            None => problems.push((path.clone(), format!("schema error: unresolved $ref {reference}"))),
+        }
+        return;
+    }
+    if let Some(types) = schema.get("type") {
+        let allowed: Vec<&str> = match types {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let actual = type_name(value);
+        let fits = allowed.iter().any(|t| *t == actual || (*t == "number" && actual == "integer"));
+        if !fits {
+            let article = |t: &str| if t.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+            let wanted: Vec<String> = allowed.iter().map(|t| format!("{} {t}", article(t))).collect();
+            problems.push((path.clone(), format!("must be {}, not {} {actual}", wanted.join(" or "), article(actual))));
+            return;
+        }
+    }
+    match value {
+        Value::Object(map) => {
+            for key in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
+            {
+                if !map.contains_key(key) {
+                    problems.push((path.clone(), format!("`{key}` is missing")));
+                }
+            }
+            let properties = schema.get("properties").and_then(Value::as_object);
+            for (key, item) in map {
+                path.push(Step::Key(key.clone()));
+                match properties.and_then(|p| p.get(key)) {
+                    Some(sub) => check_schema(root, sub, item, path, problems),
+                    None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                        let known: Vec<&str> =
+                            properties.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+                        path.pop();
+                        problems.push((path.clone(), format!("unknown field `{key}` (known: {})", known.join(", "))));
+                        continue;
+                    }
+                    None => {}
+                }
+                path.pop();
+            }
+        }
+        Value::Array(items) => {
+            if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+                && (items.len() as u64) < min
+            {
+                problems.push((path.clone(), format!("needs at least {min} item(s)")));
+            }
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(Step::Index(i));
+                    check_schema(root, item_schema, item, path, problems);
+                    path.pop();
+                }
+            }
+        }
+        Value::String(text) => {
+            if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+                && (text.chars().count() as u64) < min
+            {
+                problems.push((path.clone(), format!("must be at least {min} character(s)")));
+            }
+        }
+        Value::Number(n) => {
+            if let (Some(min), Some(x)) = (schema.get("minimum").and_then(Value::as_f64), n.as_f64())
+                && x < min
+            {
+                problems.push((path.clone(), format!("must be at least {min}")));
+            }
+        }
+        Value::Bool(_) | Value::Null => {}
+    }
 }
 
 impl FixtureFile {
@@ -149,11 +313,15 @@ pub struct Run {
     pub message: AssembledMessage,
     pub events: Vec<super::ParseEvent>,
     pub failures: Vec<String>,
+    /// Wasm instructions the parsers ran, on a metered runtime.
+    pub instructions: Option<u64>,
 }
 
 /// Streams `raw` through a fresh pipeline.
 pub fn run(plugins: &PluginSet, config: &PipelineConfig, raw: &str, chunking: &Chunking) -> Result<Run, PipelineError> {
     let mut pipeline = ParserPipeline::new(plugins, config)?;
+    // Counted, not limited: the per-call deadline still bounds every call.
+    let metered = pipeline.set_fuel(u64::MAX / 2);
     let mut events = Vec::new();
     match chunking {
         Chunking::Whole => events.extend(pipeline.feed(raw)),
@@ -171,7 +339,12 @@ pub fn run(plugins: &PluginSet, config: &PipelineConfig, raw: &str, chunking: &C
     events.extend(pipeline.finish());
     let mut message = AssembledMessage::default();
     message.extend(&events);
-    Ok(Run { message, events, failures: pipeline.failures.iter().map(ToString::to_string).collect() })
+    Ok(Run {
+        message,
+        events,
+        failures: pipeline.failures.iter().map(ToString::to_string).collect(),
+        instructions: if metered { pipeline.fuel_used() } else { None },
+    })
 }
 
 /// Compares a run with the expectation; `Err` describes every difference.
@@ -206,4 +379,70 @@ pub fn check(expected: &Expected, run: &Run) -> Result<(), String> {
         diffs.push(format!("plugin failed: {}", run.failures.join("; ")));
     }
     if diffs.is_empty() { Ok(()) } else { Err(diffs.join("; ")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every keyword the published schema uses is one the checker implements, so the file
+    /// and the checker cannot drift apart silently.
+    #[test]
+    fn the_schema_uses_only_keywords_the_checker_knows() {
+        const KNOWN: &[&str] = &[
+            "$schema",
+            "$id",
+            "$defs",
+            "$ref",
+            "title",
+            "description",
+            "type",
+            "properties",
+            "required",
+            "additionalProperties",
+            "items",
+            "minItems",
+            "minLength",
+            "minimum",
+        ];
+        fn walk(schema: &Value, in_properties: bool, bad: &mut Vec<String>) {
+            if let Value::Object(map) = schema {
+                for (key, sub) in map {
+                    if !in_properties && !KNOWN.contains(&key.as_str()) {
+                        bad.push(key.clone());
+                    }
+                    let names_map = !in_properties && (key == "properties" || key == "$defs");
+                    walk(sub, names_map, bad);
+                }
+            }
+        }
+        let schema: Value = serde_json::from_str(SCHEMA).expect("schema is JSON");
+        let mut bad = Vec::new();
+        walk(&schema, false, &mut bad);
+        assert!(bad.is_empty(), "unsupported keywords {bad:?}");
+    }
+
+    #[test]
+    fn problems_name_the_case_and_the_field() {
+        let doc: Value = serde_json::from_str(
+            r#"{"tool_parser": "hermes", "cases": [
+                {"name": "ok", "raw": "x", "expect": {"content": "x"}},
+                {"name": "object args", "raw": "y", "expect": {"content": null,
+                    "tool_calls": [{"name": "f", "arguments": {"a": 1}}], "malformed": -1}},
+                {"raw": "z", "expect": {"contnet": "z"}}
+            ]}"#,
+        )
+        .expect("json");
+        let problems = schema_problems(&doc);
+        assert_eq!(
+            problems,
+            [
+                "case \"object args\" (cases[1]), field `expect.tool_calls[0].arguments`: must be a string, not an object",
+                "case \"object args\" (cases[1]), field `expect.malformed`: must be at least 0",
+                "case 3 (cases[2], no name): `name` is missing",
+                "case 3 (cases[2], no name), field `expect`: unknown field `contnet` (known: content, reasoning_content, tool_calls, malformed)",
+            ]
+        );
+        assert_eq!(schema_problems(&serde_json::json!([])), ["file: must be an object, not an array"]);
+    }
 }

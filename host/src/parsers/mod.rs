@@ -4,8 +4,10 @@
 //! - [`session`]: one wasm parser session (its own store), with trap containment.
 //! - [`pipeline`]: the reasoning parser, then the tool-call parser, as one stream; tool-call
 //!   indices and ids are assigned here, once per response.
+//! - [`cost`]: calls, bytes and time inside each parser plugin, for `/metrics`.
 //! - [`message`]: assembles the OpenAI `message` a client would build from the stream.
 
+pub mod cost;
 pub mod fixtures;
 pub mod message;
 pub mod pipeline;

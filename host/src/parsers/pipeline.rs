@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Instant;
 
+use super::cost::PluginCost;
 use super::{ParseEvent, ParserSession};
 use crate::plugins::loader::OutputParserPlugin;
 use crate::plugins::{PluginError, PluginSet};
@@ -32,6 +35,10 @@ pub enum PipelineError {
 #[derive(Debug)]
 pub struct ParserPipeline {
     stages: Vec<Option<ParserSession>>,
+    /// Where each stage's calls are timed, by plugin (`/metrics`).
+    stage_costs: Vec<Arc<PluginCost>>,
+    /// The instructions each stage was given, on a metered runtime.
+    fuel_budget: Option<u64>,
     index_map: BTreeMap<(usize, u32), u32>,
     next_index: u32,
     pub failures: Vec<PluginError>,
@@ -66,7 +73,17 @@ impl ParserPipeline {
                     .map(Some)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { stages, index_map: BTreeMap::new(), next_index: 0, failures: Vec::new() })
+        let costs = plugins.runtime().parser_costs();
+        let stage_costs =
+            stages.iter().map(|s| costs.plugin(s.as_ref().map_or("", |s: &ParserSession| s.plugin()))).collect();
+        Ok(Self {
+            stages,
+            stage_costs,
+            fuel_budget: None,
+            index_map: BTreeMap::new(),
+            next_index: 0,
+            failures: Vec::new(),
+        })
     }
 
     /// Parses the next piece of model output.
@@ -81,7 +98,12 @@ impl ParserPipeline {
         let mut out = Vec::new();
         for stage in 0..self.stages.len() {
             let result = match &mut self.stages[stage] {
-                Some(session) => session.finish(),
+                Some(session) => {
+                    let started = Instant::now();
+                    let result = session.finish();
+                    self.stage_costs[stage].finish(started.elapsed());
+                    result
+                }
                 None => continue,
             };
             match result {
@@ -101,7 +123,12 @@ impl ParserPipeline {
             return;
         };
         let result = match slot {
-            Some(session) => session.feed(text),
+            Some(session) => {
+                let started = Instant::now();
+                let result = session.feed(text);
+                self.stage_costs[stage].feed(text.len(), started.elapsed());
+                result
+            }
             None => return self.run(stage + 1, text, out),
         };
         match result {
@@ -111,6 +138,20 @@ impl ParserPipeline {
                 self.run(stage + 1, text, out);
             }
         }
+    }
+
+    /// On a metered runtime: gives every stage `fuel` wasm instructions from now on; a stage
+    /// that runs past them traps (contained like any fault). Returns `false` when not metered.
+    pub fn set_fuel(&mut self, fuel: u64) -> bool {
+        self.fuel_budget = Some(fuel);
+        self.stages.iter_mut().flatten().all(|s| s.set_fuel(fuel))
+    }
+
+    /// On a metered runtime, after [`ParserPipeline::set_fuel`]: the instructions the live
+    /// stages have run since.
+    pub fn fuel_used(&self) -> Option<u64> {
+        let budget = self.fuel_budget?;
+        self.stages.iter().flatten().map(|s| s.fuel_left().map(|left| budget - left.min(budget))).sum()
     }
 
     fn fail(&mut self, stage: usize, error: PluginError) {

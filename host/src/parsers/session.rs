@@ -67,6 +67,17 @@ impl ParserSession {
         &self.plugin
     }
 
+    /// On a metered runtime ([`PluginRuntime::metered`]): the wasm instructions this session
+    /// may still run; past them a call traps like any other fault. `false` when not metered.
+    pub fn set_fuel(&mut self, fuel: u64) -> bool {
+        self.store.set_fuel(fuel).is_ok()
+    }
+
+    /// On a metered runtime: the instructions left of what was set. `None` when not metered.
+    pub fn fuel_left(&self) -> Option<u64> {
+        self.store.get_fuel().ok()
+    }
+
     pub fn feed(&mut self, delta: &str) -> Result<Vec<ParseEvent>, PluginError> {
         // Each call gets the full deadline, however long the session lives.
         self.store.set_epoch_deadline(deadline_ticks(&self.limits));

@@ -19,6 +19,11 @@ use super::{PluginError, PluginRuntime};
 /// that needs it fails loudly and early instead of at its first call.
 pub const ALLOWED_IMPORT_PREFIXES: &[&str] = &["rapid:plugin/types@", "wasi:io/", "wasi:cli/"];
 
+/// What to do about a refused WASI import: interpreter guests declare WASI unless told not to.
+const STUB_WASI_HINT: &str = ". Interpreter guests: build with `--stub-wasi` (componentize-py: \
+    `componentize-py ... componentize --stub-wasi app`; componentize-qjs: `--sync --stub-wasi`). \
+    Rust: avoid the std APIs that need the host (files, clocks, randomness: use BTreeMap, not HashMap)";
+
 /// What a plugin component implements, from the interfaces it exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -306,8 +311,9 @@ fn check_imports(runtime: &PluginRuntime, component: &Component) -> Result<Vec<S
     let imports: Vec<String> = ty.imports(runtime.engine()).map(|(name, _)| name.to_string()).collect();
     if let Some(bad) = imports.iter().find(|name| !ALLOWED_IMPORT_PREFIXES.iter().any(|p| name.starts_with(p))) {
         return Err(format!(
-            "imports `{bad}`, which rapid-host does not offer to plugins (allowed: {})",
-            ALLOWED_IMPORT_PREFIXES.join(", ")
+            "imports `{bad}`, which rapid-host does not offer to plugins (allowed: {}){}",
+            ALLOWED_IMPORT_PREFIXES.join(", "),
+            if bad.starts_with("wasi:") { STUB_WASI_HINT } else { "" }
         ));
     }
     Ok(imports)

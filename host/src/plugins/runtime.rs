@@ -10,6 +10,7 @@ use wasmtime::{Config, Engine, Store};
 use super::PluginError;
 use super::cache::ArtifactCache;
 use super::limits::{PluginState, SandboxLimits, StoreLimiter};
+use crate::parsers::cost::ParserCosts;
 
 /// How often the epoch advances. Deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -25,19 +26,38 @@ struct Inner {
     engine: Engine,
     limits: SandboxLimits,
     cache: Option<ArtifactCache>,
+    /// Every store counts the wasm instructions it runs (see [`PluginRuntime::metered`]).
+    metered: bool,
+    parser_costs: ParserCosts,
 }
 
 impl PluginRuntime {
     /// A runtime with the given limits; `cache_dir` keeps precompiled components.
     pub fn new(limits: SandboxLimits, cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
+        Self::build(limits, cache_dir, false)
+    }
+
+    /// A runtime whose stores count the wasm instructions they run (wasmtime fuel): a cost
+    /// measure that does not depend on the machine or its load, for tests that bound a
+    /// plugin's work and for `plugin test`. Stores start with unlimited fuel; a caller can
+    /// set a budget (`ParserSession::set_fuel`). Metered code runs somewhat slower, so the
+    /// server does not use it.
+    pub fn metered(limits: SandboxLimits, cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
+        Self::build(limits, cache_dir, true)
+    }
+
+    fn build(limits: SandboxLimits, cache_dir: Option<PathBuf>, metered: bool) -> Result<Self, PluginError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Epochs bound every call in wall-clock time at almost no cost per call.
         config.epoch_interruption(true);
+        config.consume_fuel(metered);
         let engine = Engine::new(&config).map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
         spawn_epoch_ticker(&engine);
+        // The compatibility hash covers the fuel setting, so metered artifacts get their own files.
         let cache = cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
-        Ok(Self { inner: Arc::new(Inner { engine, limits, cache }) })
+        let parser_costs = ParserCosts::default();
+        Ok(Self { inner: Arc::new(Inner { engine, limits, cache, metered, parser_costs }) })
     }
 
     /// The default cache directory: `$XDG_CACHE_HOME/rapid-host/plugins` or
@@ -55,6 +75,16 @@ impl PluginRuntime {
 
     pub fn limits(&self) -> &SandboxLimits {
         &self.inner.limits
+    }
+
+    /// Whether stores count instructions ([`PluginRuntime::metered`]).
+    pub fn is_metered(&self) -> bool {
+        self.inner.metered
+    }
+
+    /// What each parser plugin has cost so far, across every pipeline of this runtime.
+    pub fn parser_costs(&self) -> &ParserCosts {
+        &self.inner.parser_costs
     }
 
     /// Compiles `bytes`, or loads the precompiled artifact; reports whether the cache hit.
@@ -81,6 +111,12 @@ impl PluginRuntime {
         let mut store = Store::new(&self.inner.engine, PluginState { limiter: StoreLimiter::new(limits) });
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
+        if self.inner.metered {
+            // Counted, not limited: the wall-clock deadline still bounds every call.
+            if let Err(e) = store.set_fuel(u64::MAX) {
+                tracing::warn!("cannot give a metered plugin store fuel: {e:#}");
+            }
+        }
         store
     }
 }

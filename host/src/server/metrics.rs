@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::extract::State;
 
 use super::AppState;
+use crate::parsers::cost::ParserCosts;
 
 /// A Prometheus histogram with fixed buckets (seconds).
 #[derive(Debug)]
@@ -45,18 +46,72 @@ impl Histogram {
         }
     }
 
+    /// Sum of the observed values and how many there were.
+    pub fn sum_and_count(&self) -> (f64, u64) {
+        self.state.lock().map(|s| (s.sum, s.count)).unwrap_or_default()
+    }
+
     fn render(&self, name: &str, help: &str, out: &mut String) {
-        let s = self.state.lock().map(|s| s.clone()).unwrap_or_default();
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        self.render_series(name, "", out);
+    }
+
+    /// The buckets, sum and count of one series; `labels` is `key="value",…` or empty.
+    fn render_series(&self, name: &str, labels: &str, out: &mut String) {
+        let s = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        let sep = if labels.is_empty() { "" } else { "," };
         for (i, bound) in self.bounds.iter().enumerate() {
             let n = s.counts.get(i).copied().unwrap_or(0);
-            out.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {n}\n"));
+            out.push_str(&format!("{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}\n"));
         }
+        let braced = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
         out.push_str(&format!(
-            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}\n",
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}\n{name}_sum{braced} {}\n{name}_count{braced} {}\n",
             s.count, s.sum, s.count
         ));
     }
+}
+
+/// Per parser plugin: calls, input bytes, and time inside the plugin per call.
+fn render_parser_costs(costs: &ParserCosts, out: &mut String) {
+    let costs = costs.snapshot();
+    out.push_str(
+        "# HELP rapid_host_parser_plugin_calls_total Calls into each parser plugin, by call.\n\
+         # TYPE rapid_host_parser_plugin_calls_total counter\n",
+    );
+    for (plugin, cost) in &costs {
+        for (call, n) in [("feed", &cost.feeds), ("finish", &cost.finishes)] {
+            out.push_str(&format!(
+                "rapid_host_parser_plugin_calls_total{{plugin=\"{}\",call=\"{call}\"}} {}\n",
+                label(plugin),
+                n.load(Ordering::Relaxed)
+            ));
+        }
+    }
+    out.push_str(
+        "# HELP rapid_host_parser_plugin_input_bytes_total Model output fed to each parser plugin.\n\
+         # TYPE rapid_host_parser_plugin_input_bytes_total counter\n",
+    );
+    for (plugin, cost) in &costs {
+        out.push_str(&format!(
+            "rapid_host_parser_plugin_input_bytes_total{{plugin=\"{}\"}} {}\n",
+            label(plugin),
+            cost.input_bytes.load(Ordering::Relaxed)
+        ));
+    }
+    let name = "rapid_host_parser_plugin_call_seconds";
+    out.push_str(&format!(
+        "# HELP {name} Time inside each parser plugin per feed or finish call (the sum is the plugin's total).\n\
+         # TYPE {name} histogram\n"
+    ));
+    for (plugin, cost) in &costs {
+        cost.call_seconds.render_series(name, &format!("plugin=\"{}\"", label(plugin)), out);
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -146,6 +201,7 @@ pub async fn render(State(state): State<Arc<AppState>>) -> String {
         "Decode time divided by the tokens after the first.",
         &mut out,
     );
+    render_parser_costs(state.plugins.current().runtime().parser_costs(), &mut out);
     out
 }
 

@@ -9,7 +9,7 @@ use rapid_plugin_sdk::json::{self, Tools};
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
-use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Section, Splitter, ToolCallSplitter, until_closer};
+use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Scan, Section, Splitter, ToolCallSplitter};
 
 const CALLS_BEGIN: &str = "<｜tool▁calls▁begin｜>";
 const CALLS_END: &str = "<｜tool▁calls▁end｜>";
@@ -48,9 +48,9 @@ impl CallFormat for DeepSeekFormat {
         &[CALLS_BEGIN, CALL_BEGIN]
     }
 
-    fn section_len(&self, buf: &str, eof: bool) -> Option<usize> {
+    fn section_len(&self, buf: &str, scan: &mut Scan, eof: bool) -> Option<usize> {
         let closer = if buf.starts_with(CALLS_BEGIN) { CALLS_END } else { CALL_END };
-        until_closer(buf, &[closer], eof)
+        scan.until_closer(buf, &[closer], eof)
     }
 
     fn parse(&self, section: &str, _tools: &Tools) -> Section {

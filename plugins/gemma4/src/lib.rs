@@ -8,7 +8,9 @@ use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
 use rapid_plugin_sdk::reasoning::{ReasoningSplitter, TagReasoning};
-use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Chain, Section, Splitter, ToolCallSplitter, until_closer};
+use rapid_plugin_sdk::tool_calls::{
+    Call, CallFormat, Chain, Scan, Section, Splitter, ToolCallSplitter, floor_char_boundary,
+};
 
 const OPEN: &str = "<|tool_call>";
 const CLOSE: &str = "<tool_call|>";
@@ -173,41 +175,59 @@ impl CallFormat for Gemma4Calls {
         &["call:"]
     }
 
-    fn section_len(&self, buf: &str, eof: bool) -> Option<usize> {
+    fn section_len(&self, buf: &str, scan: &mut Scan, eof: bool) -> Option<usize> {
         if buf.starts_with(OPEN) {
-            return until_closer(buf, &[CLOSE], eof);
+            return scan.until_closer(buf, &[CLOSE], eof);
         }
         // The stripped form `call:NAME{…}` ends with its balanced arguments object,
-        // counting braces outside <|"|> strings.
-        // `call:` then a name then `{`; anything else means this is prose, decided as soon
-        // as it shows so the text can stream.
-        let name_start = "call:".len();
-        let name_len = buf[name_start..]
-            .find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
-            .unwrap_or(buf.len() - name_start);
-        let brace = name_start + name_len;
-        match buf[brace..].chars().next() {
-            Some('{') => {}
-            Some(_) => return Some(brace),
-            None => return eof.then_some(buf.len()),
+        // counting braces outside <|"|> strings. `scan.depth` is 0 while the name is read.
+        if scan.depth == 0 {
+            // `call:` then a name then `{`; anything else means this is prose, decided as
+            // soon as it shows so the text can stream.
+            let from = scan.pos.max("call:".len());
+            let Some(name_len) = buf[from..].find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            else {
+                scan.pos = buf.len();
+                return eof.then_some(buf.len());
+            };
+            let brace = from + name_len;
+            if !buf[brace..].starts_with('{') {
+                return Some(brace);
+            }
+            scan.pos = brace;
         }
-        let mut depth = 0usize;
-        let mut i = brace;
+        let mut i = scan.pos;
         while i < buf.len() {
             let rest = &buf[i..];
-            if let Some(after) = rest.strip_prefix(QUOTE) {
-                match after.find(QUOTE) {
-                    Some(end) => i += QUOTE.len() + end + QUOTE.len(),
-                    None => return eof.then_some(buf.len()),
+            if scan.quoted {
+                match rest.find(QUOTE) {
+                    Some(end) => {
+                        i += end + QUOTE.len();
+                        scan.quoted = false;
+                        continue;
+                    }
+                    None => {
+                        // Resume where a closing quote cut in two may start.
+                        scan.pos = floor_char_boundary(buf, buf.len().saturating_sub(QUOTE.len() - 1)).max(i);
+                        return eof.then_some(buf.len());
+                    }
                 }
+            }
+            if rest.starts_with(QUOTE) {
+                i += QUOTE.len();
+                scan.quoted = true;
                 continue;
             }
-            let c = rest.chars().next()?;
+            if rest.len() < QUOTE.len() && QUOTE.starts_with(rest) {
+                // Half a quote marker: wait for the rest.
+                break;
+            }
+            let Some(c) = rest.chars().next() else { break };
             match c {
-                '{' => depth += 1,
+                '{' => scan.depth += 1,
                 '}' => {
-                    depth -= 1;
-                    if depth == 0 {
+                    scan.depth = scan.depth.saturating_sub(1);
+                    if scan.depth == 0 {
                         return Some(i + 1);
                     }
                 }
@@ -215,6 +235,7 @@ impl CallFormat for Gemma4Calls {
             }
             i += c.len_utf8();
         }
+        scan.pos = i;
         eof.then_some(buf.len())
     }
 

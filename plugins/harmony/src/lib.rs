@@ -6,7 +6,7 @@
 //! channel, and no harmony marker ever reaches content.
 
 use rapid_plugin_sdk::json::{self, Tools};
-use rapid_plugin_sdk::markers::{Channel, find_first, partial_suffix};
+use rapid_plugin_sdk::markers::{Channel, Pending, find_first, partial_suffix};
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
@@ -35,7 +35,7 @@ enum State {
 
 struct HarmonySplitter {
     _tools: Tools,
-    buf: String,
+    buf: Pending,
     state: State,
     content: Channel,
     reasoning: Channel,
@@ -65,7 +65,7 @@ impl HarmonySplitter {
     fn new(tools: Tools) -> Self {
         Self {
             _tools: tools,
-            buf: String::new(),
+            buf: Pending::default(),
             state: State::Start,
             content: Channel::default(),
             reasoning: Channel::default(),
@@ -122,63 +122,68 @@ impl HarmonySplitter {
         loop {
             match std::mem::replace(&mut self.state, State::Start) {
                 State::Start => {
-                    let rest = self.buf.trim_start();
+                    // Leading whitespace is never content: drop it now rather than look at
+                    // it again on every feed.
+                    let rest = self.buf.as_str();
+                    let skip = rest.len() - rest.trim_start().len();
+                    self.buf.take(skip);
+                    let rest = self.buf.as_str();
                     // Wait for the first character after `<` to tell a marker from text.
                     if rest.is_empty() || (!eof && rest == "<") {
                         if eof {
-                            self.buf.clear();
+                            self.buf.take_all_but(0);
                         }
                         self.state = State::Start;
                         return;
                     }
-                    let skip = self.buf.len() - rest.len();
-                    self.buf.drain(..skip);
                     // Harmony output starts with a marker; anything else is plain content
                     // up to the first harmony marker.
-                    self.state = if self.buf.starts_with("<|") {
+                    self.state = if rest.starts_with("<|") {
                         State::Header(String::new())
                     } else {
                         State::Body(Route::Content, String::new())
                     };
                 }
-                State::Header(mut header) => match self.buf.find(MESSAGE) {
+                State::Header(mut header) => match self.buf.as_str().find(MESSAGE) {
                     Some(pos) => {
-                        let text: String = self.buf.drain(..pos).collect();
-                        header.push_str(&text);
-                        self.buf.drain(..MESSAGE.len());
+                        header.push_str(self.buf.take(pos));
+                        self.buf.take(MESSAGE.len());
                         let route = route_of(&header);
                         self.state = State::Body(route, String::new());
                     }
                     None => {
                         if eof {
                             // An unfinished header carries nothing for the user.
-                            self.buf.clear();
+                            self.buf.take_all_but(0);
                             self.state = State::Header(header);
                             return;
                         }
-                        let keep = partial_suffix(&self.buf, &[MESSAGE]);
-                        let text: String = self.buf.drain(..self.buf.len() - keep).collect();
-                        header.push_str(&text);
+                        let keep = partial_suffix(self.buf.as_str(), &[MESSAGE]);
+                        header.push_str(self.buf.take_all_but(keep));
                         self.state = State::Header(header);
                         return;
                     }
                 },
-                State::Body(route, mut body) => match find_first(&self.buf, BODY_END) {
+                State::Body(route, mut body) => match find_first(self.buf.as_str(), BODY_END) {
                     Some((pos, i)) => {
-                        let piece: String = self.buf.drain(..pos).collect();
-                        self.stream(&route, &piece, out);
-                        body.push_str(&piece);
+                        let piece = self.buf.take(pos).to_string();
                         if CONSUMED_END.contains(&BODY_END[i]) {
-                            self.buf.drain(..BODY_END[i].len());
+                            self.buf.take(BODY_END[i].len());
+                        }
+                        self.stream(&route, &piece, out);
+                        if matches!(route, Route::Tool(_)) {
+                            body.push_str(&piece);
                         }
                         self.end_message(route, body, out);
                         self.state = State::Header(String::new());
                     }
                     None => {
-                        let keep = if eof { 0 } else { partial_suffix(&self.buf, BODY_END) };
-                        let piece: String = self.buf.drain(..self.buf.len() - keep).collect();
+                        let keep = if eof { 0 } else { partial_suffix(self.buf.as_str(), BODY_END) };
+                        let piece = self.buf.take_all_but(keep).to_string();
                         self.stream(&route, &piece, out);
-                        body.push_str(&piece);
+                        if matches!(route, Route::Tool(_)) {
+                            body.push_str(&piece);
+                        }
                         if eof {
                             self.end_message(route, body, out);
                             self.state = State::Header(String::new());
@@ -195,7 +200,7 @@ impl HarmonySplitter {
 
 impl Splitter for HarmonySplitter {
     fn feed(&mut self, delta: &str) -> Vec<Event> {
-        self.buf.push_str(delta);
+        self.buf.push(delta);
         let mut out = Vec::new();
         self.run(false, &mut out);
         out

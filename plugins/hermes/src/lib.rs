@@ -9,7 +9,7 @@ use rapid_plugin_sdk::json::{self, Tools};
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
-use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Section, Splitter, ToolCallSplitter, until_closer};
+use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Scan, Section, Splitter, ToolCallSplitter};
 use rapid_plugin_sdk::xml::function_blocks;
 use serde_json::Value;
 
@@ -20,39 +20,14 @@ const CLOSE: &str = "</tool_call>";
 
 /// One `{"name", "arguments"}` object → a call.
 fn json_call(body: &str) -> Result<Call, String> {
-    let value: Value = serde_json::from_str(body).map_err(|e| format!("tool call is not JSON: {e}"))?;
-    let name = value.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or("tool call has no name")?;
-    let arguments = match value.get("arguments").or_else(|| value.get("parameters")) {
-        None | Some(Value::Null) => String::from("{}"),
-        Some(Value::String(s)) => json::object(s).ok_or("arguments string is not a JSON object")?,
-        Some(obj @ Value::Object(_)) => {
-            // Keep the model's key order: re-minify the original text of the object.
-            let raw = raw_field(body, obj).unwrap_or_else(|| obj.to_string());
-            json::object(&raw).ok_or("arguments are not a JSON object")?
-        }
-        Some(_) => return Err(String::from("arguments are not a JSON object")),
-    };
+    let fields = json::fields(body).ok_or_else(|| String::from("tool call is not a JSON object"))?;
+    let name = fields
+        .get("name")
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        .filter(|n| !n.is_empty())
+        .ok_or("tool call has no name")?;
+    let arguments = json::arguments(fields.get("arguments").or_else(|| fields.get("parameters")).copied())?;
     Ok(Call::new(name, arguments))
-}
-
-/// The original text of the `arguments`/`parameters` object inside `body`.
-fn raw_field(body: &str, expected: &Value) -> Option<String> {
-    for key in ["\"arguments\"", "\"parameters\""] {
-        let mut search = 0;
-        while let Some(found) = body[search..].find(key) {
-            let after = &body[search + found + key.len()..];
-            let colon = after.trim_start().strip_prefix(':')?;
-            let start = body.len() - colon.len();
-            if let Some(len) = json::value_len(colon) {
-                let raw = &body[start..start + len];
-                if serde_json::from_str::<Value>(raw).ok().as_ref() == Some(expected) {
-                    return Some(raw.to_string());
-                }
-            }
-            search += found + key.len();
-        }
-    }
-    None
 }
 
 impl CallFormat for HermesFormat {
@@ -60,8 +35,8 @@ impl CallFormat for HermesFormat {
         &[OPEN]
     }
 
-    fn section_len(&self, buf: &str, eof: bool) -> Option<usize> {
-        until_closer(buf, &[CLOSE], eof)
+    fn section_len(&self, buf: &str, scan: &mut Scan, eof: bool) -> Option<usize> {
+        scan.until_closer(buf, &[CLOSE], eof)
     }
 
     fn parse(&self, section: &str, tools: &Tools) -> Section {

@@ -6,7 +6,7 @@ use rapid_plugin_sdk::json::{self, Tools};
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
-use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Section, Splitter, ToolCallSplitter, until_closer};
+use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Scan, Section, Splitter, ToolCallSplitter};
 
 const SECTION_BEGIN: &str = "<|tool_calls_section_begin|>";
 const SECTION_END: &str = "<|tool_calls_section_end|>";
@@ -21,8 +21,8 @@ impl CallFormat for KimiFormat {
         &[SECTION_BEGIN]
     }
 
-    fn section_len(&self, buf: &str, eof: bool) -> Option<usize> {
-        until_closer(buf, &[SECTION_END], eof)
+    fn section_len(&self, buf: &str, scan: &mut Scan, eof: bool) -> Option<usize> {
+        scan.until_closer(buf, &[SECTION_END], eof)
     }
 
     fn parse(&self, section: &str, _tools: &Tools) -> Section {

@@ -8,8 +8,7 @@ use rapid_plugin_sdk::json::{self, Tools};
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
-use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Section, Splitter, ToolCallSplitter, until_closer};
-use serde_json::Value;
+use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Scan, Section, Splitter, ToolCallSplitter};
 
 const PYTHON_TAG: &str = "<|python_tag|>";
 const FUNCTION: &str = "<function=";
@@ -18,23 +17,9 @@ struct LlamaFormat;
 
 /// `{"name", "parameters"|"arguments"}` → a call; `None` when the object is not a call.
 fn json_call(text: &str) -> Option<Result<Call, String>> {
-    let value: Value = serde_json::from_str(text).ok()?;
-    let name = value.get("name")?.as_str()?.to_string();
-    let args = match value.get("parameters").or_else(|| value.get("arguments")) {
-        None | Some(Value::Null) => Ok(String::from("{}")),
-        Some(Value::String(s)) => json::object(s).ok_or_else(|| String::from("arguments string is not an object")),
-        Some(Value::Object(_)) => {
-            // Re-minify the original object text so key order is the model's.
-            let key_at = text.find("\"parameters\"").or_else(|| text.find("\"arguments\""));
-            let raw = key_at.and_then(|at| {
-                let colon = text[at..].find(':')? + at + 1;
-                let len = json::value_len(&text[colon..])?;
-                json::object(&text[colon..colon + len])
-            });
-            Ok(raw.unwrap_or_else(|| value["parameters"].to_string()))
-        }
-        Some(_) => Err(String::from("parameters are not an object")),
-    };
+    let fields = json::fields(text)?;
+    let name: String = serde_json::from_str(fields.get("name")?.get()).ok()?;
+    let args = json::arguments(fields.get("parameters").or_else(|| fields.get("arguments")).copied());
     Some(args.map(|a| Call::new(name, a)))
 }
 
@@ -47,28 +32,13 @@ impl CallFormat for LlamaFormat {
         &["{"]
     }
 
-    fn section_len(&self, buf: &str, eof: bool) -> Option<usize> {
+    fn section_len(&self, buf: &str, scan: &mut Scan, eof: bool) -> Option<usize> {
         if buf.starts_with(FUNCTION) {
-            return until_closer(buf, &["</function>"], eof);
+            return scan.until_closer(buf, &["</function>"], eof);
         }
-        let start = if buf.starts_with(PYTHON_TAG) { PYTHON_TAG.len() } else { 0 };
         // One or more JSON objects separated by `;`; the section ends after the last one.
-        let mut end = start;
-        loop {
-            let rest = &buf[end..];
-            let after = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
-            if after.is_empty() {
-                // Another `; {…}` may still come.
-                return eof.then_some(buf.len());
-            }
-            if !after.starts_with('{') {
-                return Some(end);
-            }
-            match json::value_len(after) {
-                Some(len) => end = buf.len() - after.len() + len,
-                None => return eof.then_some(buf.len()),
-            }
-        }
+        let start = if buf.starts_with(PYTHON_TAG) { PYTHON_TAG.len() } else { 0 };
+        scan.json_values(buf, start, &[';'], eof)
     }
 
     fn parse(&self, section: &str, _tools: &Tools) -> Section {

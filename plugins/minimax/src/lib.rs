@@ -5,7 +5,7 @@ use rapid_plugin_sdk::json::{ObjectBuilder, Tools};
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
-use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Section, Splitter, ToolCallSplitter, until_closer};
+use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Scan, Section, Splitter, ToolCallSplitter};
 use rapid_plugin_sdk::xml::{attribute, strip_newlines};
 
 struct MiniMaxFormat;
@@ -15,8 +15,8 @@ impl CallFormat for MiniMaxFormat {
         &["<minimax:tool_call>"]
     }
 
-    fn section_len(&self, buf: &str, eof: bool) -> Option<usize> {
-        until_closer(buf, &["</minimax:tool_call>"], eof)
+    fn section_len(&self, buf: &str, scan: &mut Scan, eof: bool) -> Option<usize> {
+        scan.until_closer(buf, &["</minimax:tool_call>"], eof)
     }
 
     fn parse(&self, section: &str, tools: &Tools) -> Section {

@@ -7,7 +7,7 @@ use rapid_plugin_sdk::json::Tools;
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
-use rapid_plugin_sdk::tool_calls::{CallFormat, Section, Splitter, ToolCallSplitter, until_closer};
+use rapid_plugin_sdk::tool_calls::{CallFormat, Scan, Section, Splitter, ToolCallSplitter};
 use rapid_plugin_sdk::xml::function_blocks;
 
 struct QwenXml;
@@ -17,9 +17,9 @@ impl CallFormat for QwenXml {
         &["<tool_call>", "<function="]
     }
 
-    fn section_len(&self, buf: &str, eof: bool) -> Option<usize> {
+    fn section_len(&self, buf: &str, scan: &mut Scan, eof: bool) -> Option<usize> {
         let closer = if buf.starts_with("<tool_call>") { "</tool_call>" } else { "</function>" };
-        until_closer(buf, &[closer], eof)
+        scan.until_closer(buf, &[closer], eof)
     }
 
     fn parse(&self, section: &str, tools: &Tools) -> Section {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// `text` as compact JSON, keeping key order and number spelling, or `None` if it is not
 /// one valid JSON value.
@@ -38,43 +39,99 @@ pub fn object(text: &str) -> Option<String> {
     compact.starts_with('{').then_some(compact)
 }
 
+/// The top-level fields of the JSON object `text`, each value as its own text (verbatim:
+/// key order and number spelling kept), or `None` if `text` is not one JSON object. One
+/// pass over the text, whatever the values hold.
+pub fn fields(text: &str) -> Option<BTreeMap<String, &RawValue>> {
+    serde_json::from_str(text).ok()
+}
+
+/// A call's arguments as the compact JSON object text every parser emits: an object as the
+/// model wrote it (key order kept), the same object double-encoded as a JSON string, or
+/// `{}` for `null` or none. Anything else is an error.
+pub fn arguments(raw: Option<&RawValue>) -> Result<String, String> {
+    let Some(raw) = raw else { return Ok(String::from("{}")) };
+    let text = raw.get().trim();
+    match text.as_bytes().first() {
+        Some(b'{') => object(text).ok_or_else(|| String::from("arguments are not a JSON object")),
+        Some(b'"') => {
+            let inner: String = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            if inner.trim().is_empty() {
+                return Ok(String::from("{}"));
+            }
+            object(&inner).ok_or_else(|| String::from("arguments string is not a JSON object"))
+        }
+        _ if text == "null" => Ok(String::from("{}")),
+        _ => Err(String::from("arguments are not a JSON object")),
+    }
+}
+
 /// A JSON string literal.
 pub fn string(s: &str) -> String {
     Value::String(s.to_string()).to_string()
 }
 
-/// Byte length of the JSON value at the start of `text` (after leading whitespace is
-/// counted), found by matching brackets outside strings; `None` while incomplete.
+/// Byte length of the JSON object or array at the start of `text` (leading whitespace
+/// counted), found by matching brackets outside strings; `None` while incomplete or when
+/// `text` does not start with one.
 pub fn value_len(text: &str) -> Option<usize> {
-    let start = text.len() - text.trim_start().len();
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, c) in text[start..].char_indices() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '{' | '[' => depth += 1,
-            '}' | ']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(start + i + 1);
-                }
-            }
-            _ if depth == 0 => return None,
-            _ => {}
-        }
+    match ValueScan::default().scan(text) {
+        ValueEnd::At(len) => Some(len),
+        ValueEnd::Incomplete | ValueEnd::Invalid => None,
     }
-    None
+}
+
+/// Where a [`ValueScan`] got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueEnd {
+    /// The value ends this many bytes into the text just scanned.
+    At(usize),
+    /// Not yet: scan the text that follows.
+    Incomplete,
+    /// The text does not start with an object or array.
+    Invalid,
+}
+
+/// Matches the brackets of one JSON object or array that arrives in pieces: each piece is
+/// scanned once, the state carried to the next. Brackets inside strings do not count.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ValueScan {
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl ValueScan {
+    /// Scans `text`, the bytes after those scanned by earlier calls.
+    pub fn scan(&mut self, text: &str) -> ValueEnd {
+        for (i, &b) in text.as_bytes().iter().enumerate() {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    let Some(depth) = self.depth.checked_sub(1) else { return ValueEnd::Invalid };
+                    self.depth = depth;
+                    if depth == 0 {
+                        return ValueEnd::At(i + 1);
+                    }
+                }
+                _ if self.depth == 0 && b.is_ascii_whitespace() => {}
+                _ if self.depth == 0 => return ValueEnd::Invalid,
+                b'"' => self.in_string = true,
+                _ => {}
+            }
+        }
+        ValueEnd::Incomplete
+    }
 }
 
 /// Builds a JSON object in insertion order.
@@ -170,11 +227,46 @@ mod tests {
     }
 
     #[test]
+    fn arguments_are_one_compact_object_string() {
+        let call = r#"{"name": "f", "arguments": {"b": 1.50, "a": "x y"}, "n": null}"#;
+        let f = fields(call).expect("object");
+        assert_eq!(arguments(f.get("arguments").copied()).as_deref(), Ok(r#"{"b":1.50,"a":"x y"}"#));
+        assert_eq!(arguments(f.get("missing").copied()).as_deref(), Ok("{}"));
+        assert_eq!(arguments(f.get("n").copied()).as_deref(), Ok("{}"));
+        let double = fields(r#"{"arguments": "{\"city\": \"Paris\"}"}"#).expect("object");
+        assert_eq!(arguments(double.get("arguments").copied()).as_deref(), Ok(r#"{"city":"Paris"}"#));
+        let empty = fields(r#"{"arguments": ""}"#).expect("object");
+        assert_eq!(arguments(empty.get("arguments").copied()).as_deref(), Ok("{}"));
+        let list = fields(r#"{"arguments": [1]}"#).expect("object");
+        assert!(arguments(list.get("arguments").copied()).is_err());
+        assert!(fields("[1]").is_none());
+    }
+
+    #[test]
     fn value_len_matches_brackets_outside_strings() {
         assert_eq!(value_len(r#"{"a": "}{"} tail"#), Some(11));
         assert_eq!(value_len(r#"  {"a": [1, {"b": 2}]}x"#), Some(22));
         assert_eq!(value_len(r#"{"a": "#), None);
         assert_eq!(value_len("x{}"), None);
+        // In pieces, each scanned once: the same answer.
+        let text = r#"{"a": "}{\"", "b": [1, {"c": 2}]} tail"#;
+        for cut in 1..text.len() {
+            let mut scan = ValueScan::default();
+            let (a, b) = text.split_at(cut);
+            let got = match scan.scan(a) {
+                ValueEnd::At(n) => n,
+                ValueEnd::Incomplete => cut + value_len_rest(&mut scan, b),
+                ValueEnd::Invalid => panic!("invalid at cut {cut}"),
+            };
+            assert_eq!(got, text.len() - " tail".len(), "cut {cut}");
+        }
+    }
+
+    fn value_len_rest(scan: &mut ValueScan, text: &str) -> usize {
+        match scan.scan(text) {
+            ValueEnd::At(n) => n,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

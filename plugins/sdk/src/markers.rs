@@ -2,12 +2,75 @@
 
 /// Earliest occurrence of any of `markers` in `hay`: `(byte offset, marker index)`. On a
 /// tie the longer marker wins, so `<|tool_call>` beats a shorter marker it starts with.
+///
+/// One pass that stops at the first match: the cost is the distance to that match, not
+/// `markers.len()` scans of the whole text, so a splitter that consumes the text up to each
+/// marker it finds stays linear in its input.
 pub fn find_first(hay: &str, markers: &[&str]) -> Option<(usize, usize)> {
-    markers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, m)| hay.find(m).map(|pos| (pos, i)))
-        .min_by_key(|&(pos, i)| (pos, usize::MAX - markers[i].len()))
+    let mut first_bytes = [0u64; 4];
+    for marker in markers {
+        if let Some(&b) = marker.as_bytes().first() {
+            first_bytes[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+    }
+    let bytes = hay.as_bytes();
+    for (pos, &b) in bytes.iter().enumerate() {
+        if first_bytes[usize::from(b >> 6)] & (1 << (b & 63)) == 0 {
+            continue;
+        }
+        // A marker's first byte is ASCII or a UTF-8 lead byte, so `pos` is a char boundary.
+        let best = markers
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.is_empty() && bytes[pos..].starts_with(m.as_bytes()))
+            .max_by_key(|(i, m)| (m.len(), usize::MAX - i));
+        if let Some((i, _)) = best {
+            return Some((pos, i));
+        }
+    }
+    None
+}
+
+/// Text received but not yet consumed. Consuming moves an offset instead of shifting what
+/// follows (the consumed prefix is dropped at the next [`Pending::push`]), so a splitter that
+/// consumes a long delta piece by piece stays linear in its input.
+#[derive(Debug, Default)]
+pub struct Pending {
+    text: String,
+    head: usize,
+}
+
+impl Pending {
+    pub fn push(&mut self, delta: &str) {
+        if self.head > 0 {
+            self.text.drain(..self.head);
+            self.head = 0;
+        }
+        self.text.push_str(delta);
+    }
+
+    /// What is left to consume.
+    pub fn as_str(&self) -> &str {
+        &self.text[self.head..]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head == self.text.len()
+    }
+
+    /// Consumes and returns the next `len` bytes (clamped to what is left; `len` must fall
+    /// on a char boundary).
+    pub fn take(&mut self, len: usize) -> &str {
+        let start = self.head;
+        self.head = (start + len).min(self.text.len());
+        &self.text[start..self.head]
+    }
+
+    /// Consumes everything but the last `keep` bytes.
+    pub fn take_all_but(&mut self, keep: usize) -> &str {
+        let len = self.as_str().len().saturating_sub(keep);
+        self.take(len)
+    }
 }
 
 /// Bytes at the end of `hay` that could be the start of a marker and must be held back
@@ -73,6 +136,22 @@ mod tests {
     fn earliest_marker_wins() {
         assert_eq!(find_first("ab<x>cd<y>", &["<y>", "<x>"]), Some((2, 1)));
         assert_eq!(find_first("abc", &["<x>"]), None);
+        assert_eq!(find_first("a<|tool_call>", &["<|", "<|tool_call>"]), Some((1, 1)));
+        assert_eq!(find_first("x｜<｜tool▁sep｜>", &["<｜tool▁sep｜>"]), Some(("x｜".len(), 0)));
+        assert_eq!(find_first("<a", &["<a>"]), None);
+    }
+
+    #[test]
+    fn pending_consumes_without_shifting() {
+        let mut p = Pending::default();
+        p.push("hello <x> world");
+        assert_eq!(p.take(6), "hello ");
+        assert_eq!(p.as_str(), "<x> world");
+        assert_eq!(p.take_all_but(2), "<x> wor");
+        p.push("!");
+        assert_eq!(p.as_str(), "ld!");
+        assert_eq!(p.take(100), "ld!");
+        assert!(p.is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The streaming reasoning splitter for tag-delimited reasoning (`<think>…</think>`,
 //! Gemma's `<|channel>thought…<channel|>`).
 
-use crate::markers::{Channel, find_first, partial_suffix};
+use crate::markers::{Channel, Pending, find_first, partial_suffix};
 use crate::tool_calls::Event;
 
 /// How a model marks its reasoning.
@@ -23,7 +23,7 @@ pub const THINK_TAGS: TagReasoning = TagReasoning { open: &["<think>"], close: &
 pub struct ReasoningSplitter {
     format: TagReasoning,
     markers: Vec<&'static str>,
-    buf: String,
+    buf: Pending,
     in_reasoning: bool,
     content: Channel,
     reasoning: Channel,
@@ -36,7 +36,7 @@ impl ReasoningSplitter {
         Self {
             format,
             markers,
-            buf: String::new(),
+            buf: Pending::default(),
             in_reasoning: started,
             content: Channel::default(),
             reasoning: Channel::default(),
@@ -44,7 +44,7 @@ impl ReasoningSplitter {
     }
 
     pub fn feed(&mut self, delta: &str) -> Vec<Event> {
-        self.buf.push_str(delta);
+        self.buf.push(delta);
         let mut out = Vec::new();
         self.run(false, &mut out);
         out
@@ -58,14 +58,13 @@ impl ReasoningSplitter {
 
     fn run(&mut self, eof: bool, out: &mut Vec<Event>) {
         loop {
-            let markers: Vec<&'static str> =
-                if self.in_reasoning { self.format.close.to_vec() } else { self.markers.clone() };
-            match find_first(&self.buf, &markers) {
+            let markers: &[&'static str] = if self.in_reasoning { self.format.close } else { &self.markers };
+            match find_first(self.buf.as_str(), markers) {
                 Some((pos, i)) => {
-                    let before: String = self.buf.drain(..pos).collect();
-                    self.emit(&before, out);
                     let marker = markers[i];
-                    self.buf.drain(..marker.len());
+                    let before = self.buf.take(pos).to_string();
+                    self.buf.take(marker.len());
+                    self.emit(&before, out);
                     if self.in_reasoning {
                         self.reasoning.close();
                         self.in_reasoning = false;
@@ -75,8 +74,8 @@ impl ReasoningSplitter {
                     }
                 }
                 None => {
-                    let keep = if eof { 0 } else { partial_suffix(&self.buf, &markers) };
-                    let text: String = self.buf.drain(..self.buf.len() - keep).collect();
+                    let keep = if eof { 0 } else { partial_suffix(self.buf.as_str(), markers) };
+                    let text = self.buf.take_all_but(keep).to_string();
                     self.emit(&text, out);
                     return;
                 }

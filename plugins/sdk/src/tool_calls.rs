@@ -3,9 +3,14 @@
 //!
 //! A section is parsed only once it is complete, so the calls never depend on how the
 //! text was chunked; content is emitted as early as it is known not to be a marker.
+//!
+//! Streaming stays linear in the output however it is chunked: every byte is looked at a
+//! bounded number of times. The search for a section's end resumes where the previous feed
+//! left it (a [`Scan`]), so a tool call whose arguments are a 1 MB file, streamed one
+//! character at a time, costs about what it costs whole.
 
-use crate::json::Tools;
-use crate::markers::{Channel, find_first, partial_suffix};
+use crate::json::{Tools, ValueEnd, ValueScan};
+use crate::markers::{Channel, Pending, find_first, partial_suffix};
 
 /// What a parser session emits, in host-neutral form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,19 +69,98 @@ pub trait CallFormat {
 
     /// Length of the section at the start of `buf` (which starts with an opener), or
     /// `None` while it is incomplete. At `eof`, return what there is.
-    fn section_len(&self, buf: &str, eof: bool) -> Option<usize>;
+    ///
+    /// While a section streams in, this is called after every feed with the section so far;
+    /// `scan` (fresh for each section) carries where the previous call stopped, so resume
+    /// from it instead of searching `buf` from the start: [`Scan::until_closer`] does this
+    /// for sections that end at a closing marker.
+    fn section_len(&self, buf: &str, scan: &mut Scan, eof: bool) -> Option<usize>;
 
     /// Parses one complete section.
     fn parse(&self, section: &str, tools: &Tools) -> Section;
 }
 
-/// Section length for formats that end at a closing marker, or at end of output.
-pub fn until_closer(buf: &str, closers: &[&str], eof: bool) -> Option<usize> {
-    match find_first(buf, closers) {
-        Some((pos, i)) => Some(pos + closers[i].len()),
-        None if eof => Some(buf.len()),
-        None => None,
+/// How far the search for the end of the current section got: kept by the splitter from
+/// one [`CallFormat::section_len`] call to the next and reset for each section, so each
+/// byte of a section is searched once, not once per feed.
+#[derive(Debug, Default, Clone)]
+pub struct Scan {
+    /// Bytes at the start of the section already searched; the end is not among them.
+    pub pos: usize,
+    /// The brackets of a JSON value being matched, for sections that end with one.
+    pub json: ValueScan,
+    /// Where the last complete value ended, for sections of several values.
+    pub end: usize,
+    /// Free for a format's own scanner: a nesting depth, a phase.
+    pub depth: usize,
+    /// Free for a format's own scanner: inside a quoted string.
+    pub quoted: bool,
+}
+
+impl Scan {
+    /// The section ends after the first of `closers`, or at end of output. Resumes where the
+    /// previous call stopped: only the text that arrived since (and the last few bytes, where
+    /// a closer may have been cut in two) is searched.
+    pub fn until_closer(&mut self, buf: &str, closers: &[&str], eof: bool) -> Option<usize> {
+        let from = floor_char_boundary(buf, self.pos);
+        match find_first(&buf[from..], closers) {
+            Some((pos, i)) => Some(from + pos + closers[i].len()),
+            None if eof => Some(buf.len()),
+            None => {
+                let longest = closers.iter().map(|c| c.len()).max().unwrap_or(1);
+                self.pos = buf.len().saturating_sub(longest.saturating_sub(1));
+                None
+            }
+        }
     }
+
+    /// The section is one or more JSON objects or arrays from byte `start` on, separated by
+    /// whitespace or any of `separators`; it ends after the last one (at end of output,
+    /// with what there is). Resumes where the previous call stopped.
+    pub fn json_values(&mut self, buf: &str, start: usize, separators: &[char], eof: bool) -> Option<usize> {
+        if self.pos < start {
+            self.pos = start;
+            self.end = start;
+        }
+        loop {
+            if self.depth == 1 {
+                match self.json.scan(&buf[self.pos..]) {
+                    ValueEnd::At(len) => {
+                        self.pos += len;
+                        self.end = self.pos;
+                        self.json = ValueScan::default();
+                        self.depth = 0;
+                    }
+                    ValueEnd::Incomplete => {
+                        self.pos = buf.len();
+                        return eof.then_some(buf.len());
+                    }
+                    ValueEnd::Invalid => return Some(self.end),
+                }
+                continue;
+            }
+            let rest = &buf[self.pos..];
+            let after = rest.trim_start_matches(|c: char| c.is_whitespace() || separators.contains(&c));
+            self.pos = buf.len() - after.len();
+            if after.is_empty() {
+                // Another value may still come.
+                return eof.then_some(buf.len());
+            }
+            if !after.starts_with(['{', '[']) {
+                return Some(self.end);
+            }
+            self.depth = 1;
+        }
+    }
+}
+
+/// The largest char boundary of `text` at or below `at`.
+pub fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// The tool-call splitter of one parser session.
@@ -84,8 +168,9 @@ pub fn until_closer(buf: &str, closers: &[&str], eof: bool) -> Option<usize> {
 pub struct ToolCallSplitter<F> {
     format: F,
     tools: Tools,
-    buf: String,
+    buf: Pending,
     in_section: bool,
+    scan: Scan,
     seen_text: bool,
     next_index: u32,
     content: Channel,
@@ -96,8 +181,9 @@ impl<F: CallFormat> ToolCallSplitter<F> {
         Self {
             format,
             tools,
-            buf: String::new(),
+            buf: Pending::default(),
             in_section: false,
+            scan: Scan::default(),
             seen_text: false,
             next_index: 0,
             content: Channel::default(),
@@ -105,7 +191,7 @@ impl<F: CallFormat> ToolCallSplitter<F> {
     }
 
     pub fn feed(&mut self, delta: &str) -> Vec<Event> {
-        self.buf.push_str(delta);
+        self.buf.push(delta);
         let mut out = Vec::new();
         self.run(false, &mut out);
         out
@@ -120,23 +206,34 @@ impl<F: CallFormat> ToolCallSplitter<F> {
 
     fn run(&mut self, eof: bool, out: &mut Vec<Event>) {
         loop {
+            if self.buf.is_empty() {
+                if eof {
+                    self.in_section = false;
+                }
+                return;
+            }
             if self.in_section {
-                let Some(len) = self.format.section_len(&self.buf, eof) else { return };
-                let len = len.clamp(1, self.buf.len());
-                let section: String = self.buf.drain(..len).collect();
+                let rest = self.buf.as_str();
+                let Some(len) = self.format.section_len(rest, &mut self.scan, eof) else { return };
+                let mut len = len.clamp(1, rest.len());
+                while !rest.is_char_boundary(len) {
+                    len += 1;
+                }
+                let section = self.buf.take(len).to_string();
                 self.in_section = false;
+                self.scan = Scan::default();
                 self.emit_section(&section, out);
                 continue;
             }
-            if self.buf.is_empty() {
-                return;
-            }
             if !self.seen_text {
-                let rest = self.buf.trim_start();
+                // Leading whitespace is never content: drop it now rather than look at it
+                // again on every feed.
+                let rest = self.buf.as_str();
+                let skip = rest.len() - rest.trim_start().len();
+                self.buf.take(skip);
+                let rest = self.buf.as_str();
                 let leading = self.format.leading_openers();
                 if leading.iter().any(|o| rest.starts_with(o)) {
-                    let skip = self.buf.len() - rest.len();
-                    self.buf.drain(..skip);
                     self.in_section = true;
                     self.seen_text = true;
                     continue;
@@ -146,17 +243,17 @@ impl<F: CallFormat> ToolCallSplitter<F> {
                 }
             }
             let openers = self.format.openers();
-            match find_first(&self.buf, openers) {
+            match find_first(self.buf.as_str(), openers) {
                 Some((pos, _)) => {
-                    let before: String = self.buf.drain(..pos).collect();
+                    let before = self.buf.take(pos).to_string();
                     self.content_text(&before, out);
                     self.content.close();
                     self.in_section = true;
                     self.seen_text = true;
                 }
                 None => {
-                    let keep = if eof { 0 } else { partial_suffix(&self.buf, openers) };
-                    let text: String = self.buf.drain(..self.buf.len() - keep).collect();
+                    let keep = if eof { 0 } else { partial_suffix(self.buf.as_str(), openers) };
+                    let text = self.buf.take_all_but(keep).to_string();
                     self.content_text(&text, out);
                     return;
                 }
