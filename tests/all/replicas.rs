@@ -87,10 +87,13 @@ async fn the_gateway_gauges_follow_the_load() {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
 
-    // Three streams at once: the engine runs one, the others queue. Their bodies are not
-    // read yet; each generation fits in its channel, so none blocks on the client.
+    // More streams at once than the engine runs together (one sequence at a time before
+    // continuous batching; a batching scheduler queues what its batch does not hold), within
+    // the admission limit (16). Their bodies are not read yet; each generation fits in its
+    // channel, so none blocks on the client.
+    const STREAMS: usize = 12;
     let mut bodies = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..STREAMS {
         let response = app.clone().oneshot(streamed_completion(96)).await.expect("response");
         assert_eq!(response.status(), StatusCode::OK);
         bodies.push(response.into_body());
@@ -99,7 +102,7 @@ async fn the_gateway_gauges_follow_the_load() {
     for _ in 0..2000 {
         let (load, text) = scrape(&app).await;
         assert!((0.0..=1.0).contains(&load.usage), "{text}");
-        assert!(load.running <= 1.0, "one sequence at a time today: {text}");
+        assert!(load.running + load.waiting <= STREAMS as f64, "{text}");
         if load.waiting > 0.0 && load.running > 0.0 && load.usage > 0.0 {
             busiest = load;
             break;
@@ -107,7 +110,7 @@ async fn the_gateway_gauges_follow_the_load() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(busiest.waiting >= 1.0, "never saw a queued request: {busiest:?}");
-    assert_eq!(busiest.running, 1.0, "{busiest:?}");
+    assert!(busiest.running >= 1.0, "{busiest:?}");
     assert!(busiest.usage > 0.0, "a live sequence holds KV cache: {busiest:?}");
 
     // The clients go away: the generations are cancelled and the gauges fall back to zero.
