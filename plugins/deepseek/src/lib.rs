@@ -6,6 +6,7 @@
 //! them apart, and models drift between them.
 
 use rapid_plugin_sdk::json::{self, Tools};
+use rapid_plugin_sdk::markers::strip_partial_suffix;
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
@@ -35,11 +36,7 @@ fn one_call(body: &str) -> Result<Call, String> {
     if name.is_empty() {
         return Err(String::from("tool call without a name"));
     }
-    let args = if args.trim().is_empty() {
-        String::from("{}")
-    } else {
-        json::object(args).ok_or("arguments are not a JSON object")?
-    };
+    let args = json::arguments_text(args).ok_or("arguments are not a JSON object")?;
     Ok(Call::new(name, args))
 }
 
@@ -58,6 +55,8 @@ impl CallFormat for DeepSeekFormat {
         for piece in section.split(CALL_BEGIN).skip(1) {
             let body = piece.split(CALL_END).next().unwrap_or(piece);
             let body = body.split(CALLS_END).next().unwrap_or(body);
+            // The output may have ended inside a closing marker.
+            let body = strip_partial_suffix(strip_partial_suffix(body.trim_end(), CALLS_END), CALL_END);
             match one_call(body) {
                 Ok(call) => calls.push(call),
                 Err(e) => return Section::Malformed(e),

@@ -96,7 +96,7 @@ impl HarmonySplitter {
             Route::Reasoning => self.reasoning.close(),
             Route::Content => self.content.close(),
             Route::Tool(name) => {
-                let args = if body.trim().is_empty() { Some(String::from("{}")) } else { json::object(&body) };
+                let args = json::arguments_text(&body);
                 match args {
                     Some(arguments) => {
                         self.content.close();

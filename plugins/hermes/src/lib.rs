@@ -6,6 +6,7 @@
 
 use rapid_plugin_sdk::grammar;
 use rapid_plugin_sdk::json::{self, Tools};
+use rapid_plugin_sdk::markers::strip_partial_suffix;
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
@@ -41,7 +42,8 @@ impl CallFormat for HermesFormat {
 
     fn parse(&self, section: &str, tools: &Tools) -> Section {
         let body = section.strip_prefix(OPEN).unwrap_or(section);
-        let body = body.strip_suffix(CLOSE).unwrap_or(body).trim();
+        // Without its closer (or the piece of it the output ended in).
+        let body = body.strip_suffix(CLOSE).unwrap_or_else(|| strip_partial_suffix(body.trim_end(), CLOSE)).trim();
         if body.starts_with("<function=") {
             return match function_blocks(body, tools) {
                 Ok(calls) => Section::Calls(calls),

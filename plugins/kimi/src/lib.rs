@@ -3,6 +3,7 @@
 //! The model's own call id (`functions.NAME:IDX`) is kept: Kimi's template expects it back.
 
 use rapid_plugin_sdk::json::{self, Tools};
+use rapid_plugin_sdk::markers::strip_partial_suffix;
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
@@ -29,6 +30,8 @@ impl CallFormat for KimiFormat {
         let mut calls = Vec::new();
         for piece in section.split(CALL_BEGIN).skip(1) {
             let body = piece.split(CALL_END).next().unwrap_or(piece);
+            // The output may have ended inside a closing marker.
+            let body = strip_partial_suffix(strip_partial_suffix(body.trim_end(), SECTION_END), CALL_END);
             let Some((id, args)) = body.split_once(ARGS_BEGIN) else {
                 return Section::Malformed(String::from("tool call without arguments"));
             };
@@ -39,8 +42,7 @@ impl CallFormat for KimiFormat {
                 return Section::Malformed(String::from("tool call without a name"));
             }
             let args = args.split(SECTION_END).next().unwrap_or(args);
-            let Some(args) = (if args.trim().is_empty() { Some(String::from("{}")) } else { json::object(args) })
-            else {
+            let Some(args) = json::arguments_text(args) else {
                 return Section::Malformed(format!("arguments of {name} are not a JSON object"));
             };
             calls.push(Call { name: name.to_string(), arguments: args, id: Some(id.to_string()) });

@@ -66,6 +66,17 @@ pub fn arguments(raw: Option<&RawValue>) -> Result<String, String> {
     }
 }
 
+/// [`arguments`] for arguments written bare, as the text of one JSON value (`{…}`, a
+/// double-encoded `"{…}"`, `null`) or nothing at all (`{}`); `None` when it is none of these.
+pub fn arguments_text(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Some(String::from("{}"));
+    }
+    let raw: Box<RawValue> = serde_json::from_str(text).ok()?;
+    arguments(Some(&raw)).ok()
+}
+
 /// A JSON string literal.
 pub fn string(s: &str) -> String {
     Value::String(s.to_string()).to_string()
@@ -240,6 +251,12 @@ mod tests {
         let list = fields(r#"{"arguments": [1]}"#).expect("object");
         assert!(arguments(list.get("arguments").copied()).is_err());
         assert!(fields("[1]").is_none());
+        assert_eq!(arguments_text(" {\"a\": [1, 2]} ").as_deref(), Some(r#"{"a":[1,2]}"#));
+        assert_eq!(arguments_text(r#""{\"a\": 1}""#).as_deref(), Some(r#"{"a":1}"#));
+        assert_eq!(arguments_text("\n").as_deref(), Some("{}"));
+        assert_eq!(arguments_text("null").as_deref(), Some("{}"));
+        assert_eq!(arguments_text("{\"a\": 1}{\"b\": 2}"), None);
+        assert_eq!(arguments_text("[1]"), None);
     }
 
     #[test]

@@ -90,6 +90,12 @@ pub fn partial_suffix(hay: &str, markers: &[&str]) -> usize {
     best
 }
 
+/// `text` without a trailing piece of `marker` (a proper prefix of it): what is left when
+/// the output ended in the middle of a closing marker, e.g. at `max_tokens`.
+pub fn strip_partial_suffix<'a>(text: &'a str, marker: &str) -> &'a str {
+    &text[..text.len() - partial_suffix(text, &[marker])]
+}
+
 /// Text for one output channel (content or reasoning), with whitespace handled the same
 /// way whatever the chunking: leading whitespace of the channel and trailing whitespace at
 /// the end of output are dropped, and around a tool call (a [`Channel::close`]) runs of
@@ -160,6 +166,8 @@ mod tests {
         assert_eq!(partial_suffix("hello <", &["<tool_call>", "</think>"]), 1);
         assert_eq!(partial_suffix("hello", &["<tool_call>"]), 0);
         assert_eq!(partial_suffix("x<｜tool", &["<｜tool▁calls▁begin｜>"]), "<｜tool".len());
+        assert_eq!(strip_partial_suffix("{}</tool_", "</tool_call>"), "{}");
+        assert_eq!(strip_partial_suffix("{}", "</tool_call>"), "{}");
         // a complete marker is not "partial"
         assert_eq!(partial_suffix("<a>", &["<a>"]), 0);
     }
