@@ -113,6 +113,29 @@ pub struct AliasEntry {
     pub suffix_bench_speedup: Option<BTreeMap<String, f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommended_sampling: Option<BTreeMap<String, f64>>,
+    /// A seed name that states the wrong size, kept so existing users keep working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misnamed: Option<Misnamed>,
+}
+
+/// Why a name is wrong and which alias names the same weights correctly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Misnamed {
+    /// What the weights really are, e.g. "GLM-4.7-Flash: about 30B total, 3B active".
+    pub actual: String,
+    /// The correctly named alias for the same repository.
+    pub use_instead: String,
+}
+
+impl Misnamed {
+    /// The note `info` and `models` show on the misnamed alias.
+    pub fn note(&self, name: &str) -> String {
+        format!(
+            "`{name}` states the wrong size: it is {}. The name is kept for compatibility; `{}` names the same weights correctly.",
+            self.actual, self.use_instead
+        )
+    }
 }
 
 impl AliasEntry {
@@ -257,8 +280,21 @@ impl AliasRegistry {
             if !is_org_repo(&e.hf_path) {
                 add(name, "hf_path is org/repo", e.hf_path.clone());
             }
-            if let Some(first) = sources.insert(e.source_key(), name) {
+            // A misnamed seed alias shares its source with the alias that names it correctly.
+            if e.misnamed.is_none()
+                && let Some(first) = sources.insert(e.source_key(), name)
+            {
                 add(name, "no two aliases share a source", format!("same as {first}"));
+            }
+            if let Some(m) = &e.misnamed {
+                match self.aliases.get(&m.use_instead) {
+                    Some(good) if good.hf_path == e.hf_path && good.misnamed.is_none() => {}
+                    _ => add(
+                        name,
+                        "a misnamed alias points at a correct alias for the same repository",
+                        m.use_instead.clone(),
+                    ),
+                }
             }
             if e.format == ModelFormat::Gguf && e.file.is_none() {
                 add(name, "GGUF entries name their file", String::from("no `file`"));

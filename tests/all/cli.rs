@@ -34,7 +34,7 @@ fn models_json_is_pure_json_listing_every_alias() {
     assert!(out.status.success(), "{}", stderr(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
     let models = doc["models"].as_array().expect("models array");
-    assert_eq!(models.len(), 74);
+    assert_eq!(models.len(), 76);
     let gemma = models.iter().find(|m| m["alias"] == "gemma-4-12b-qat-4bit").expect("gemma row");
     assert_eq!(gemma["hf_path"], "mlx-community/gemma-4-12B-it-qat-4bit");
     assert_eq!(gemma["format"], "mlx");
@@ -68,7 +68,7 @@ fn models_table_has_a_row_per_alias() {
     assert!(out.status.success());
     let text = stdout(&out);
     assert!(text.starts_with("ALIAS"), "{text}");
-    assert!(text.contains("74 aliases"), "{text}");
+    assert!(text.contains("76 aliases"), "{text}");
     let row = text.lines().find(|l| l.starts_with("gpt-oss-20b-mxfp4-q8")).expect("row");
     for cell in ["mlx", "gpt_oss", "mxfp4-q8", "harmony"] {
         assert!(row.contains(cell), "{row}");

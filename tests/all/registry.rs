@@ -61,7 +61,7 @@ fn the_two_runnable_gguf_models_come_from_pip() {
     assert_eq!(gemma.sha256.as_deref(), Some("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"));
     assert_eq!(gemma.pip.as_ref().map(Vec::len), Some(4));
     assert_eq!(registry.default_alias(), "smollm2-135m-q4_1");
-    assert_eq!(registry.len(), 74);
+    assert_eq!(registry.len(), 76);
 }
 
 #[test]
@@ -171,4 +171,75 @@ fn every_parser_name_exists_among_the_loaded_plugins() {
     let set = rapid_host::plugins::PluginSet::load_dir(runtime(), &plugins_dir()).expect("plugins dir");
     let problems = registry().missing_parsers(&set.tool_parser_names(), &set.reasoning_parser_names());
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// Sizes checked against a table of known repository sizes, not only the sizes a repo's
+/// name states: `glm4.7-9b-4bit` is GLM-4.7-Flash (~30B) and `kimi-48b-4bit` is
+/// Kimi-K2-Instruct (~1T). The seed names stay (marked misnamed, with a note); correctly
+/// sized aliases serve the same repositories.
+#[test]
+fn alias_sizes_agree_with_known_repo_sizes() {
+    let registry = registry();
+    let text = std::fs::read_to_string(repo_root().join("tests/fixtures/seed/known-repo-sizes.json")).expect("table");
+    let table: Value = serde_json::from_str(&text).expect("json");
+    let sizes = table["sizes"].as_object().expect("sizes");
+    let mut checked = 0;
+    for (name, e) in registry.iter() {
+        let Some(known) = sizes.get(&e.hf_path).and_then(|s| s["total_b"].as_f64()) else { continue };
+        let parsed = rapid_plugin_sdk::naming::parse_alias_name(name).expect("valid name");
+        let Some(stated) = parsed.params.and_then(rapid_plugin_sdk::naming::params_billions) else { continue };
+        let agrees = (stated - known).abs() <= known * 0.1;
+        if e.misnamed.is_some() {
+            assert!(!agrees, "{name} is marked misnamed but states {stated}B for a {known}B repo");
+        } else {
+            assert!(agrees, "{name} states {stated}B but {} has {known}B", e.hf_path);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} aliases checked");
+    for (seed, good, total) in
+        [("glm4.7-9b-4bit", "glm4.7-flash-30b-4bit", 30.0), ("kimi-48b-4bit", "kimi-k2-1t-4bit", 1000.0)]
+    {
+        let misnamed = registry.get(seed).and_then(|e| e.misnamed.clone()).unwrap_or_else(|| panic!("{seed} marked"));
+        assert_eq!(misnamed.use_instead, good);
+        let (seed_entry, good_entry) = (registry.get(seed).expect("seed"), registry.get(good).expect("good"));
+        assert_eq!(seed_entry.hf_path, good_entry.hf_path);
+        assert_eq!(good_entry.tool_call_parser, seed_entry.tool_call_parser);
+        let stated = rapid_plugin_sdk::naming::parse_alias_name(good).ok().and_then(|n| n.params);
+        assert_eq!(stated.and_then(rapid_plugin_sdk::naming::params_billions), Some(total), "{good}");
+    }
+}
+
+#[test]
+fn a_misnamed_alias_must_point_at_a_correct_alias_for_its_repository() {
+    let mut doc = aliases_json();
+    doc["aliases"]["glm4.7-9b-4bit"]["misnamed"]["use_instead"] = json!("kimi-k2-1t-4bit");
+    assert_eq!(broken_rules(&doc), ["a misnamed alias points at a correct alias for the same repository"]);
+    // Without the mark, the seed name and the correct one share a source.
+    let mut doc = aliases_json();
+    doc["aliases"]["glm4.7-9b-4bit"].as_object_mut().expect("object").remove("misnamed");
+    assert_eq!(broken_rules(&doc), ["no two aliases share a source"]);
+}
+
+/// `info` and `models` show the note on the seed names.
+#[test]
+fn info_and_models_show_the_size_note_on_misnamed_seed_names() {
+    let rapid_host = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rapid-host")).args(args).output().expect("runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plugins = crate::support::plugins_dir();
+    let info = rapid_host(&["info", "kimi-48b-4bit", "--plugins", &plugins.to_string_lossy()]);
+    assert!(info.contains("note: `kimi-48b-4bit` states the wrong size") && info.contains("kimi-k2-1t-4bit"), "{info}");
+    let models = rapid_host(&["models"]);
+    assert!(
+        models.contains("note: `glm4.7-9b-4bit` states the wrong size") && models.contains("about 30B"),
+        "{models}"
+    );
+    let json: Value = serde_json::from_str(&rapid_host(&["models", "--json"])).expect("json");
+    let glm = json["models"].as_array().into_iter().flatten().find(|m| m["alias"] == "glm4.7-9b-4bit").expect("listed");
+    assert!(glm["note"].as_str().is_some_and(|n| n.contains("glm4.7-flash-30b-4bit")), "{glm}");
+    let good = json["models"].as_array().into_iter().flatten().find(|m| m["alias"] == "glm4.7-flash-30b-4bit");
+    assert!(good.is_some_and(|m| m["note"].is_null()), "{good:?}");
 }

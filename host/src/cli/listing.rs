@@ -33,6 +33,7 @@ pub(crate) fn models_json(registry: &AliasRegistry) -> serde_json::Value {
                 "is_hybrid": e.is_hybrid,
                 "loadable": e.loadable(),
                 "parity": e.parity_reference(),
+                "note": e.misnamed.as_ref().map(|m| m.note(name)),
             })
         })
         .collect();
@@ -61,6 +62,11 @@ pub(crate) fn print_models(registry: &AliasRegistry, json: bool) -> anyhow::Resu
         .collect();
     let header = ["ALIAS", "FORMAT", "ARCH", "QUANT", "TOOLS", "REASONING", "MOE/HYBRID", "LOADABLE"];
     print_table(&header, &rows);
+    for (name, e) in registry.iter() {
+        if let Some(m) = &e.misnamed {
+            println!("note: {}", m.note(name));
+        }
+    }
     let loadable = registry.iter().filter(|(_, e)| e.loadable()).count();
     println!(
         "\n{} aliases, {loadable} loadable by this build: their architecture matches llama.cpp (GGUF) or mlx-lm (MLX)\n\
@@ -144,6 +150,9 @@ pub(crate) fn print_info(
     }
     for note in &resolved.notes {
         println!("  note: {note}");
+    }
+    if let (Some(alias), Some(m)) = (&resolved.alias, resolved.profile.as_ref().and_then(|e| e.misnamed.as_ref())) {
+        println!("  note: {}", m.note(alias));
     }
     Ok(())
 }

@@ -81,7 +81,8 @@ pub fn bits_per_weight(quant: &str) -> Option<f64> {
 /// Is this `-` segment a parameter count (`4b`, `1.7b`, `135m`, `e4b`)?
 pub fn is_params_segment(segment: &str) -> bool {
     let body = segment.strip_prefix('e').unwrap_or(segment);
-    let Some(number) = body.strip_suffix('b').or_else(|| body.strip_suffix('m')) else {
+    let Some(number) = body.strip_suffix('b').or_else(|| body.strip_suffix('m')).or_else(|| body.strip_suffix('t'))
+    else {
         return false;
     };
     !number.is_empty()
@@ -134,13 +135,16 @@ pub fn parse_alias_name(name: &str) -> Result<AliasName<'_>, NamingError> {
     Ok(AliasName { stem, quant, params })
 }
 
-/// Parameter count in billions for a params segment (`35b` → 35, `135m` → 0.135, `e4b` → 4).
+/// Parameter count in billions for a params segment (`35b` → 35, `135m` → 0.135, `e4b` → 4,
+/// `1t` → 1000).
 pub fn params_billions(segment: &str) -> Option<f64> {
     let body = segment.strip_prefix('e').unwrap_or(segment);
     if let Some(n) = body.strip_suffix('b') {
         n.parse().ok()
     } else if let Some(n) = body.strip_suffix('m') {
         n.parse::<f64>().ok().map(|m| m / 1000.0)
+    } else if let Some(n) = body.strip_suffix('t') {
+        n.parse::<f64>().ok().map(|t| t * 1000.0)
     } else {
         None
     }
