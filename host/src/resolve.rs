@@ -82,52 +82,150 @@ impl<'a> ModelResolver<'a> {
         match self.policy.resolve(&request)? {
             Ok(resolution) => self.check(name, resolution),
             Err(refusal) => Err(ResolveFailure::Unknown {
-                message: refusal.message,
+                message: printable(&refusal.message, 1000),
                 // Only real aliases are worth suggesting, whatever the plugin says.
                 suggestions: refusal.suggestions.into_iter().filter(|s| self.registry.get(s).is_some()).collect(),
             }),
         }
     }
 
-    /// A policy's answer is only data from a plugin: it must name a real alias, and what
-    /// it says about that alias must match the table.
+    /// A policy's answer is only data from a plugin, checked against the alias table before
+    /// the host opens or downloads anything:
+    /// - an alias must be in the table, with the table's repository, source and file;
+    /// - a name that is an alias resolves to an alias (no other model under its name);
+    /// - a local path only when the user typed that path; a pip package only for an alias;
+    /// - a repository is `org/repo`, a file a plain file name (no separators, no `..`).
     fn check(&self, name: &str, r: wit::Resolution) -> Result<ResolvedModel, ResolveFailure> {
         let bad = |detail: String| {
             ResolveFailure::Plugin(PluginError::BadAnswer {
                 plugin: self.policy.name().to_string(),
                 call: "resolve",
-                detail,
+                detail: printable(&detail, 500),
             })
         };
-        let profile = match &r.alias {
+        let source = match r.source {
+            wit::SourceKind::LocalDir => SourceKind::LocalDir,
+            wit::SourceKind::LocalFile => SourceKind::LocalFile,
+            wit::SourceKind::HubRepo => SourceKind::HubRepo,
+            wit::SourceKind::PipPackage => SourceKind::PipPackage,
+        };
+        if r.hf_path.trim().is_empty() {
+            return Err(bad(String::from("empty hf_path")));
+        }
+        if let Some(file) = &r.file
+            && !is_plain_file_name(file)
+        {
+            return Err(bad(format!("file `{file}` is not a plain file name")));
+        }
+        let (profile, file) = match &r.alias {
             Some(alias) => {
                 let entry =
                     self.registry.get(alias).ok_or_else(|| bad(format!("alias `{alias}` is not in the table")))?;
                 if entry.hf_path != r.hf_path {
                     return Err(bad(format!("alias `{alias}` is {}, not {}", entry.hf_path, r.hf_path)));
                 }
-                Some(entry.clone())
+                let table_source = match entry.source {
+                    AliasSource::Hub => SourceKind::HubRepo,
+                    AliasSource::Pip => SourceKind::PipPackage,
+                };
+                if source != table_source {
+                    return Err(bad(format!("alias `{alias}` comes from {table_source:?}, not {source:?}")));
+                }
+                if r.file.is_some() && r.file != entry.file {
+                    return Err(bad(format!(
+                        "alias `{alias}` is the file {}, not {}",
+                        entry.file.as_deref().unwrap_or("chosen by the repository"),
+                        r.file.as_deref().unwrap_or_default()
+                    )));
+                }
+                (Some(entry.clone()), entry.file.clone())
             }
-            None => None,
+            None => {
+                if self.registry.get(name).is_some() {
+                    return Err(bad(format!(
+                        "`{name}` is an alias, but the answer ({}) names no alias: no other model may run under an \
+                         alias's name",
+                        r.hf_path
+                    )));
+                }
+                match source {
+                    SourceKind::LocalDir | SourceKind::LocalFile => {
+                        if r.file.is_some() || !same_local_path(name, &r.hf_path) {
+                            return Err(bad(format!(
+                                "a local path is allowed only when it is the path the user gave (`{name}`), not `{}`",
+                                r.hf_path
+                            )));
+                        }
+                    }
+                    SourceKind::HubRepo if !is_repo_id(&r.hf_path) => {
+                        return Err(bad(format!("`{}` is not an org/repo id", r.hf_path)));
+                    }
+                    SourceKind::HubRepo => {}
+                    SourceKind::PipPackage => {
+                        return Err(bad(String::from("a pip package can only be an alias from the table")));
+                    }
+                }
+                (None, r.file)
+            }
         };
-        if r.hf_path.trim().is_empty() {
-            return Err(bad(String::from("empty hf_path")));
-        }
         Ok(ResolvedModel {
             requested: name.to_string(),
             alias: r.alias,
             hf_path: r.hf_path,
-            file: r.file,
-            source: match r.source {
-                wit::SourceKind::LocalDir => SourceKind::LocalDir,
-                wit::SourceKind::LocalFile => SourceKind::LocalFile,
-                wit::SourceKind::HubRepo => SourceKind::HubRepo,
-                wit::SourceKind::PipPackage => SourceKind::PipPackage,
-            },
-            notes: r.notes,
+            file,
+            source,
+            notes: r.notes.iter().take(10).map(|n| printable(n, 500)).collect(),
             profile,
         })
     }
+}
+
+/// `name` with no directory part and nothing a path could escape through.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', ':'])
+        && !name.chars().any(char::is_control)
+        && name.len() <= 255
+}
+
+/// `org/repo`: exactly one `/`, both sides non-empty, no `.` or `..`, no other characters
+/// than a hub id may carry (the SDK's rule, which the host cannot link).
+fn is_repo_id(name: &str) -> bool {
+    let mut parts = name.split('/');
+    let (Some(org), Some(repo), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.len() <= 96
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    ok(org) && ok(repo)
+}
+
+/// Whether the policy's path is the one the user typed (or the same file or directory).
+fn same_local_path(typed: &str, answered: &str) -> bool {
+    if typed == answered {
+        return Path::new(typed).exists();
+    }
+    match (std::fs::canonicalize(typed), std::fs::canonicalize(answered)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Text from a plugin, safe to print: control characters (terminal escapes) replaced, at
+/// most `max` characters.
+fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
 }
 
 fn path_kind(path: &Path) -> wit::PathKind {

@@ -7,6 +7,7 @@ mod authoring;
 mod cli;
 mod gguf_device;
 mod gguf_from_mlx;
+mod hostile_plugins;
 mod hub;
 mod limits;
 mod loading;

@@ -40,7 +40,12 @@ pub fn plugin_file(relative: &str) -> PathBuf {
 
 /// Tight limits so misbehaving plugins are stopped quickly.
 pub fn test_limits() -> SandboxLimits {
-    SandboxLimits { memory_bytes: 16 << 20, call_timeout: Duration::from_millis(300), table_elements: 10_000 }
+    SandboxLimits {
+        memory_bytes: 16 << 20,
+        call_timeout: Duration::from_millis(300),
+        table_elements: 10_000,
+        ..SandboxLimits::default()
+    }
 }
 
 pub fn runtime() -> PluginRuntime {

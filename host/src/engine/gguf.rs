@@ -27,10 +27,20 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, EngineError> {
+        use std::io::{Read, Seek};
+
         let file = File::open(path).map_err(|source| EngineError::Open { path: path.display().to_string(), source })?;
         let mut reader = BufReader::new(file);
-        let content = gguf_file::Content::read(&mut reader)
-            .map_err(|e| EngineError::NotGguf { path: path.display().to_string(), message: e.to_string() })?;
+        let not_gguf = |message: String| EngineError::NotGguf { path: path.display().to_string(), message };
+        // The magic bytes first, in our words: the parser's error would quote the file's
+        // first bytes, and the path may be any file at all.
+        let mut magic = [0u8; 4];
+        let starts_gguf = reader.read_exact(&mut magic).is_ok() && (&magic == b"GGUF" || &magic == b"FUGG");
+        if !starts_gguf {
+            return Err(not_gguf(String::from("it does not start with the GGUF magic bytes")));
+        }
+        reader.rewind().map_err(|e| not_gguf(e.to_string()))?;
+        let content = gguf_file::Content::read(&mut reader).map_err(|e| not_gguf(e.to_string()))?;
         Ok(Self { path: path.to_path_buf(), content, reader })
     }
 

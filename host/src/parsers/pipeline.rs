@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use super::cost::PluginCost;
 use super::{ParseEvent, ParserSession};
+use crate::plugins::limits::{OutputLimit, OutputScope};
 use crate::plugins::loader::OutputParserPlugin;
+use crate::plugins::runtime::set_output_limit;
 use crate::plugins::{PluginError, PluginSet};
 
 /// Which parsers a response goes through.
@@ -32,6 +34,12 @@ pub enum PipelineError {
 /// Parser sessions for one response. If a plugin traps or times out mid-stream, its stage
 /// passes text through unchanged for the rest of the response and the failure is kept in
 /// [`ParserPipeline::failures`]; the response always completes.
+///
+/// What a plugin emits is data, checked here before it reaches a client: a tool call is
+/// held until its `tool-call-end` and goes out only if its name is clean and its arguments
+/// assemble to a JSON object (otherwise its text becomes content plus a `malformed`
+/// event); events for a call that already ended, or never began, are dropped; an id with
+/// control or bidirectional characters is replaced by one of ours.
 #[derive(Debug)]
 pub struct ParserPipeline {
     stages: Vec<Option<ParserSession>>,
@@ -39,10 +47,27 @@ pub struct ParserPipeline {
     stage_costs: Vec<Arc<PluginCost>>,
     /// The instructions each stage was given, on a metered runtime.
     fuel_budget: Option<u64>,
-    index_map: BTreeMap<(usize, u32), u32>,
+    /// Calls begun and not yet ended, by (stage, the stage's own index).
+    pending: BTreeMap<(usize, u32), PendingCall>,
+    /// Calls that ended (or were dropped): later events for them are ignored.
+    closed: BTreeSet<(usize, u32)>,
+    ids: BTreeSet<String>,
     next_index: u32,
     pub failures: Vec<PluginError>,
+    /// Events dropped because they broke the event protocol (after end, ended twice, ...).
+    pub dropped_events: u64,
 }
+
+#[derive(Debug)]
+struct PendingCall {
+    plugin: String,
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// The longest tool name or call id the host passes on.
+const MAX_NAME_CHARS: usize = 256;
 
 impl ParserPipeline {
     pub fn new(plugins: &PluginSet, config: &PipelineConfig) -> Result<Self, PipelineError> {
@@ -76,24 +101,31 @@ impl ParserPipeline {
         let costs = plugins.runtime().parser_costs();
         let stage_costs =
             stages.iter().map(|s| costs.plugin(s.as_ref().map_or("", |s: &ParserSession| s.plugin()))).collect();
-        Ok(Self {
+        Ok(Self::with_stages(stages, stage_costs))
+    }
+
+    fn with_stages(stages: Vec<Option<ParserSession>>, stage_costs: Vec<Arc<PluginCost>>) -> Self {
+        Self {
             stages,
             stage_costs,
             fuel_budget: None,
-            index_map: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            ids: BTreeSet::new(),
             next_index: 0,
             failures: Vec::new(),
-        })
+            dropped_events: 0,
+        }
     }
 
-    /// Parses the next piece of model output.
+    /// Parses the next piece of model output, on the calling thread.
     pub fn feed(&mut self, delta: &str) -> Vec<ParseEvent> {
         let mut out = Vec::new();
         self.run(0, delta, &mut out);
         out
     }
 
-    /// End of output: flushes every stage in order.
+    /// End of output: flushes every stage in order, on the calling thread.
     pub fn finish(&mut self) -> Vec<ParseEvent> {
         let mut out = Vec::new();
         for stage in 0..self.stages.len() {
@@ -110,8 +142,55 @@ impl ParserPipeline {
                 Ok(events) => self.route(stage, events, &mut out),
                 Err(e) => self.fail(stage, e),
             }
+            // Calls the stage never ended are judged on what they have.
+            self.flush_pending(stage, &mut out);
+        }
+        if self.dropped_events > 0 {
+            tracing::warn!("parser plugins broke the event protocol: {} events dropped", self.dropped_events);
         }
         out
+    }
+
+    /// [`Self::feed`] on a blocking thread: plugin code (up to its deadline per call) never
+    /// runs on the async runtime's threads, so a slow parser stalls only its own response.
+    pub async fn feed_off_runtime(&mut self, delta: &str) -> Vec<ParseEvent> {
+        let owned = delta.to_string();
+        let fallback = vec![ParseEvent::Content(delta.to_string())];
+        self.off_runtime(move |pipeline| pipeline.feed(&owned), fallback).await
+    }
+
+    /// [`Self::finish`] on a blocking thread.
+    pub async fn finish_off_runtime(&mut self) -> Vec<ParseEvent> {
+        self.off_runtime(Self::finish, Vec::new()).await
+    }
+
+    async fn off_runtime(
+        &mut self,
+        work: impl FnOnce(&mut Self) -> Vec<ParseEvent> + Send + 'static,
+        fallback: Vec<ParseEvent>,
+    ) -> Vec<ParseEvent> {
+        if self.stages.iter().all(Option::is_none) {
+            // No plugin code left to run: only the host's own bookkeeping.
+            return work(self);
+        }
+        let mut pipeline = std::mem::replace(self, Self::with_stages(Vec::new(), Vec::new()));
+        let joined = tokio::task::spawn_blocking(move || {
+            let events = work(&mut pipeline);
+            (pipeline, events)
+        })
+        .await;
+        match joined {
+            Ok((pipeline, events)) => {
+                *self = pipeline;
+                events
+            }
+            Err(e) => {
+                // The pipeline is gone with its thread; the rest of the response is raw text.
+                tracing::error!("parser worker stopped: {e}");
+                self.failures.push(PluginError::Runtime(format!("parser worker stopped: {e}")));
+                fallback
+            }
+        }
     }
 
     fn run(&mut self, stage: usize, text: &str, out: &mut Vec<ParseEvent>) {
@@ -135,6 +214,7 @@ impl ParserPipeline {
             Ok(events) => self.route(stage, events, out),
             Err(e) => {
                 self.fail(stage, e);
+                self.flush_pending(stage, out);
                 self.run(stage + 1, text, out);
             }
         }
@@ -165,26 +245,91 @@ impl ParserPipeline {
             match event {
                 ParseEvent::Content(text) => self.run(stage + 1, &text, out),
                 ParseEvent::ToolCallBegin { index, id, name } => {
-                    let global = self.next_index;
-                    self.next_index += 1;
-                    self.index_map.insert((stage, index), global);
-                    let id = if id.is_empty() { new_call_id() } else { id };
-                    out.push(ParseEvent::ToolCallBegin { index: global, id, name });
-                }
-                ParseEvent::ToolCallArguments { index, fragment } => {
-                    if let Some(&global) = self.index_map.get(&(stage, index)) {
-                        out.push(ParseEvent::ToolCallArguments { index: global, fragment });
+                    let key = (stage, index);
+                    if self.pending.contains_key(&key) || self.closed.contains(&key) {
+                        self.dropped_events += 1;
+                    } else {
+                        let plugin = self.stages.get(stage).and_then(Option::as_ref).map(|s| s.plugin().to_string());
+                        let plugin = plugin.unwrap_or_default();
+                        self.pending.insert(key, PendingCall { plugin, id, name, arguments: String::new() });
                     }
                 }
-                ParseEvent::ToolCallEnd(index) => {
-                    if let Some(&global) = self.index_map.get(&(stage, index)) {
-                        out.push(ParseEvent::ToolCallEnd(global));
+                ParseEvent::ToolCallArguments { index, fragment } => match self.pending.get_mut(&(stage, index)) {
+                    Some(call) => call.arguments.push_str(&fragment),
+                    None => self.dropped_events += 1,
+                },
+                ParseEvent::ToolCallEnd(index) => match self.pending.remove(&(stage, index)) {
+                    Some(call) => {
+                        self.closed.insert((stage, index));
+                        self.complete(stage, call, out);
                     }
-                }
+                    None => self.dropped_events += 1,
+                },
                 other => out.push(other),
             }
         }
     }
+
+    /// Judges the calls `stage` left open, in index order.
+    fn flush_pending(&mut self, stage: usize, out: &mut Vec<ParseEvent>) {
+        let open: Vec<(usize, u32)> = self.pending.range((stage, 0)..=(stage, u32::MAX)).map(|(k, _)| *k).collect();
+        for key in open {
+            if let Some(call) = self.pending.remove(&key) {
+                self.closed.insert(key);
+                self.complete(stage, call, out);
+            }
+        }
+    }
+
+    /// A finished call goes out whole under the next response-wide index, or, when it is not
+    /// a valid call, as content plus a `malformed` event.
+    fn complete(&mut self, stage: usize, call: PendingCall, out: &mut Vec<ParseEvent>) {
+        let PendingCall { plugin, id, name, arguments } = call;
+        let arguments = if arguments.trim().is_empty() { String::from("{}") } else { arguments };
+        let problem = if let Some(c) = name.chars().find(|&c| refused_char(c)) {
+            Some(format!("the tool name contains {}", describe_char(c)))
+        } else if name.trim().is_empty() {
+            Some(String::from("the tool name is empty"))
+        } else if name.chars().count() > MAX_NAME_CHARS {
+            Some(format!("the tool name is longer than {MAX_NAME_CHARS} characters"))
+        } else {
+            match serde_json::from_str::<serde_json::Value>(&arguments) {
+                Ok(serde_json::Value::Object(_)) => None,
+                Ok(_) => Some(String::from("the arguments are JSON but not an object")),
+                Err(e) => Some(format!("the arguments are not JSON ({e})")),
+            }
+        };
+        if let Some(problem) = problem {
+            let shown: String =
+                name.chars().take(MAX_NAME_CHARS).map(|c| if refused_char(c) { '\u{fffd}' } else { c }).collect();
+            out.push(ParseEvent::Malformed(format!("tool call `{shown}` from plugin `{plugin}` dropped: {problem}")));
+            self.run(stage + 1, &format!("{shown}{arguments}"), out);
+            return;
+        }
+        let clean_id = !id.is_empty()
+            && id.chars().count() <= MAX_NAME_CHARS
+            && !id.chars().any(refused_char)
+            && !self.ids.contains(&id);
+        let id = if clean_id { id } else { new_call_id() };
+        self.ids.insert(id.clone());
+        let index = self.next_index;
+        self.next_index += 1;
+        out.push(ParseEvent::ToolCallBegin { index, id, name });
+        out.push(ParseEvent::ToolCallArguments { index, fragment: arguments });
+        out.push(ParseEvent::ToolCallEnd(index));
+    }
+}
+
+/// Characters no tool name or call id may carry: controls (C0, DEL, C1), bidirectional
+/// controls (they reorder what a person reads: U+202E), and invisible joiners and marks.
+fn refused_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{061C}' | '\u{FEFF}')
+}
+
+fn describe_char(c: char) -> String {
+    format!("the control or invisible character U+{:04X}", u32::from(c))
 }
 
 /// `call_` and 24 hex digits, like OpenAI's ids.
@@ -200,14 +345,17 @@ pub fn new_call_id() -> String {
 pub fn tool_prompt(plugins: &PluginSet, parser: &str, tools_json: &str) -> Result<Option<String>, PipelineError> {
     let plugin = find_tool_parser(plugins, parser)?;
     let Some(index) = &plugin.exports.tool_prompt else { return Ok(None) };
-    call_text_export(plugins, plugin, index, "tool-prompt", parser, tools_json)
+    // A tool prompt becomes prompt tokens: an 11 MB one must never reach the tokenizer.
+    let bytes = plugins.runtime().limits().tool_prompt_limit(tools_json.len());
+    let limit = OutputLimit { bytes, scope: OutputScope::ToolPrompt };
+    call_text_export(plugins, plugin, index, "tool-prompt", parser, tools_json, Some(limit))
 }
 
 /// The tool-call parser's Lark grammar for calls to `tools_json`, or `None` when the plugin
 /// leaves it to the host.
 pub fn tool_call_grammar(plugins: &PluginSet, parser: &str, tools_json: &str) -> Result<Option<String>, PipelineError> {
     let plugin = find_tool_parser(plugins, parser)?;
-    call_text_export(plugins, plugin, &plugin.exports.tool_call_grammar, "tool-call-grammar", parser, tools_json)
+    call_text_export(plugins, plugin, &plugin.exports.tool_call_grammar, "tool-call-grammar", parser, tools_json, None)
 }
 
 fn find_tool_parser<'a>(plugins: &'a PluginSet, parser: &str) -> Result<&'a OutputParserPlugin, PipelineError> {
@@ -219,7 +367,7 @@ fn find_tool_parser<'a>(plugins: &'a PluginSet, parser: &str) -> Result<&'a Outp
 }
 
 /// Calls an exported `func(parser: string, tools-json: string) -> option<string>` in a
-/// fresh sandboxed instance.
+/// fresh sandboxed instance; `limit` replaces the per-call output limit.
 fn call_text_export(
     plugins: &PluginSet,
     plugin: &OutputParserPlugin,
@@ -227,20 +375,18 @@ fn call_text_export(
     what: &'static str,
     parser: &str,
     tools_json: &str,
+    limit: Option<OutputLimit>,
 ) -> Result<Option<String>, PipelineError> {
     let runtime = plugins.runtime();
     let mut store = runtime.store();
+    if let Some(limit) = limit {
+        set_output_limit(&mut store, limit);
+    }
     let result = plugin.pre.instantiate(&mut store).and_then(|instance| {
         let func = instance.get_typed_func::<(&str, &str), (Option<String>,)>(&mut store, index)?;
         Ok(func.call(&mut store, (parser, tools_json))?.0)
     });
     result.map_err(|e| {
-        PipelineError::Plugin(crate::plugins::limits::classify(
-            e,
-            store.data().limiter.refused_memory,
-            &plugin.name,
-            what,
-            runtime.limits(),
-        ))
+        PipelineError::Plugin(crate::plugins::limits::classify(e, store.data(), &plugin.name, what, runtime.limits()))
     })
 }

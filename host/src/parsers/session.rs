@@ -7,8 +7,12 @@ use super::ParseEvent;
 use crate::plugins::PluginError;
 use crate::plugins::bindings::parser as wit;
 use crate::plugins::exports::OutputParserExports;
-use crate::plugins::limits::{PluginState, classify};
+use crate::plugins::limits::{
+    EVENT_OVERHEAD_BYTES, OUTPUT_BYTES_PER_FEED, OUTPUT_BYTES_PER_INPUT_BYTE, OutputLimit, OutputScope, PluginState,
+    classify,
+};
 use crate::plugins::loader::OutputParserPlugin;
+use crate::plugins::runtime::set_output_limit;
 use crate::plugins::{PluginRuntime, SandboxLimits};
 
 /// A live session: its own store, so a trap here poisons nothing else.
@@ -19,6 +23,9 @@ pub struct ParserSession {
     instance: Instance,
     exports: OutputParserExports,
     handle: ResourceAny,
+    /// Output bytes this session may still emit in this response (see
+    /// [`SandboxLimits::output_bytes_per_response`]).
+    budget: usize,
 }
 
 impl std::fmt::Debug for ParserSession {
@@ -38,9 +45,8 @@ impl ParserSession {
     ) -> Result<Self, PluginError> {
         let mut store = runtime.store();
         let limits = *runtime.limits();
-        let fail = |e: wasmtime::Error, store: &Store<PluginState>| {
-            classify(e, store.data().limiter.refused_memory, &plugin.name, "create", &limits)
-        };
+        let fail =
+            |e: wasmtime::Error, store: &Store<PluginState>| classify(e, store.data(), &plugin.name, "create", &limits);
         let instance = match plugin.pre.instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => return Err(fail(e, &store)),
@@ -56,11 +62,20 @@ impl ParserSession {
         let handle = match created {
             Ok(Ok(handle)) => handle,
             Ok(Err(message)) => {
-                return Err(PluginError::BadAnswer { plugin: plugin.name.clone(), call: "create", detail: message });
+                let detail: String = message.chars().take(500).collect();
+                return Err(PluginError::BadAnswer { plugin: plugin.name.clone(), call: "create", detail });
             }
             Err(e) => return Err(fail(e, &store)),
         };
-        Ok(Self { plugin: plugin.name.clone(), limits, store, instance, exports: plugin.exports.clone(), handle })
+        Ok(Self {
+            plugin: plugin.name.clone(),
+            limits,
+            store,
+            instance,
+            exports: plugin.exports.clone(),
+            handle,
+            budget: limits.output_bytes_per_response,
+        })
     }
 
     pub fn plugin(&self) -> &str {
@@ -79,8 +94,7 @@ impl ParserSession {
     }
 
     pub fn feed(&mut self, delta: &str) -> Result<Vec<ParseEvent>, PluginError> {
-        // Each call gets the full deadline, however long the session lives.
-        self.store.set_epoch_deadline(deadline_ticks(&self.limits));
+        self.prepare_call(delta.len());
         let result = self
             .instance
             .get_typed_func::<(ResourceAny, &str), (Vec<wit::Event>,)>(&mut self.store, &self.exports.feed)
@@ -89,7 +103,7 @@ impl ParserSession {
     }
 
     pub fn finish(&mut self) -> Result<Vec<ParseEvent>, PluginError> {
-        self.store.set_epoch_deadline(deadline_ticks(&self.limits));
+        self.prepare_call(0);
         let result = self
             .instance
             .get_typed_func::<(ResourceAny,), (Vec<wit::Event>,)>(&mut self.store, &self.exports.finish)
@@ -97,13 +111,38 @@ impl ParserSession {
         self.convert(result, "finish")
     }
 
+    /// Each call gets the full deadline however long the session lives, and may return at
+    /// most what is left of the response's output budget (grown by this call's input).
+    fn prepare_call(&mut self, input_bytes: usize) {
+        self.store.set_epoch_deadline(deadline_ticks(&self.limits));
+        self.budget = self
+            .budget
+            .saturating_add(input_bytes.saturating_mul(OUTPUT_BYTES_PER_INPUT_BYTE))
+            .saturating_add(OUTPUT_BYTES_PER_FEED);
+        let limit = if self.budget < self.limits.output_bytes_per_call {
+            OutputLimit { bytes: self.budget, scope: OutputScope::Response }
+        } else {
+            OutputLimit { bytes: self.limits.output_bytes_per_call, scope: OutputScope::PerCall }
+        };
+        set_output_limit(&mut self.store, limit);
+    }
+
     fn convert(
-        &self,
+        &mut self,
         result: wasmtime::Result<Vec<wit::Event>>,
         call: &'static str,
     ) -> Result<Vec<ParseEvent>, PluginError> {
-        let events = result
-            .map_err(|e| classify(e, self.store.data().limiter.refused_memory, &self.plugin, call, &self.limits))?;
+        let events = result.map_err(|e| classify(e, self.store.data(), &self.plugin, call, &self.limits))?;
+        let cost: usize = events.iter().map(|e| event_text_len(e).saturating_add(EVENT_OVERHEAD_BYTES)).sum();
+        if cost > self.budget {
+            return Err(PluginError::OutputExceeded {
+                plugin: self.plugin.clone(),
+                call,
+                limit_bytes: self.budget,
+                scope: OutputScope::Response,
+            });
+        }
+        self.budget -= cost;
         Ok(events
             .into_iter()
             .map(|e| match e {
@@ -117,6 +156,15 @@ impl ParserSession {
                 wit::Event::Malformed(m) => ParseEvent::Malformed(m),
             })
             .collect())
+    }
+}
+
+fn event_text_len(event: &wit::Event) -> usize {
+    match event {
+        wit::Event::Content(t) | wit::Event::Reasoning(t) | wit::Event::Malformed(t) => t.len(),
+        wit::Event::ToolCallBegin(b) => b.id.len() + b.name.len(),
+        wit::Event::ToolCallArguments(a) => a.fragment.len(),
+        wit::Event::ToolCallEnd(_) => 0,
     }
 }
 

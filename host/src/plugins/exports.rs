@@ -11,11 +11,10 @@ pub enum Exported {
     OutputParser,
 }
 
-/// Finds `rapid:plugin/<interface>@<version>` among the component's exports.
-pub fn detect(component: &Component, engine: &wasmtime::Engine) -> Result<(Exported, String), String> {
-    let ty = component.component_type();
-    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    for name in &exports {
+/// Finds `rapid:plugin/<interface>@<version>` among a component's export names (read
+/// straight from the binary, before anything is compiled).
+pub fn detect(exports: &[String]) -> Result<(Exported, String), String> {
+    for name in exports {
         let Some(rest) = name.strip_prefix(WIT_PACKAGE).and_then(|r| r.strip_prefix('/')) else {
             continue;
         };
@@ -26,6 +25,7 @@ pub fn detect(component: &Component, engine: &wasmtime::Engine) -> Result<(Expor
             _ => continue,
         };
         if !SUPPORTED_WIT_VERSIONS.contains(&version) {
+            let version: String = version.chars().take(40).collect();
             return Err(format!(
                 "built against {WIT_PACKAGE}@{version}; this host supports {}",
                 SUPPORTED_WIT_VERSIONS.join(", ")
@@ -35,8 +35,20 @@ pub fn detect(component: &Component, engine: &wasmtime::Engine) -> Result<(Expor
     }
     Err(format!(
         "exports neither {WIT_PACKAGE}/alias-policy nor {WIT_PACKAGE}/output-parser (exports: {})",
-        if exports.is_empty() { String::from("nothing") } else { exports.join(", ") }
+        listing(exports)
     ))
+}
+
+/// At most ten names, each at most 100 characters: the names come from the file.
+fn listing(names: &[String]) -> String {
+    if names.is_empty() {
+        return String::from("nothing");
+    }
+    let mut shown: Vec<String> = names.iter().take(10).map(|n| n.chars().take(100).collect()).collect();
+    if names.len() > 10 {
+        shown.push(format!("and {} more", names.len() - 10));
+    }
+    shown.join(", ")
 }
 
 fn function(component: &Component, interface: &ComponentExportIndex, name: &str) -> Option<ComponentExportIndex> {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use wasmtime::component::{Component, InstancePre};
+use wasmtime::component::InstancePre;
 
 use super::bindings::types as wit_types;
 use super::exports::{self, AliasPolicyExports, Exported, OutputParserExports};
@@ -13,16 +13,26 @@ use super::limits::{PluginState, classify};
 use super::policy::AliasPolicyPlugin;
 use super::{PluginError, PluginRuntime};
 
-/// Imports a plugin may declare. Language runtimes declare WASI stdio and environment even
-/// when the plugin never uses them; they are linked to stubs that trap. Anything else
-/// (filesystem, sockets, clocks, randomness, HTTP) is refused at load time, so a plugin
-/// that needs it fails loudly and early instead of at its first call.
-pub const ALLOWED_IMPORT_PREFIXES: &[&str] = &["rapid:plugin/types@", "wasi:io/", "wasi:cli/"];
+pub use super::inspect::ALLOWED_IMPORT_PREFIXES;
 
-/// What to do about a refused WASI import: interpreter guests declare WASI unless told not to.
-const STUB_WASI_HINT: &str = ". Interpreter guests: build with `--stub-wasi` (componentize-py: \
-    `componentize-py ... componentize --stub-wasi app`; componentize-qjs: `--sync --stub-wasi`). \
-    Rust: avoid the std APIs that need the host (files, clocks, randomness: use BTreeMap, not HashMap)";
+/// The plugins that ship with rapid-host (`scripts/build-plugins` names them so). When two
+/// files claim the same plugin or capability name, a bundled one keeps it; between two
+/// others neither loads. File order never decides: `00-hijack.wasm` cannot take `hermes`.
+pub const BUNDLED_PLUGIN_FILES: &[&str] = &[
+    "parser-deepseek.wasm",
+    "parser-gemma4.wasm",
+    "parser-glm47.wasm",
+    "parser-harmony.wasm",
+    "parser-hermes.wasm",
+    "parser-kimi.wasm",
+    "parser-llama.wasm",
+    "parser-minimax.wasm",
+    "parser-qwen3-coder.wasm",
+    "parser-think.wasm",
+    "policy-legacy.wasm",
+    "policy-memory-fit.wasm",
+    "policy-strict.wasm",
+];
 
 /// What a plugin component implements, from the interfaces it exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,6 +107,36 @@ pub struct PluginSet {
     reasoning_parsers: BTreeMap<String, OutputParserPlugin>,
 }
 
+/// A component that loaded and answered `info`, not yet registered in a set.
+struct Candidate {
+    summary: PluginSummary,
+    /// SHA-256 of the file: two copies of the same bytes are one plugin.
+    digest: [u8; 32],
+    policy: Option<AliasPolicyPlugin>,
+    parser: Option<OutputParserPlugin>,
+}
+
+impl Candidate {
+    fn file_name(&self) -> String {
+        file_label(&self.summary.file)
+    }
+
+    fn bundled(&self) -> bool {
+        BUNDLED_PLUGIN_FILES.contains(&self.file_name().as_str())
+    }
+
+    /// The names this plugin claims: its own, and each capability's.
+    fn claims(&self) -> Vec<(&'static str, String)> {
+        let mut claims = vec![("plugin name", self.summary.name.clone())];
+        claims.extend(self.summary.provides.iter().map(|c| (c.kind, c.name.clone())));
+        claims
+    }
+}
+
+fn file_label(file: &Path) -> String {
+    file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 impl PluginSet {
     pub fn empty(runtime: PluginRuntime) -> Self {
         Self {
@@ -109,8 +149,9 @@ impl PluginSet {
         }
     }
 
-    /// Loads every `*.wasm` directly inside `dir`, in name order. Only an unreadable
-    /// directory is an error; a bad file becomes a [`LoadFailure`] naming it.
+    /// Loads every `*.wasm` directly inside `dir`. Only an unreadable directory is an
+    /// error; a bad file becomes a [`LoadFailure`] naming it. Names claimed by more than one
+    /// file are settled by [`settle_conflicts`], whatever the files are called.
     pub fn load_dir(runtime: PluginRuntime, dir: &Path) -> Result<Self, PluginError> {
         let unreadable = |e: std::io::Error| PluginError::Load {
             path: dir.to_path_buf(),
@@ -123,9 +164,22 @@ impl PluginSet {
             .collect();
         files.sort();
         let mut set = Self::empty(runtime);
+        let mut candidates = Vec::new();
         for file in files {
-            set.load_file(&file);
+            match set.inspect(&file) {
+                Ok(candidate) => candidates.push(candidate),
+                Err(error) => set.refuse(&file, error),
+            }
         }
+        let (winners, losers) = settle_conflicts(candidates);
+        for (candidate, reason) in losers {
+            let path = candidate.summary.file.clone();
+            set.refuse(&path, PluginError::Load { path: path.clone(), reason });
+        }
+        for candidate in winners {
+            set.register(candidate);
+        }
+        set.failures.sort_by(|a, b| a.file.cmp(&b.file));
         Ok(set)
     }
 
@@ -138,26 +192,57 @@ impl PluginSet {
         Ok(())
     }
 
-    /// Loads one component; on failure records it and leaves the set as it was.
+    /// Loads one component into this set; names it claims that are already taken stay with
+    /// their owner. On failure records it and leaves the set as it was.
     pub fn load_file(&mut self, file: &Path) {
-        match self.try_load(file) {
-            Ok(()) => {}
-            Err(error) => {
-                tracing::debug!("plugin not loaded: {error}");
-                self.failures.push(LoadFailure { file: file.to_path_buf(), error });
+        let result = self.inspect(file).and_then(|candidate| {
+            for (kind, name) in candidate.claims() {
+                if let Some(owner) = self.owner_of(kind, &name) {
+                    return Err(PluginError::Load {
+                        path: file.to_path_buf(),
+                        reason: format!("{kind} `{name}` is already taken by {}", owner.display()),
+                    });
+                }
             }
+            Ok(candidate)
+        });
+        match result {
+            Ok(candidate) => self.register(candidate),
+            Err(error) => self.refuse(file, error),
         }
     }
 
-    fn try_load(&mut self, file: &Path) -> Result<(), PluginError> {
+    fn refuse(&mut self, file: &Path, error: PluginError) {
+        tracing::debug!("plugin not loaded: {error}");
+        self.failures.push(LoadFailure { file: file.to_path_buf(), error });
+    }
+
+    /// The file that already provides `name` as `kind` in this set.
+    fn owner_of(&self, kind: &str, name: &str) -> Option<&Path> {
+        match kind {
+            "plugin name" => self.plugins.iter().find(|p| p.name == name).map(|p| p.file.as_path()),
+            "alias-policy" => self.policies.get(name).map(AliasPolicyPlugin::file),
+            "tool-call-parser" => self.tool_parsers.get(name).map(|p| p.file.as_path()),
+            _ => self.reasoning_parsers.get(name).map(|p| p.file.as_path()),
+        }
+    }
+
+    /// Reads, checks, compiles and links one component and asks it for its `info`. Nothing
+    /// is compiled before the file's size, magic bytes, imports and exports have passed.
+    fn inspect(&self, file: &Path) -> Result<Candidate, PluginError> {
+        use sha2::{Digest, Sha256};
+
         let fail = |reason: String| PluginError::Load { path: file.to_path_buf(), reason };
-        let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let bytes = super::inspect::read_component(file).map_err(&fail)?;
+        let interface = super::inspect::interface(&bytes).map_err(&fail)?;
+        super::inspect::check_imports(&interface.imports).map_err(&fail)?;
+        let (exported, wit_version) = exports::detect(&interface.exports).map_err(&fail)?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let (component, from_cache) =
             self.runtime.compile(&bytes).map_err(|e| fail(format!("not a valid WebAssembly component: {e}")))?;
-        let (exported, wit_version) = exports::detect(&component, self.runtime.engine()).map_err(&fail)?;
-        let imports = check_imports(&self.runtime, &component).map_err(&fail)?;
+        drop(bytes);
         let pre = self.runtime.instance_pre(&component).map_err(|e| fail(format!("cannot link: {e}")))?;
-        let label = file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let label = file_label(file);
 
         let (kind, info, policy, parser) = match exported {
             Exported::AliasPolicy => {
@@ -177,9 +262,7 @@ impl PluginSet {
                         let func = instance.get_typed_func::<(), (wit_types::PluginInfo,)>(&mut store, &found.info)?;
                         Ok(func.call(&mut store, ())?.0)
                     })
-                    .map_err(|e| {
-                        classify(e, store.data().limiter.refused_memory, &label, "info", self.runtime.limits())
-                    })?;
+                    .map_err(|e| classify(e, store.data(), &label, "info", self.runtime.limits()))?;
                 let info = convert_info(info);
                 let plugin = OutputParserPlugin {
                     name: info.name.clone(),
@@ -195,9 +278,6 @@ impl PluginSet {
         if info.name.trim().is_empty() || info.provides.is_empty() {
             return Err(fail(String::from("plugin info must carry a name and provide at least one capability")));
         }
-        if let Some(other) = self.plugins.iter().find(|p| p.name == info.name) {
-            return Err(fail(format!("plugin name `{}` is already taken by {}", info.name, other.file.display())));
-        }
         for cap in &info.provides {
             let expected = match kind {
                 PluginKind::AliasPolicy => cap.kind == "alias-policy",
@@ -206,17 +286,25 @@ impl PluginSet {
             if !expected {
                 return Err(fail(format!("a {kind} plugin cannot provide {} `{}`", cap.kind, cap.name)));
             }
-            let taken = match cap.kind {
-                "alias-policy" => self.policies.contains_key(&cap.name),
-                "tool-call-parser" => self.tool_parsers.contains_key(&cap.name),
-                _ => self.reasoning_parsers.contains_key(&cap.name),
-            };
-            if taken {
-                return Err(fail(format!("{} `{}` is already provided by another plugin", cap.kind, cap.name)));
-            }
         }
+        let imports = interface.imports;
+        let summary = PluginSummary {
+            file: file.to_path_buf(),
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            kind,
+            wit_version,
+            provides: info.provides,
+            imports,
+            from_cache,
+        };
+        Ok(Candidate { summary, digest, policy, parser })
+    }
 
-        for cap in &info.provides {
+    fn register(&mut self, candidate: Candidate) {
+        let Candidate { summary, policy, parser, .. } = candidate;
+        for cap in &summary.provides {
             match (cap.kind, &policy, &parser) {
                 ("alias-policy", Some(policy), _) => {
                     self.policies.insert(cap.name.clone(), policy.clone());
@@ -230,19 +318,9 @@ impl PluginSet {
                 _ => {}
             }
         }
-        tracing::debug!(plugin = %info.name, %kind, from_cache, "plugin loaded from {}", file.display());
-        self.plugins.push(PluginSummary {
-            file: file.to_path_buf(),
-            name: info.name,
-            version: info.version,
-            description: info.description,
-            kind,
-            wit_version,
-            provides: info.provides,
-            imports,
-            from_cache,
-        });
-        Ok(())
+        tracing::debug!(plugin = %summary.name, kind = %summary.kind, from_cache = summary.from_cache,
+            "plugin loaded from {}", summary.file.display());
+        self.plugins.push(summary);
     }
 
     pub fn runtime(&self) -> &PluginRuntime {
@@ -305,16 +383,71 @@ fn convert_info(info: wit_types::PluginInfo) -> Info {
     }
 }
 
-/// The component's imports, or an error naming the first one off the allow-list.
-fn check_imports(runtime: &PluginRuntime, component: &Component) -> Result<Vec<String>, String> {
-    let ty = component.component_type();
-    let imports: Vec<String> = ty.imports(runtime.engine()).map(|(name, _)| name.to_string()).collect();
-    if let Some(bad) = imports.iter().find(|name| !ALLOWED_IMPORT_PREFIXES.iter().any(|p| name.starts_with(p))) {
-        return Err(format!(
-            "imports `{bad}`, which rapid-host does not offer to plugins (allowed: {}){}",
-            ALLOWED_IMPORT_PREFIXES.join(", "),
-            if bad.starts_with("wasi:") { STUB_WASI_HINT } else { "" }
-        ));
+/// Splits candidates into those that load and those refused, with the reason. Identical
+/// files are one plugin (kept once). A name claimed by several different plugins stays with
+/// the one bundled plugin among them; with none (or two) bundled, all claimants are
+/// refused. Each round looks at every conflict at once and the rounds repeat until none
+/// is left, so the outcome depends on the files, never on their order.
+fn settle_conflicts(candidates: Vec<Candidate>) -> (Vec<Candidate>, Vec<(Candidate, String)>) {
+    let mut refused: BTreeMap<usize, String> = BTreeMap::new();
+    // Copies of the same bytes: keep the bundled copy, else the first name.
+    let mut by_digest: BTreeMap<[u8; 32], Vec<usize>> = BTreeMap::new();
+    for (i, c) in candidates.iter().enumerate() {
+        by_digest.entry(c.digest).or_default().push(i);
     }
-    Ok(imports)
+    for copies in by_digest.values().filter(|copies| copies.len() > 1) {
+        let keep = copies.iter().copied().find(|&i| candidates[i].bundled()).unwrap_or(copies[0]);
+        for &i in copies.iter().filter(|&&i| i != keep) {
+            refused.insert(
+                i,
+                format!("is a copy of {} (the same bytes), which is loaded instead", candidates[keep].file_name()),
+            );
+        }
+    }
+    loop {
+        let mut claimants: BTreeMap<(&'static str, String), Vec<usize>> = BTreeMap::new();
+        for (i, c) in candidates.iter().enumerate().filter(|(i, _)| !refused.contains_key(i)) {
+            for claim in c.claims() {
+                claimants.entry(claim).or_default().push(i);
+            }
+        }
+        let mut losers: BTreeMap<usize, String> = BTreeMap::new();
+        for ((kind, name), who) in claimants.iter().filter(|(_, who)| who.len() > 1) {
+            let files: Vec<String> = who.iter().map(|&i| candidates[i].file_name()).collect();
+            let bundled: Vec<usize> = who.iter().copied().filter(|&i| candidates[i].bundled()).collect();
+            if let [keeper] = bundled.as_slice() {
+                for &i in who.iter().filter(|&&i| i != *keeper) {
+                    losers.entry(i).or_insert_with(|| {
+                        format!(
+                            "{kind} `{name}` belongs to the bundled plugin {}, which keeps it; give this plugin \
+                             another name",
+                            candidates[*keeper].file_name()
+                        )
+                    });
+                }
+            } else {
+                for &i in who {
+                    losers.entry(i).or_insert_with(|| {
+                        format!(
+                            "{kind} `{name}` is claimed by {}; none of them is loaded, remove or rename all but one",
+                            files.join(" and ")
+                        )
+                    });
+                }
+            }
+        }
+        if losers.is_empty() {
+            break;
+        }
+        refused.extend(losers);
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    for (i, candidate) in candidates.into_iter().enumerate() {
+        match refused.remove(&i) {
+            Some(reason) => losers.push((candidate, reason)),
+            None => winners.push(candidate),
+        }
+    }
+    (winners, losers)
 }

@@ -2,8 +2,9 @@
 //!
 //! - [`runtime`]: the wasmtime engine, its sandbox configuration and the epoch ticker.
 //! - [`cache`]: precompiled artifacts keyed by file hash and engine.
-//! - [`limits`]: per-store memory cap and the classification of failed calls.
-//! - [`loader`]: discovery of `*.wasm` components, import allow-list, kind and version.
+//! - [`limits`]: per-store memory cap, output limits and the classification of failed calls.
+//! - [`inspect`]: size, magic bytes, imports and exports of a file, before compiling it.
+//! - [`loader`]: discovery of `*.wasm` components, kind and version, name conflicts.
 //! - [`policy`]: calling alias-policy plugins.
 //!
 //! Every call runs in a fresh `Store` instantiated from a cached `InstancePre`, so a
@@ -13,6 +14,7 @@ pub mod bindings;
 pub mod cache;
 pub mod exports;
 pub mod hub;
+pub mod inspect;
 pub mod limits;
 pub mod loader;
 pub mod policy;
@@ -39,6 +41,8 @@ pub enum PluginError {
     Timeout { plugin: String, call: &'static str, limit: Duration },
     #[error("plugin `{plugin}` tried to grow its memory past the {limit_bytes}-byte cap in {call} and was stopped")]
     MemoryExceeded { plugin: String, call: &'static str, limit_bytes: usize },
+    #[error("plugin `{plugin}` returned more than {limit_bytes} bytes from {call} ({scope}) and was stopped")]
+    OutputExceeded { plugin: String, call: &'static str, limit_bytes: usize, scope: limits::OutputScope },
     #[error("plugin `{plugin}` returned an invalid answer from {call}: {detail}")]
     BadAnswer { plugin: String, call: &'static str, detail: String },
     #[error("plugin runtime: {0}")]

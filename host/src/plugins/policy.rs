@@ -81,6 +81,6 @@ impl AliasPolicyPlugin {
     ) -> Result<R, PluginError> {
         let mut store = self.runtime.store();
         let result = self.pre.instantiate(&mut store).and_then(|instance| f(&instance, &mut store));
-        result.map_err(|e| classify(e, store.data().limiter.refused_memory, &self.label, name, self.runtime.limits()))
+        result.map_err(|e| classify(e, store.data(), &self.label, name, self.runtime.limits()))
     }
 }

@@ -9,7 +9,7 @@ use wasmtime::{Config, Engine, Store};
 
 use super::PluginError;
 use super::cache::ArtifactCache;
-use super::limits::{PluginState, SandboxLimits, StoreLimiter};
+use super::limits::{OutputLimit, OutputScope, PluginState, SandboxLimits, StoreLimiter};
 use crate::parsers::cost::ParserCosts;
 
 /// How often the epoch advances. Deadlines are whole ticks.
@@ -105,10 +105,12 @@ impl PluginRuntime {
         linker.instantiate_pre(component).map_err(|e| format!("{e:#}"))
     }
 
-    /// A fresh store for one call: memory cap and an epoch deadline.
+    /// A fresh store for one call: memory cap, output limit and an epoch deadline.
     pub fn store(&self) -> Store<PluginState> {
         let limits = &self.inner.limits;
-        let mut store = Store::new(&self.inner.engine, PluginState { limiter: StoreLimiter::new(limits) });
+        let output_limit = OutputLimit { bytes: limits.output_bytes_per_call, scope: OutputScope::PerCall };
+        let state = PluginState { limiter: StoreLimiter::new(limits), output_limit };
+        let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
         if self.inner.metered {
@@ -117,8 +119,15 @@ impl PluginRuntime {
                 tracing::warn!("cannot give a metered plugin store fuel: {e:#}");
             }
         }
+        set_output_limit(&mut store, output_limit);
         store
     }
+}
+
+/// Caps what the next calls in `store` may hand back (wasmtime's hostcall fuel is per call).
+pub fn set_output_limit(store: &mut Store<PluginState>, limit: OutputLimit) {
+    store.data_mut().output_limit = limit;
+    store.set_hostcall_fuel(limit.bytes);
 }
 
 /// Epoch ticks that make up `timeout` (at least one).

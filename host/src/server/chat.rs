@@ -204,24 +204,25 @@ struct Prepared {
 }
 
 impl Prepared {
-    /// Feeds generated text through the parsers (or passes it through).
-    fn parse(&mut self, text: &str) -> Vec<ParseEvent> {
+    /// Feeds generated text through the parsers (or passes it through). Plugin code runs on
+    /// a blocking thread, never on the runtime's.
+    async fn parse(&mut self, text: &str) -> Vec<ParseEvent> {
         let events = match (&mut self.host_calls, &mut self.pipeline) {
             (Some(calls), _) => {
                 calls.feed(text);
                 Vec::new()
             }
-            (None, Some(p)) => p.feed(text),
+            (None, Some(p)) => p.feed_off_runtime(text).await,
             (None, None) if text.is_empty() => Vec::new(),
             (None, None) => vec![ParseEvent::Content(text.to_string())],
         };
         self.limit_calls(events)
     }
 
-    fn finish_parsing(&mut self, metrics: &Metrics) -> Vec<ParseEvent> {
+    async fn finish_parsing(&mut self, metrics: &Metrics) -> Vec<ParseEvent> {
         let mut events = self.host_calls.as_mut().map(HostCalls::finish).unwrap_or_default();
         if let Some(p) = &mut self.pipeline {
-            events.extend(p.finish());
+            events.extend(p.finish_off_runtime().await);
             Metrics::add(&metrics.parser_failures, p.failures.len() as u64);
         }
         self.limit_calls(events)
@@ -293,10 +294,17 @@ fn prepare(state: &AppState, req: &ChatRequest) -> Result<(Prepared, GenerationR
         && prompt == render(&messages, None)?
     {
         // The template ignores `tools`: describe them in the tool parser's wire format.
-        let instruction = state
-            .tool_parser
-            .as_deref()
-            .and_then(|parser| tool_prompt(&snapshot, parser, &tools_json).ok().flatten())
+        let from_plugin = state.tool_parser.as_deref().and_then(|parser| {
+            tool_prompt(&snapshot, parser, &tools_json)
+                .inspect_err(|e| {
+                    // The plugin's failure, not the client's: fall back to the host's prompt.
+                    tracing::warn!("no tool prompt from the parser plugin, using the host's: {e}");
+                    Metrics::add(&state.metrics.parser_failures, 1);
+                })
+                .ok()
+                .flatten()
+        });
+        let instruction = from_plugin
             .unwrap_or_else(|| format!("You can call these functions, given as JSON schemas:\n{tools_value}"));
         let must = match &choice {
             ToolChoice::Required => "\n\nYou must call at least one function in this answer.".to_string(),
@@ -464,7 +472,7 @@ async fn collect(
     while let Some(event) = rx.recv().await {
         match event {
             RunEvent::Event(GenerationEvent::Text { text, logprobs: lp }) => {
-                message.extend(&prepared.parse(&text));
+                message.extend(&prepared.parse(&text).await);
                 if !lp.is_empty() {
                     logprobs.get_or_insert_with(Vec::new).extend(lp);
                 }
@@ -476,7 +484,7 @@ async fn collect(
             RunEvent::Failed(e) => return Err(AppError::Internal(e)),
         }
     }
-    message.extend(&prepared.finish_parsing(&state.metrics));
+    message.extend(&prepared.finish_parsing(&state.metrics).await);
     Metrics::add(&state.metrics.malformed_tool_calls, message.malformed.len() as u64);
     Metrics::add(&state.metrics.prompt_tokens, prepared.prompt_tokens.len() as u64);
     Metrics::add(&state.metrics.completion_tokens, completion as u64);
@@ -541,7 +549,7 @@ async fn stream_chat(
         let parsed = match event {
             RunEvent::Event(GenerationEvent::Text { text, logprobs }) => {
                 pending_logprobs.extend(logprobs);
-                prepared.parse(&text)
+                prepared.parse(&text).await
             }
             RunEvent::Event(GenerationEvent::Done { finish: f, usage, .. }) => {
                 finish = f.as_openai();
@@ -567,7 +575,7 @@ async fn stream_chat(
             }
         }
     }
-    for event in prepared.finish_parsing(&state.metrics) {
+    for event in prepared.finish_parsing(&state.metrics).await {
         saw_tool_call |= matches!(event, ParseEvent::ToolCallBegin { .. });
         malformed += u64::from(matches!(event, ParseEvent::Malformed(_)));
         if let Some(delta) = delta_of(&event)
