@@ -221,3 +221,28 @@ fn parse_types_values_with_a_tools_file_and_reports_bad_input() {
     let out = parse(&[], "x");
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Issue #21: output that ends inside a call (cut by max_tokens or a stop string) keeps the
+/// call with the arguments so far; no markup reaches `content`.
+#[test]
+fn parse_keeps_a_call_cut_short_as_a_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tools = dir.path().join("tools.json");
+    std::fs::write(&tools, r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]"#)
+        .expect("write");
+    let tools = tools.to_string_lossy().to_string();
+    let raw = "Let me check. <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par";
+    for chunk in ["1", "3", "1000"] {
+        let out = parse(&["--tool-parser", "hermes", "--tools", &tools, "--chunk", chunk], raw);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let message: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(message["content"], "Let me check.", "{message}");
+        assert_eq!(message["tool_calls"][0]["function"]["name"], "get_weather", "{message}");
+        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Par", "{message}");
+    }
+    // Cut before the function is named: no call, and no markup in the content either.
+    let out = parse(&["--tool-parser", "hermes", "--tools", &tools], "Sure. <tool_call>\n{\"na");
+    let message: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(message["content"], "Sure.", "{message}");
+    assert!(message["tool_calls"].is_null(), "{message}");
+}

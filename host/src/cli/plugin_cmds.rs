@@ -51,7 +51,11 @@ pub(crate) fn parse_text(
         }
         None => message.extend(&pipeline.feed(input)),
     }
-    message.extend(&pipeline.finish());
+    // The output ends here: a call still open was cut short, and stays a call with the
+    // arguments it has (as `serve` answers a response cut by max_tokens).
+    let tools: Vec<serde_json::Value> = serde_json::from_str(&config.tools_json).unwrap_or_default();
+    let names = rapid_plugin_sdk::grammar::tool_names(&tools);
+    message.extend(&pipeline.finish_cut(&names, None));
     for reason in &message.malformed {
         eprintln!("warning: malformed tool call kept as content: {reason}");
     }

@@ -28,8 +28,10 @@ pub struct GenerationRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// End-of-sequence token or a stop string.
+    /// End-of-sequence token, or the grammar completed.
     Stop,
+    /// One of the request's stop strings (its index in `GenerationRequest::stop`).
+    StopSequence(usize),
     /// `max_tokens` or the context ran out.
     Length,
     /// The consumer went away.
@@ -39,7 +41,7 @@ pub enum FinishReason {
 impl FinishReason {
     pub fn as_openai(self) -> &'static str {
         match self {
-            Self::Stop | Self::Cancelled => "stop",
+            Self::Stop | Self::StopSequence(_) | Self::Cancelled => "stop",
             Self::Length => "length",
         }
     }
@@ -180,9 +182,9 @@ fn generate_here(
         }
         sampler.observe(token);
         pending.push_str(&detok.push(&engine.tokenizer, token)?);
-        if let Some(at) = find_stop(&pending, &request.stop) {
+        if let Some((at, which)) = find_stop(&pending, &request.stop) {
             pending.truncate(at);
-            finish = FinishReason::Stop;
+            finish = FinishReason::StopSequence(which);
             break;
         }
         let keep = held_back(&pending, &request.stop);
@@ -199,9 +201,9 @@ fn generate_here(
     if finish != FinishReason::Cancelled {
         if finish == FinishReason::Length {
             pending.push_str(&detok.finish(&engine.tokenizer)?);
-            if let Some(at) = find_stop(&pending, &request.stop) {
+            if let Some((at, which)) = find_stop(&pending, &request.stop) {
                 pending.truncate(at);
-                finish = FinishReason::Stop;
+                finish = FinishReason::StopSequence(which);
             }
         }
         if !pending.is_empty() || !logprobs.is_empty() {
@@ -235,8 +237,9 @@ fn token_logprob(engine: &Engine, logits: &[f32], token: u32, top_n: usize) -> T
 }
 
 /// Byte offset of the earliest stop string in `text`.
-fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+/// The earliest stop string in `text`: where it starts, and which one it is.
+fn find_stop(text: &str, stops: &[String]) -> Option<(usize, usize)> {
+    stops.iter().enumerate().filter(|(_, s)| !s.is_empty()).filter_map(|(i, s)| Some((text.find(s.as_str())?, i))).min()
 }
 
 /// Bytes at the end of `text` that could begin a stop string.
@@ -261,7 +264,7 @@ mod tests {
     #[test]
     fn stop_strings_are_found_and_prefixes_held() {
         let stops = vec![String::from("###"), String::from("END")];
-        assert_eq!(find_stop("abc ### d", &stops), Some(4));
+        assert_eq!(find_stop("abc ### d", &stops).map(|(at, _)| at), Some(4));
         assert_eq!(held_back("abc #", &stops), 1);
         assert_eq!(held_back("abc ##", &stops), 2);
         assert_eq!(held_back("abc EN", &stops), 2);

@@ -37,11 +37,17 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    /// The template renders the request's `tools` itself; decided once at load by rendering
+    /// a probe tool (templates that ignore `tools` get the tool parser's own prompt instead).
+    pub supports_tools: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("ChatTemplate")
+            .field("source", &self.source)
+            .field("supports_tools", &self.supports_tools)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,7 +64,19 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned("chat", template.to_string())
             .map_err(|e| EngineError::Template { name: source.to_string(), message: e.to_string() })?;
-        Ok(Self { source: source.to_string(), env, bos, eos })
+        let mut template = Self { source: source.to_string(), env, bos, eos, supports_tools: false };
+        template.supports_tools = template.renders_tools();
+        Ok(template)
+    }
+
+    /// Whether a probe tool's name reaches the rendered prompt.
+    fn renders_tools(&self) -> bool {
+        const PROBE: &str = "rapid_host_probe_tool_7c1f";
+        let messages = json!([{"role": "user", "content": "hello"}]);
+        let tools = json!([{"type": "function", "function": {
+            "name": PROBE, "description": "probe", "parameters": {"type": "object", "properties": {}}
+        }}]);
+        self.render(&messages, Some(&tools), true, &Map::new()).is_ok_and(|prompt| prompt.contains(PROBE))
     }
 
     /// The template of a GGUF file, or the built-in one for its architecture.
@@ -148,6 +166,16 @@ mod tests {
         );
         let err = t.render(&json!([{"role": "system", "content": "x"}]), None, false, &Map::new()).expect_err("raises");
         assert!(err.to_string().contains("first must be user") && err.to_string().contains("test"), "{err}");
+    }
+
+    #[test]
+    fn tool_support_is_decided_at_load() {
+        let plain = ChatTemplate::new("built-in:chatml", CHATML, String::new(), String::new()).expect("compiles");
+        assert!(!plain.supports_tools);
+        let src =
+            "{% if tools %}{% for t in tools %}{{ t.function.name }}{% endfor %}{% endif %}{{ messages[0].content }}";
+        let with_tools = ChatTemplate::new("test", src, String::new(), String::new()).expect("compiles");
+        assert!(with_tools.supports_tools);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - [`pipeline`]: the reasoning parser, then the tool-call parser, as one stream; tool-call
 //!   indices and ids are assigned here, once per response.
 //! - [`cost`]: calls, bytes and time inside each parser plugin, for `/metrics`.
+//! - [`partial`]: tool calls that generation cut short keep their name and arguments so far.
 //! - [`message`]: assembles the OpenAI `message` a client would build from the stream.
 
 pub mod cost;
 pub mod fixtures;
 pub mod message;
+pub mod partial;
 pub mod pipeline;
 pub mod session;
 

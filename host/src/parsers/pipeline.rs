@@ -193,6 +193,44 @@ impl ParserPipeline {
         }
     }
 
+    /// End of an output that was cut short (`max_tokens`, a stop string): as [`Self::finish`],
+    /// but an unclosed call section at the end becomes a call with the arguments generated
+    /// so far instead of content (see [`super::partial::cut_call`]); that call gets no
+    /// `ToolCallEnd`, since it never ended. A section too short to name its function is
+    /// dropped (reported as malformed), so no markup reaches the content. `tool_names` are
+    /// the request's tools; `forced` the one tool a named `tool_choice` allows.
+    pub fn finish_cut(&mut self, tool_names: &[String], forced: Option<&str>) -> Vec<ParseEvent> {
+        let mut events = self.finish();
+        let tail = events
+            .len()
+            .checked_sub(2)
+            .filter(|&at| matches!((&events[at], &events[at + 1]), (ParseEvent::Content(_), ParseEvent::Malformed(_))));
+        if let Some(at) = tail
+            && let ParseEvent::Content(section) = &events[at]
+        {
+            let section = section.clone();
+            match super::partial::cut_call(&section, tool_names, forced) {
+                Some((name, arguments)) => {
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    let mut call = vec![ParseEvent::ToolCallBegin { index, id: new_call_id(), name }];
+                    if !arguments.is_empty() {
+                        call.push(ParseEvent::ToolCallArguments { index, fragment: arguments });
+                    }
+                    events.splice(at..at + 2, call);
+                }
+                None if section
+                    .find('{')
+                    .is_none_or(|open| super::partial::JsonPrefix::is_unfinished(&section[open..])) =>
+                {
+                    events.remove(at);
+                }
+                None => {}
+            }
+        }
+        events
+    }
+
     fn run(&mut self, stage: usize, text: &str, out: &mut Vec<ParseEvent>) {
         if text.is_empty() {
             return;

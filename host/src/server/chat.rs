@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`.
+//! `POST /v1/chat/completions`: OpenAI's chat wire format over the one request path
+//! ([`super::request`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,13 +13,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use super::metrics::Metrics;
-use super::run::RunEvent;
-use super::structured::{self, HostCalls};
+use super::output::Finish;
+use super::request::{self, ChatInput, Generation, Message, Outcome, PastCall, Role, Step, Tool, ToolChoice};
+use super::structured;
 use super::{AppError, AppState, JsonBody};
+use crate::engine::SamplingParams;
 use crate::engine::generate::TokenLogprob;
-use crate::engine::{GenerationEvent, GenerationRequest, SamplingParams};
-use crate::parsers::{AssembledMessage, ParseEvent, ParserPipeline, PipelineConfig, tool_prompt};
+use crate::parsers::{AssembledMessage, ParseEvent};
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,16 +99,7 @@ pub struct ChatRequest {
     pub chat_template_kwargs: Option<Map<String, Value>>,
 }
 
-/// What `tool_choice` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ToolChoice {
-    None,
-    Auto,
-    Required,
-    Named(String),
-}
-
-fn tool_choice(value: Option<&Value>, has_tools: bool) -> Result<ToolChoice, AppError> {
+fn tool_choice(value: Option<&Value>) -> Result<Option<ToolChoice>, AppError> {
     let bad = || {
         AppError::bad(
             "`tool_choice` must be none, auto, required or {\"type\":\"function\",\"function\":{\"name\":…}}",
@@ -115,25 +107,26 @@ fn tool_choice(value: Option<&Value>, has_tools: bool) -> Result<ToolChoice, App
         )
     };
     match value {
-        None => Ok(if has_tools { ToolChoice::Auto } else { ToolChoice::None }),
+        None => Ok(None),
         Some(Value::String(s)) => match s.as_str() {
-            "none" => Ok(ToolChoice::None),
-            "auto" => Ok(ToolChoice::Auto),
-            "required" => Ok(ToolChoice::Required),
+            "none" => Ok(Some(ToolChoice::None)),
+            "auto" => Ok(Some(ToolChoice::Auto)),
+            "required" => Ok(Some(ToolChoice::Required)),
             _ => Err(bad()),
         },
         Some(v) => v
             .pointer("/function/name")
             .and_then(Value::as_str)
-            .map(|n| ToolChoice::Named(n.to_string()))
+            .map(|n| Some(ToolChoice::Named(n.to_string())))
             .ok_or_else(bad),
     }
 }
 
-/// OpenAI content (a string or a list of parts) as plain text for the template.
-fn text_content(content: &Value) -> Result<Value, AppError> {
+/// OpenAI content (a string or a list of parts) as plain text.
+fn text_content(content: &Value) -> Result<String, AppError> {
     match content {
-        Value::Null | Value::String(_) => Ok(content.clone()),
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
         Value::Array(parts) => {
             let mut text = String::new();
             for part in parts {
@@ -148,245 +141,114 @@ fn text_content(content: &Value) -> Result<Value, AppError> {
                     None => return Err(AppError::bad("content parts need a `type`", Some("messages"))),
                 }
             }
-            Ok(Value::String(text))
+            Ok(text)
         }
         _ => Err(AppError::bad("message content must be a string or a list of parts", Some("messages"))),
     }
 }
 
-/// Messages as chat templates expect them: text content, tool-call arguments as objects.
-fn template_messages(messages: &[Value]) -> Result<Vec<Value>, AppError> {
-    if messages.is_empty() {
-        return Err(AppError::bad("`messages` must not be empty", Some("messages")));
-    }
+/// OpenAI messages in the internal model.
+fn messages(messages: &[Value]) -> Result<Vec<Message>, AppError> {
     messages
         .iter()
         .map(|m| {
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| AppError::bad("every message needs a `role`", Some("messages")))?;
-            if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
-                return Err(AppError::bad(format!("unknown message role `{role}`"), Some("messages")));
-            }
-            let mut out = m.as_object().cloned().unwrap_or_default();
-            out.insert("role".into(), json!(if role == "developer" { "system" } else { role }));
-            out.insert("content".into(), text_content(m.get("content").unwrap_or(&Value::Null))?);
+            let role = match m.get("role").and_then(Value::as_str) {
+                Some("system" | "developer") => Role::System,
+                Some("user") => Role::User,
+                Some("assistant") => Role::Assistant,
+                Some("tool") => Role::Tool,
+                Some(other) => return Err(AppError::bad(format!("unknown message role `{other}`"), Some("messages"))),
+                None => return Err(AppError::bad("every message needs a `role`", Some("messages"))),
+            };
+            let mut message = Message::text(role, text_content(m.get("content").unwrap_or(&Value::Null))?);
+            message.reasoning = m.get("reasoning_content").and_then(Value::as_str).map(str::to_string);
+            message.tool_call_id = m.get("tool_call_id").and_then(Value::as_str).map(str::to_string);
+            message.name = m.get("name").and_then(Value::as_str).map(str::to_string);
             if let Some(Value::Array(calls)) = m.get("tool_calls") {
-                let calls: Vec<Value> = calls
-                    .iter()
-                    .map(|c| {
-                        let mut c = c.clone();
-                        if let Some(args) = c.pointer("/function/arguments").and_then(Value::as_str)
-                            && let Ok(obj) = serde_json::from_str::<Value>(args)
-                            && let Some(f) = c.get_mut("function")
-                        {
-                            f["arguments"] = obj;
-                        }
-                        c
-                    })
-                    .collect();
-                out.insert("tool_calls".into(), Value::Array(calls));
+                for call in calls {
+                    let name = call.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| {
+                        AppError::bad("every `tool_calls` entry needs a `function.name`", Some("messages"))
+                    })?;
+                    // Arguments arrive as a JSON string (OpenAI) or, from some clients, an object.
+                    let arguments = match call.pointer("/function/arguments") {
+                        Some(Value::String(s)) => s.clone(),
+                        None | Some(Value::Null) => String::from("{}"),
+                        Some(other) => other.to_string(),
+                    };
+                    message.tool_calls.push(PastCall {
+                        id: call.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                        name: name.to_string(),
+                        arguments,
+                    });
+                }
             }
-            Ok(Value::Object(out))
+            Ok(message)
         })
         .collect()
 }
 
-/// Everything a chat request needs before generating.
-struct Prepared {
-    prompt_tokens: Vec<u32>,
-    pipeline: Option<ParserPipeline>,
-    /// Set when a forced tool call is a bare JSON object the host reads itself.
-    host_calls: Option<HostCalls>,
-    /// `parallel_tool_calls: false`: calls after the first are dropped.
-    single_call: bool,
-}
-
-impl Prepared {
-    /// Feeds generated text through the parsers (or passes it through). Plugin code runs on
-    /// a blocking thread, never on the runtime's.
-    async fn parse(&mut self, text: &str) -> Vec<ParseEvent> {
-        let events = match (&mut self.host_calls, &mut self.pipeline) {
-            (Some(calls), _) => {
-                calls.feed(text);
-                Vec::new()
+/// OpenAI `tools` in the internal model.
+pub fn tools(tools: &[Value]) -> Result<Vec<Tool>, AppError> {
+    tools
+        .iter()
+        .map(|t| {
+            let kind = t.get("type").and_then(Value::as_str).unwrap_or("function");
+            if kind != "function" {
+                return Err(AppError::bad(
+                    format!("tool type `{kind}` is not supported; use `function`"),
+                    Some("tools"),
+                ));
             }
-            (None, Some(p)) => p.feed_off_runtime(text).await,
-            (None, None) if text.is_empty() => Vec::new(),
-            (None, None) => vec![ParseEvent::Content(text.to_string())],
-        };
-        self.limit_calls(events)
-    }
-
-    async fn finish_parsing(&mut self, metrics: &Metrics) -> Vec<ParseEvent> {
-        let mut events = self.host_calls.as_mut().map(HostCalls::finish).unwrap_or_default();
-        if let Some(p) = &mut self.pipeline {
-            events.extend(p.finish_off_runtime().await);
-            Metrics::add(&metrics.parser_failures, p.failures.len() as u64);
-        }
-        self.limit_calls(events)
-    }
-
-    fn limit_calls(&self, mut events: Vec<ParseEvent>) -> Vec<ParseEvent> {
-        if self.single_call {
-            events.retain(|e| match e {
-                ParseEvent::ToolCallBegin { index, .. }
-                | ParseEvent::ToolCallArguments { index, .. }
-                | ParseEvent::ToolCallEnd(index) => *index == 0,
-                _ => true,
-            });
-        }
-        events
-    }
+            let function = t.get("function").unwrap_or(t);
+            let name = function
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| AppError::bad("every tool needs a `function.name`", Some("tools")))?;
+            Ok(Tool {
+                name: name.to_string(),
+                description: function.get("description").and_then(Value::as_str).map(str::to_string),
+                parameters: function.get("parameters").filter(|p| p.is_object()).cloned(),
+            })
+        })
+        .collect()
 }
 
-fn prepare(state: &AppState, req: &ChatRequest) -> Result<(Prepared, GenerationRequest), AppError> {
+/// A chat request in the internal model.
+fn chat_input(state: &AppState, req: &ChatRequest) -> Result<ChatInput, AppError> {
     state.check_model(req.model.as_deref())?;
     if req.n.is_some_and(|n| n != 1) {
         return Err(AppError::bad("only `n` = 1 is supported", Some("n")));
     }
-    let json_schema = structured::response_format_schema(req.response_format.as_ref())?;
-    let top_logprobs = match (req.logprobs, req.top_logprobs) {
+    let logprobs = match (req.logprobs, req.top_logprobs) {
         (_, Some(n)) if n > 20 => return Err(AppError::bad("`top_logprobs` must be at most 20", Some("top_logprobs"))),
         (false, Some(_)) => return Err(AppError::bad("`top_logprobs` needs `logprobs: true`", Some("top_logprobs"))),
         (true, n) => Some(n.unwrap_or(0)),
         (false, None) => None,
     };
-    let sampling = req.sampling.to_params()?;
-    let tools = req.tools.clone().unwrap_or_default();
-    let choice = tool_choice(req.tool_choice.as_ref(), !tools.is_empty())?;
-    if choice == ToolChoice::Required && tools.is_empty() {
-        return Err(AppError::bad("`tool_choice` `required` needs a non-empty `tools` list", Some("tool_choice")));
+    if req.messages.is_empty() {
+        return Err(AppError::bad("`messages` must not be empty", Some("messages")));
     }
-    let tools: Vec<Value> = match &choice {
-        ToolChoice::None => Vec::new(),
-        ToolChoice::Named(name) => {
-            let picked: Vec<Value> = tools
-                .iter()
-                .filter(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name))
-                .cloned()
-                .collect();
-            if picked.is_empty() {
-                return Err(AppError::bad(
-                    format!("`tool_choice` names `{name}`, which is not in `tools`"),
-                    Some("tool_choice"),
-                ));
-            }
-            picked
-        }
-        _ => tools,
-    };
-    let mut messages = template_messages(&req.messages)?;
-    let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
-    let engine = &state.engine;
-    let snapshot = state.plugins.current();
-    let tools_json = Value::Array(tools.clone()).to_string();
-    let render = |messages: &[Value], tools: Option<&Value>| {
-        engine
-            .template
-            .render(&Value::Array(messages.to_vec()), tools, true, &kwargs)
-            .map_err(|e| AppError::bad(e.to_string(), Some("messages")))
-    };
-    let tools_value = (!tools.is_empty()).then(|| Value::Array(tools.clone()));
-    let mut prompt = render(&messages, tools_value.as_ref())?;
-    if let Some(tools_value) = &tools_value
-        && prompt == render(&messages, None)?
-    {
-        // The template ignores `tools`: describe them in the tool parser's wire format.
-        let from_plugin = state.tool_parser.as_deref().and_then(|parser| {
-            tool_prompt(&snapshot, parser, &tools_json)
-                .inspect_err(|e| {
-                    // The plugin's failure, not the client's: fall back to the host's prompt.
-                    tracing::warn!("no tool prompt from the parser plugin, using the host's: {e}");
-                    Metrics::add(&state.metrics.parser_failures, 1);
-                })
-                .ok()
-                .flatten()
-        });
-        let instruction = from_plugin
-            .unwrap_or_else(|| format!("You can call these functions, given as JSON schemas:\n{tools_value}"));
-        let must = match &choice {
-            ToolChoice::Required => "\n\nYou must call at least one function in this answer.".to_string(),
-            ToolChoice::Named(name) => format!("\n\nYou must call the function `{name}` in this answer."),
-            _ => String::new(),
-        };
-        let instruction = format!("{instruction}{must}");
-        match messages.first_mut() {
-            Some(first) if first["role"] == "system" => {
-                let text = first["content"].as_str().unwrap_or_default().to_string();
-                first["content"] = json!(format!("{text}\n\n{instruction}"));
-            }
-            _ => messages.insert(0, json!({"role": "system", "content": instruction})),
-        }
-        prompt = render(&messages, None)?;
-    }
-    let reasoning_started = prompt.trim_end().ends_with("<think>");
-    let bos_text = engine.tokenizer.bos.and_then(|b| engine.tokenizer.token(b)).unwrap_or_default();
-    let add_bos = engine.tokenizer.add_bos && (bos_text.is_empty() || !prompt.starts_with(bos_text));
-    let prompt_tokens = engine.tokenizer.encode(&prompt, add_bos).map_err(|e| AppError::Internal(e.to_string()))?;
-    let context = engine.context_length();
-    if prompt_tokens.len() >= context {
-        return Err(AppError::BadRequest {
-            message: format!(
-                "this model's context is {context} tokens, but the prompt has {} tokens; shorten the messages",
-                prompt_tokens.len()
-            ),
-            param: Some("messages"),
-            code: "context_length_exceeded",
-        });
-    }
-    let room = context - prompt_tokens.len();
-    let asked = req.max_completion_tokens.or(req.max_tokens);
-    if asked == Some(0) {
-        return Err(AppError::bad("`max_tokens` must be at least 1", Some("max_tokens")));
-    }
-    let max_tokens = asked.unwrap_or(state.limits.default_max_tokens).min(room);
+    let mut input = ChatInput::new(messages(&req.messages)?);
+    input.tools = tools(req.tools.as_deref().unwrap_or_default())?;
+    input.tool_choice = tool_choice(req.tool_choice.as_ref())?;
+    input.parallel_tool_calls = req.parallel_tool_calls != Some(false);
+    input.sampling = req.sampling.to_params()?;
+    input.max_tokens = req.max_completion_tokens.or(req.max_tokens);
+    input.stop = req.stop.clone().map(Stop::into_vec).unwrap_or_default();
+    input.json_schema = structured::response_format_schema(req.response_format.as_ref())?;
+    input.logprobs = logprobs;
+    input.template_kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
+    Ok(input)
+}
 
-    let output = match (&choice, &json_schema) {
-        (ToolChoice::Required | ToolChoice::Named(_), _) => {
-            Some(structured::forced_tool_calls(state, &snapshot, &tools)?)
-        }
-        (_, Some(schema)) => Some(structured::json_output(state, schema)?),
-        _ => None,
-    };
-    let host_calls = output.as_ref().is_some_and(|o| o.host_calls);
-    let config = PipelineConfig {
-        tool_parser: if tools.is_empty() || host_calls { None } else { state.tool_parser.clone() },
-        // A grammar leaves no room for a reasoning block.
-        reasoning_parser: if output.is_some() { None } else { state.reasoning_parser.clone() },
-        tools_json,
-        reasoning_started,
-    };
-    let pipeline = if config.tool_parser.is_none() && config.reasoning_parser.is_none() {
-        None
-    } else {
-        Metrics::add(&state.metrics.parser_sessions, 1);
-        match ParserPipeline::new(&snapshot, &config) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!("parsers unavailable, answering with raw text: {e}");
-                Metrics::add(&state.metrics.parser_failures, 1);
-                None
-            }
-        }
-    };
-    let generation = GenerationRequest {
-        prompt_tokens: prompt_tokens.clone(),
-        max_tokens,
-        sampling,
-        stop: req.stop.clone().map(Stop::into_vec).unwrap_or_default(),
-        logprobs: top_logprobs,
-        ignore_eos: false,
-        constraint: output.map(|o| o.constraint),
-    };
-    let prepared = Prepared {
-        prompt_tokens,
-        pipeline,
-        host_calls: host_calls.then(HostCalls::default),
-        single_call: req.parallel_tool_calls == Some(false),
-    };
-    Ok((prepared, generation))
+/// OpenAI's `finish_reason`.
+pub fn finish_reason(finish: &Finish) -> &'static str {
+    match finish {
+        Finish::Stop | Finish::StopSequence(_) => "stop",
+        Finish::Length => "length",
+        Finish::ToolCalls => "tool_calls",
+    }
 }
 
 pub fn completion_id(prefix: &str) -> String {
@@ -420,22 +282,22 @@ pub async fn handle(State(state): State<Arc<AppState>>, JsonBody(req): JsonBody<
 }
 
 async fn respond(state: &Arc<AppState>, req: ChatRequest) -> Result<Response, AppError> {
-    let (prepared, generation) = prepare(state, &req)?;
-    let rx = state.runner.start(generation)?;
+    let input = chat_input(state, &req)?;
+    let generation = request::start(state, input).await?;
     let id = completion_id("chatcmpl");
     let created = now();
     if req.stream {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let (tx, out) = mpsc::channel::<Result<Event, Infallible>>(64);
-        tokio::spawn(stream_chat(Arc::clone(state), prepared, rx, tx, id, created, include_usage));
+        tokio::spawn(stream_chat(Arc::clone(state), generation, tx, id, created, include_usage));
         return Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(out)).into_response());
     }
-    let (message, finish, usage, logprobs) = collect(state, prepared, rx).await?;
+    let (message, outcome, logprobs) = collect(generation).await?;
     let mut choice = json!({
         "index": 0,
         "message": message.to_openai(),
         "logprobs": logprobs.map(|l| json!({"content": logprob_entries(&l)})),
-        "finish_reason": finish,
+        "finish_reason": finish_reason(&outcome.finish),
     });
     if message.reasoning.is_empty()
         && let Some(m) = choice["message"].as_object_mut()
@@ -448,7 +310,7 @@ async fn respond(state: &Arc<AppState>, req: ChatRequest) -> Result<Response, Ap
         "created": created,
         "model": state.model_id(),
         "choices": [choice],
-        "usage": usage,
+        "usage": usage_json(outcome.prompt_tokens, outcome.completion_tokens),
         "system_fingerprint": null,
     }))
     .into_response())
@@ -458,40 +320,25 @@ fn usage_json(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-type Collected = (AssembledMessage, &'static str, Value, Option<Vec<TokenLogprob>>);
-
-async fn collect(
-    state: &AppState,
-    mut prepared: Prepared,
-    mut rx: mpsc::Receiver<RunEvent>,
-) -> Result<Collected, AppError> {
+/// A whole generation, assembled as a client would.
+pub async fn collect(
+    mut generation: Generation,
+) -> Result<(AssembledMessage, Outcome, Option<Vec<TokenLogprob>>), AppError> {
     let mut message = AssembledMessage::default();
     let mut logprobs: Option<Vec<TokenLogprob>> = None;
-    let mut finish = "stop";
-    let mut completion = 0;
-    while let Some(event) = rx.recv().await {
-        match event {
-            RunEvent::Event(GenerationEvent::Text { text, logprobs: lp }) => {
-                message.extend(&prepared.parse(&text).await);
+    while let Some(step) = generation.next().await {
+        match step {
+            Step::Events { events, logprobs: lp } => {
+                message.extend(&events);
                 if !lp.is_empty() {
                     logprobs.get_or_insert_with(Vec::new).extend(lp);
                 }
             }
-            RunEvent::Event(GenerationEvent::Done { finish: f, usage, .. }) => {
-                finish = f.as_openai();
-                completion = usage.completion_tokens;
-            }
-            RunEvent::Failed(e) => return Err(AppError::Internal(e)),
+            Step::Done(outcome) => return Ok((message, outcome, logprobs)),
+            Step::Failed(e) => return Err(AppError::Internal(e)),
         }
     }
-    message.extend(&prepared.finish_parsing(&state.metrics).await);
-    Metrics::add(&state.metrics.malformed_tool_calls, message.malformed.len() as u64);
-    Metrics::add(&state.metrics.prompt_tokens, prepared.prompt_tokens.len() as u64);
-    Metrics::add(&state.metrics.completion_tokens, completion as u64);
-    if !message.tool_calls.is_empty() {
-        finish = "tool_calls";
-    }
-    Ok((message, finish, usage_json(prepared.prompt_tokens.len(), completion), logprobs))
+    Err(AppError::Internal(String::from("the generation ended without a result")))
 }
 
 /// One SSE chunk of a chat completion stream.
@@ -523,8 +370,7 @@ fn delta_of(event: &ParseEvent) -> Option<Value> {
 
 async fn stream_chat(
     state: Arc<AppState>,
-    mut prepared: Prepared,
-    mut rx: mpsc::Receiver<RunEvent>,
+    mut generation: Generation,
     tx: mpsc::Sender<Result<Event, Infallible>>,
     id: String,
     created: u64,
@@ -536,71 +382,41 @@ async fn stream_chat(
         async move { tx.send(Ok(event)).await.is_ok() }
     };
     if !send(chunk(&id, created, &model, json!({"role": "assistant", "content": ""}), None, None)).await {
+        generation.cancelled();
         return;
     }
-    let mut finish = "stop";
-    let mut completion = 0;
-    let mut saw_tool_call = false;
-    let mut malformed = 0u64;
     let mut pending_logprobs: Vec<TokenLogprob> = Vec::new();
-    let mut failed = None;
-    loop {
-        let Some(event) = rx.recv().await else { break };
-        let parsed = match event {
-            RunEvent::Event(GenerationEvent::Text { text, logprobs }) => {
+    while let Some(step) = generation.next().await {
+        match step {
+            Step::Events { events, logprobs } => {
                 pending_logprobs.extend(logprobs);
-                prepared.parse(&text).await
-            }
-            RunEvent::Event(GenerationEvent::Done { finish: f, usage, .. }) => {
-                finish = f.as_openai();
-                completion = usage.completion_tokens;
-                continue;
-            }
-            RunEvent::Failed(e) => {
-                failed = Some(e);
-                break;
-            }
-        };
-        for event in &parsed {
-            saw_tool_call |= matches!(event, ParseEvent::ToolCallBegin { .. });
-            malformed += u64::from(matches!(event, ParseEvent::Malformed(_)));
-            if let Some(delta) = delta_of(event) {
-                let lp = (!pending_logprobs.is_empty())
-                    .then(|| json!({"content": logprob_entries(&std::mem::take(&mut pending_logprobs))}));
-                if !send(chunk(&id, created, &model, delta, None, lp)).await {
-                    // The client went away: dropping `rx` cancels the generation.
-                    Metrics::add(&state.metrics.cancelled, 1);
-                    return;
+                for event in &events {
+                    if let Some(delta) = delta_of(event) {
+                        let lp = (!pending_logprobs.is_empty())
+                            .then(|| json!({"content": logprob_entries(&std::mem::take(&mut pending_logprobs))}));
+                        if !send(chunk(&id, created, &model, delta, None, lp)).await {
+                            // The client went away: dropping the generation cancels it.
+                            generation.cancelled();
+                            return;
+                        }
+                    }
                 }
             }
-        }
-    }
-    for event in prepared.finish_parsing(&state.metrics).await {
-        saw_tool_call |= matches!(event, ParseEvent::ToolCallBegin { .. });
-        malformed += u64::from(matches!(event, ParseEvent::Malformed(_)));
-        if let Some(delta) = delta_of(&event)
-            && !send(chunk(&id, created, &model, delta, None, None)).await
-        {
-            return;
-        }
-    }
-    Metrics::add(&state.metrics.malformed_tool_calls, malformed);
-    Metrics::add(&state.metrics.prompt_tokens, prepared.prompt_tokens.len() as u64);
-    Metrics::add(&state.metrics.completion_tokens, completion as u64);
-    if let Some(error) = failed {
-        let body = json!({"error": {"message": format!("generation failed: {error}"), "type": "server_error", "param": null, "code": "internal_error"}});
-        let _ = send(Event::default().data(body.to_string())).await;
-    } else {
-        if saw_tool_call {
-            finish = "tool_calls";
-        }
-        let _ = send(chunk(&id, created, &model, json!({}), Some(finish), None)).await;
-        if include_usage {
-            let body = json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": null, "choices": [], "usage": usage_json(prepared.prompt_tokens.len(), completion),
-            });
-            let _ = send(Event::default().data(body.to_string())).await;
+            Step::Done(outcome) => {
+                let _ = send(chunk(&id, created, &model, json!({}), Some(finish_reason(&outcome.finish)), None)).await;
+                if include_usage {
+                    let body = json!({
+                        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "system_fingerprint": null, "choices": [],
+                        "usage": usage_json(outcome.prompt_tokens, outcome.completion_tokens),
+                    });
+                    let _ = send(Event::default().data(body.to_string())).await;
+                }
+            }
+            Step::Failed(error) => {
+                let body = json!({"error": {"message": format!("generation failed: {error}"), "type": "server_error", "param": null, "code": "internal_error"}});
+                let _ = send(Event::default().data(body.to_string())).await;
+            }
         }
     }
     let _ = send(Event::default().data("[DONE]")).await;

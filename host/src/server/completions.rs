@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::chat::{SamplingFields, Stop, StreamOptions, completion_id, now};
 use super::metrics::Metrics;
+use super::request;
 use super::run::RunEvent;
 use super::{AppError, AppState, JsonBody};
 use crate::engine::generate::TokenLogprob;
@@ -136,7 +137,15 @@ pub async fn handle(State(state): State<Arc<AppState>>, JsonBody(req): JsonBody<
 }
 
 async fn respond(state: &Arc<AppState>, req: CompletionRequest) -> Result<Response, AppError> {
-    let jobs = prepare(state, &req)?;
+    // As every API: a place among the requests in flight first, then tokenizing on the
+    // blocking pool, then generation.
+    let admission = state.runner.admit()?;
+    let req = Arc::new(req);
+    let jobs = {
+        let (state, req) = (Arc::clone(state), Arc::clone(&req));
+        request::blocking(move || prepare(&state, &req)).await?
+    };
+    let mut admission = Some(admission);
     let id = completion_id("cmpl");
     let created = now();
     if req.stream {
@@ -144,7 +153,10 @@ async fn respond(state: &Arc<AppState>, req: CompletionRequest) -> Result<Respon
         let (tx, out) = mpsc::channel::<Result<Event, Infallible>>(64);
         let state = Arc::clone(state);
         let echo = req.echo;
-        let first_rx = state.runner.start(jobs[0].request.clone())?;
+        let first_rx = match admission.take() {
+            Some(admission) => state.runner.start_admitted(admission, jobs[0].request.clone()),
+            None => state.runner.start(jobs[0].request.clone())?,
+        };
         tokio::spawn(async move {
             let model = state.model_id().to_string();
             let chunk = |index: usize, text: &str, finish: Option<&str>| {
@@ -207,7 +219,10 @@ async fn respond(state: &Arc<AppState>, req: CompletionRequest) -> Result<Respon
     let mut choices = Vec::new();
     let (mut prompt_total, mut completion_total) = (0, 0);
     for (index, job) in jobs.iter().enumerate() {
-        let mut rx = state.runner.start(job.request.clone())?;
+        let mut rx = match admission.take() {
+            Some(admission) => state.runner.start_admitted(admission, job.request.clone()),
+            None => state.runner.start(job.request.clone())?,
+        };
         let mut text = if req.echo { job.prompt.clone() } else { String::new() };
         let offset = text.len();
         let mut logprobs = Vec::new();

@@ -3,6 +3,8 @@
 //! - [`error`]: OpenAI's error envelope with the right status for every failure.
 //! - [`chat`]: `/v1/chat/completions`, streamed (SSE) or not, through the parser plugins.
 //! - [`completions`]: the `/v1/completions` endpoint.
+//! - [`request`]: the one internal request model and path (admission, preparation off the
+//!   async runtime, generation) every chat API adapts to; [`output`]: the response rules.
 //! - [`run`]: bridges the blocking engine to async handlers, with admission control and
 //!   cancellation when the client goes away.
 //! - [`structured`]: `response_format` and forced tool calls as grammars (llguidance).
@@ -16,6 +18,8 @@ pub mod completions;
 pub mod drain;
 pub mod error;
 pub mod metrics;
+pub mod output;
+pub mod request;
 pub mod run;
 pub mod structured;
 

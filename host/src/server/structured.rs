@@ -5,13 +5,15 @@
 //! (`tool-call-grammar`); when the plugin offers none, or its grammar does not compile, the
 //! host constrains the output to one bare `{"name": …, "arguments": …}` object and turns
 //! it into the call itself ([`HostCalls`]), so tool forcing works with any parser.
+//!
+//! When the request allows one call only (a named `tool_choice`, or `parallel_tool_calls:
+//! false`), the grammar ends after that call ([`one_call`]), as OpenAI answers.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{AppError, AppState};
 use crate::engine::constraint::{Constraint, ConstraintError, GrammarCompiler};
+use crate::parsers::partial::{JsonPrefix, string_after_key, value_start_after_key};
 use crate::parsers::pipeline::new_call_id;
 use crate::parsers::{ParseEvent, tool_call_grammar};
 use crate::plugins::PluginSet;
@@ -70,12 +72,20 @@ pub fn json_output(state: &AppState, schema: &Value) -> Result<OutputConstraint,
     Ok(OutputConstraint { constraint, host_calls: false })
 }
 
-/// Constrains the output to calls of `tools` (already narrowed to the named one, if any).
-pub fn forced_tool_calls(state: &AppState, plugins: &PluginSet, tools: &[Value]) -> Result<OutputConstraint, AppError> {
+/// Constrains the output to calls of `tools` (already narrowed to the named one, if any);
+/// to exactly one call when `single`.
+pub fn forced_tool_calls(
+    state: &AppState,
+    plugins: &PluginSet,
+    tools: &[Value],
+    single: bool,
+) -> Result<OutputConstraint, AppError> {
     let compiler = compiler(state)?;
     let tools_json = Value::Array(tools.to_vec()).to_string();
     if let Some(parser) = state.tool_parser.as_deref() {
-        match tool_call_grammar(plugins, parser, &tools_json) {
+        let grammar = tool_call_grammar(plugins, parser, &tools_json)
+            .map(|lark| lark.map(|lark| if single { one_call(&lark).unwrap_or(lark) } else { lark }));
+        match grammar {
             Ok(Some(lark)) => match compiler.compile(GrammarCompiler::lark(&lark)) {
                 Ok(constraint) => return Ok(OutputConstraint { constraint, host_calls: false }),
                 Err(e) => tracing::warn!("tool-call grammar of parser `{parser}` does not compile, using JSON: {e}"),
@@ -97,45 +107,122 @@ pub fn forced_tool_calls(state: &AppState, plugins: &PluginSet, tools: &[Value])
     Ok(OutputConstraint { constraint, host_calls: true })
 }
 
+/// A plugin's tool-call grammar cut to exactly one call. The SDK's grammars (and the
+/// convention documented for plugin authors) name one call `tool_call` and repeat it in
+/// `start` (`start: tool_call (SEP tool_call)*`); `start: tool_call` ends the output after
+/// the first. `None` when the grammar has no `tool_call` rule: it is used whole, and the
+/// response keeps the first call only.
+pub fn one_call(lark: &str) -> Option<String> {
+    let rule = |line: &str, name: &str| {
+        line.trim_start().strip_prefix(name).is_some_and(|rest| rest.trim_start().starts_with(':'))
+    };
+    if !lark.lines().any(|l| rule(l, "tool_call")) || !lark.lines().any(|l| rule(l, "start")) {
+        return None;
+    }
+    let mut out = String::new();
+    let mut in_start = false;
+    for line in lark.lines() {
+        if rule(line, "start") {
+            out.push_str("start: tool_call\n");
+            in_start = true;
+            continue;
+        }
+        // Alternatives of `start` continued on the next lines.
+        if in_start && line.trim_start().starts_with('|') {
+            continue;
+        }
+        in_start = false;
+        out.push_str(line);
+        out.push('\n');
+    }
+    Some(out)
+}
+
 /// `{"name": NAME, "arguments": PARAMETERS}` for any of `tools`.
 fn host_call_schema(tools: &[Value]) -> Option<Value> {
     rapid_plugin_sdk::grammar::call_object_schema(tools, "name", "arguments")
 }
 
-/// Collects a constrained bare call object and emits it as a tool call at the end.
+/// Reads the constrained bare call object `{"name": …, "arguments": {…}}` as it streams:
+/// the call begins once its name is out, and the arguments go out as they are generated.
 #[derive(Debug, Default)]
 pub struct HostCalls {
     text: String,
-}
-
-#[derive(Deserialize)]
-struct BareCall<'a> {
-    name: String,
-    #[serde(borrow)]
-    arguments: &'a RawValue,
+    /// Where the call object starts in `text`.
+    object: Option<usize>,
+    begun: bool,
+    /// Where the arguments' text starts in `text`, once `"arguments":` is out.
+    arguments: Option<usize>,
+    /// How far the arguments have been read.
+    read: usize,
+    json: JsonPrefix,
+    ended: bool,
+    broken: bool,
 }
 
 impl HostCalls {
-    pub fn feed(&mut self, text: &str) {
+    pub fn feed(&mut self, text: &str) -> Vec<ParseEvent> {
         self.text.push_str(text);
+        let mut out = Vec::new();
+        if self.broken || self.ended {
+            return out;
+        }
+        let Some(open) = self.object.or_else(|| self.text.find('{')) else { return out };
+        self.object = Some(open);
+        let object = &self.text[open..];
+        if !self.begun
+            && let Some(name) = string_after_key(object, "name")
+        {
+            self.begun = true;
+            out.push(ParseEvent::ToolCallBegin { index: 0, id: new_call_id(), name });
+        }
+        if self.begun
+            && self.arguments.is_none()
+            && let Some(at) = value_start_after_key(object, "arguments")
+        {
+            self.arguments = Some(open + at);
+            self.read = open + at;
+        }
+        if self.arguments.is_some() {
+            let start = self.read;
+            for (i, c) in self.text[start..].char_indices() {
+                if self.json.push(c).is_err() {
+                    self.broken = true;
+                    break;
+                }
+                self.read = start + i + c.len_utf8();
+                if self.json.complete() {
+                    self.ended = true;
+                    break;
+                }
+            }
+            let fragment = self.text[start..self.read].trim_start();
+            if !fragment.is_empty() {
+                out.push(ParseEvent::ToolCallArguments { index: 0, fragment: fragment.to_string() });
+            }
+            if self.ended {
+                out.push(ParseEvent::ToolCallEnd(0));
+            }
+        }
+        out
     }
 
-    pub fn finish(&mut self) -> Vec<ParseEvent> {
-        let text = std::mem::take(&mut self.text);
-        match serde_json::from_str::<BareCall>(&text) {
-            Ok(call) => vec![
-                ParseEvent::ToolCallBegin { index: 0, id: new_call_id(), name: call.name },
-                ParseEvent::ToolCallArguments {
-                    index: 0,
-                    fragment: rapid_plugin_sdk::json::object(call.arguments.get())
-                        .unwrap_or_else(|| call.arguments.get().to_string()),
-                },
-                ParseEvent::ToolCallEnd(0),
-            ],
-            // Cut short (max_tokens): what was generated is still the answer.
-            Err(e) if text.is_empty() => vec![ParseEvent::Malformed(format!("no tool call was generated: {e}"))],
-            Err(e) => vec![ParseEvent::Content(text), ParseEvent::Malformed(format!("incomplete tool call: {e}"))],
+    /// End of output. A call cut short keeps its arguments so far and gets no end; when
+    /// nothing named the function yet, `forced` (a named `tool_choice`) still makes it a call.
+    pub fn finish(&mut self, forced: Option<&str>) -> Vec<ParseEvent> {
+        match (self.begun, forced) {
+            _ if self.broken => vec![ParseEvent::Malformed(format!("not a call object: {}", self.text))],
+            (true, _) => Vec::new(),
+            (false, Some(name)) => {
+                vec![ParseEvent::ToolCallBegin { index: 0, id: new_call_id(), name: name.to_string() }]
+            }
+            (false, None) => vec![ParseEvent::Malformed(String::from("no tool call was generated"))],
         }
+    }
+
+    /// The call is complete: nothing after it belongs to the answer.
+    pub fn ended(&self) -> bool {
+        self.ended
     }
 }
 
@@ -169,26 +256,48 @@ mod tests {
         }
     }
 
-    #[test]
-    fn host_calls_become_one_call_with_the_models_argument_text() {
-        let mut calls = HostCalls::default();
-        calls.feed("{\"name\": \"get_weather\", ");
-        calls.feed("\"arguments\": {\"city\": \"Paris\", \"unit\": \"c\"}}");
-        let events = calls.finish();
-        assert!(matches!(&events[0], ParseEvent::ToolCallBegin { index: 0, name, .. } if name == "get_weather"));
-        assert_eq!(
-            events[1],
-            ParseEvent::ToolCallArguments { index: 0, fragment: String::from("{\"city\":\"Paris\",\"unit\":\"c\"}") }
-        );
-        assert_eq!(events[2], ParseEvent::ToolCallEnd(0));
+    fn fed(calls: &mut HostCalls, pieces: &[&str]) -> Vec<ParseEvent> {
+        pieces.iter().flat_map(|p| calls.feed(p)).collect()
     }
 
     #[test]
-    fn truncated_host_calls_stay_content() {
+    fn host_calls_stream_the_arguments_as_generated() {
         let mut calls = HostCalls::default();
-        calls.feed("{\"name\": \"get_weather\", \"argu");
-        let events = calls.finish();
-        assert_eq!(events[0], ParseEvent::Content(String::from("{\"name\": \"get_weather\", \"argu")));
-        assert!(matches!(events[1], ParseEvent::Malformed(_)));
+        let events =
+            fed(&mut calls, &["{\"name\": \"get_w", "eather\", \"arguments\": {\"ci", "ty\": \"Paris\"}", "}"]);
+        assert!(matches!(&events[0], ParseEvent::ToolCallBegin { index: 0, name, .. } if name == "get_weather"));
+        assert_eq!(events[1], ParseEvent::ToolCallArguments { index: 0, fragment: String::from("{\"ci") });
+        assert_eq!(events[2], ParseEvent::ToolCallArguments { index: 0, fragment: String::from("ty\": \"Paris\"}") });
+        assert_eq!(events[3], ParseEvent::ToolCallEnd(0));
+        assert_eq!(events.len(), 4);
+        assert!(calls.ended());
+        assert!(calls.finish(None).is_empty());
+    }
+
+    #[test]
+    fn cut_host_calls_keep_their_arguments_so_far() {
+        let mut calls = HostCalls::default();
+        let events = fed(&mut calls, &["{\"name\": \"get_weather\", \"argu", "ments\": {\"city\": \"Pa"]);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[1], ParseEvent::ToolCallArguments { index: 0, fragment: String::from("{\"city\": \"Pa") });
+        assert!(calls.finish(Some("get_weather")).is_empty(), "no end for a cut call");
+        // Cut before the name: a named choice is still a call, anything else is nothing.
+        let mut calls = HostCalls::default();
+        assert!(fed(&mut calls, &["{\"na"]).is_empty());
+        assert!(
+            matches!(&calls.finish(Some("get_weather"))[..], [ParseEvent::ToolCallBegin { name, .. }] if name == "get_weather")
+        );
+        let mut calls = HostCalls::default();
+        assert!(matches!(&calls.finish(None)[..], [ParseEvent::Malformed(_)]));
+    }
+
+    #[test]
+    fn one_call_grammars_end_after_the_first_call() {
+        let lark = "start: tool_call (\"\\n\" tool_call)*\ntool_call: \"<tool_call>\" payload \"</tool_call>\"\npayload: %json {}\n";
+        let one = one_call(lark).expect("has a tool_call rule");
+        assert!(one.starts_with("start: tool_call\n"), "{one}");
+        assert!(one.contains("tool_call: \"<tool_call>\" payload"), "{one}");
+        assert_eq!(one.lines().count(), 3, "{one}");
+        assert_eq!(one_call("start: call+\ncall: \"x\"\n"), None);
     }
 }

@@ -4,6 +4,10 @@
 //! forces a tool call (`tool_choice` `required` or a named function). The grammar's `start`
 //! rule must match a whole answer made of one or more calls; `tools-json` already holds only
 //! the tools the model may call. JSON payloads are written with `%json { schema }`.
+//!
+//! One call is the rule `tool_call`: when a request allows a single call (a named
+//! `tool_choice`, `parallel_tool_calls: false`), the host replaces `start` with
+//! `start: tool_call`, so decoding ends after it. The builders here follow that convention.
 
 use serde_json::{Value, json};
 
