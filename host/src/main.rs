@@ -97,7 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { action: PluginAction::Test { wasm, fixtures, with_plugins } } => {
             plugin_test(&wasm, &fixtures, with_plugins.as_deref())
         }
-        Command::Parse { tool_parser, reasoning_parser, plugins, tools, chunk, reasoning_started } => {
+        Command::Parse { tool_parser, reasoning_parser, plugins, tools, chunk, reasoning_started, cost } => {
             let args = PluginArgs {
                 plugins,
                 alias_policy: String::from("strict"),
@@ -127,6 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
             let message = parse_text(&set, &config, &input, chunk)?;
             println!("{}", serde_json::to_string(&message.to_openai())?);
+            if cost {
+                print_parser_costs_json(&set)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -69,6 +69,10 @@ pub(crate) enum Command {
         /// The chat template opened the reasoning block (output starts inside `<think>`).
         #[arg(long)]
         reasoning_started: bool,
+        /// Also print, on stderr, one JSON line per parser plugin: calls, input bytes and
+        /// seconds inside it (what bench/parsers.py reads).
+        #[arg(long)]
+        cost: bool,
     },
     /// Generate text from MODEL: streams it, then prints token counts and speeds.
     Generate(GenerateArgs),

@@ -65,6 +65,24 @@ pub(crate) fn parse_text(
     Ok(message)
 }
 
+/// `parse --cost`: one JSON line per parser plugin on stderr.
+pub(crate) fn print_parser_costs_json(set: &PluginSet) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    for (plugin, cost) in set.runtime().parser_costs().snapshot() {
+        let (seconds, calls) = cost.call_seconds.sum_and_count();
+        let line = serde_json::json!({
+            "plugin": plugin,
+            "feeds": cost.feeds.load(Ordering::Relaxed),
+            "finishes": cost.finishes.load(Ordering::Relaxed),
+            "input_bytes": cost.input_bytes.load(Ordering::Relaxed),
+            "calls": calls,
+            "seconds": seconds,
+        });
+        eprintln!("{}", serde_json::to_string(&line)?);
+    }
+    Ok(())
+}
+
 /// `rapid-host plugin test`: every fixture case at every standard chunking; a table; exit 1
 /// if anything fails.
 pub(crate) fn plugin_test(wasm: &Path, fixture_path: &Path, with_plugins: Option<&Path>) -> anyhow::Result<ExitCode> {
