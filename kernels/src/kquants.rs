@@ -222,15 +222,37 @@ impl KMatrix {
 
     /// `out[r][o] = Σ_k w[o][k] · x[r][k]`; `out` is `x.rows() × self.rows()`.
     pub fn matmul(&self, x: &Q8KRows, out: &mut [f32]) -> Result<(), KernelError> {
-        if x.blocks_per_row * QK_K != self.cols || out.len() != x.rows * self.rows {
+        self.matmul_segments(x, &[x.rows], out)
+    }
+
+    /// [`Self::matmul`] over activation rows that come in `segments` (row counts, in order,
+    /// summing to `x.rows()`), each computed exactly as [`Self::matmul`] on that segment
+    /// alone: llama.cpp's float order depends on the number of rows in a call (Q4_K's
+    /// groups of 4 from the first row, Q6_K's kernel from 8 rows on), so the sequences of
+    /// a ragged batch pass as their own segments to get the numbers they get alone, while
+    /// sharing each weight tile's pass through the cache.
+    pub fn matmul_segments(&self, x: &Q8KRows, segments: &[usize], out: &mut [f32]) -> Result<(), KernelError> {
+        if x.blocks_per_row * QK_K != self.cols
+            || out.len() != x.rows * self.rows
+            || segments.iter().sum::<usize>() != x.rows
+        {
             return Err(KernelError::Shape(format!(
-                "{}x{} activations against a {}x{} {:?} matrix",
+                "{}x{} activations in segments {segments:?} against a {}x{} {:?} matrix",
                 x.rows,
                 x.blocks_per_row * QK_K,
                 self.rows,
                 self.cols,
                 self.format
             )));
+        }
+        // (first row, rows, segment of 8 rows or more) for each group of at most 4 rows.
+        let mut groups = Vec::with_capacity(x.rows / 4 + segments.len());
+        let mut start = 0;
+        for &len in segments {
+            for r0 in (start..start + len).step_by(4) {
+                groups.push((r0, (start + len - r0).min(4), len >= 8));
+            }
+            start += len;
         }
         let (n, blocks) = (x.rows, x.blocks_per_row);
         if !self.tiled {
@@ -241,10 +263,9 @@ impl KMatrix {
                 for i in 0..TILE {
                     let o = t * TILE + i;
                     let row = &self.data[o * bytes..(o + 1) * bytes];
-                    for r0 in (0..n).step_by(4) {
-                        let k = (n - r0).min(4);
+                    for &(r0, k, repacked) in &groups {
                         let mut values = [0f32; 4];
-                        run_row(self.format, row, blocks, x, r0, k, &mut values);
+                        run_row(self.format, row, blocks, x, r0, k, repacked, &mut values);
                         for (j, v) in values.iter().enumerate().take(k) {
                             strip.row(r0 + j)[i] = *v;
                         }
@@ -258,9 +279,8 @@ impl KMatrix {
         let tile = |t: usize, strip: &mut crate::threads::Strip<'_>| {
             let tiles = &self.data[t * blocks * tb..(t + 1) * blocks * tb];
             let mut buf = [0f32; 4 * TILE];
-            for r0 in (0..n).step_by(4) {
-                let k = (n - r0).min(4);
-                run_tile(self.format, tiles, blocks, x, r0, k, &mut buf);
+            for &(r0, k, repacked) in &groups {
+                run_tile(self.format, tiles, blocks, x, r0, k, repacked, &mut buf);
                 for j in 0..k {
                     strip.row(r0 + j).copy_from_slice(&buf[j * TILE..(j + 1) * TILE]);
                 }
@@ -272,12 +292,21 @@ impl KMatrix {
 }
 
 /// One weight row (GGUF blocks) against activation rows `r0..r0 + k` into `out[..k]`.
-fn run_row(format: KFormat, row: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k: usize, out: &mut [f32; 4]) {
+/// `repacked`: the rows belong to a segment of 8 or more (Q6_K's kernel changes there).
+#[allow(clippy::too_many_arguments)]
+fn run_row(
+    format: KFormat,
+    row: &[u8],
+    blocks: usize,
+    x: &Q8KRows,
+    r0: usize,
+    k: usize,
+    repacked: bool,
+    out: &mut [f32; 4],
+) {
     assert!(row.len() == blocks * format.block_bytes() && x.blocks_per_row == blocks && r0 + k <= x.rows);
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     {
-        // Q6_K's float order changes with the batch (see `avx512::q6k`).
-        let repacked = x.rows >= 8;
         // SAFETY: the build has AVX2 and FMA; the assert bounds every load (a row of
         // `blocks` blocks, activation rows r0..r0+k of `blocks` blocks each).
         let values: &[f32] = unsafe {
@@ -300,14 +329,23 @@ fn run_row(format: KFormat, row: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
     {
-        let _ = (out, r0);
+        let _ = (out, r0, repacked);
         unreachable!("row-major K-quant matrices are only built where the AVX2 kernels are");
     }
 }
 
 /// One tile against activation rows `r0..r0 + k` into `out` (`k` rows of 16).
 #[allow(clippy::too_many_arguments)]
-fn run_tile(format: KFormat, tiles: &[u8], blocks: usize, x: &Q8KRows, r0: usize, k: usize, out: &mut [f32; 4 * TILE]) {
+fn run_tile(
+    format: KFormat,
+    tiles: &[u8],
+    blocks: usize,
+    x: &Q8KRows,
+    r0: usize,
+    k: usize,
+    repacked: bool,
+    out: &mut [f32; 4 * TILE],
+) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `KMatrix::new` builds tiles only where `tiles::available` holds; `tiles` holds
     // `blocks` tile-blocks and `x` rows r0..r0+k of `blocks` blocks each.
@@ -318,15 +356,15 @@ fn run_tile(format: KFormat, tiles: &[u8], blocks: usize, x: &Q8KRows, r0: usize
             (KFormat::Q4K, 2) => avx512::q4k::<2>(tiles, blocks, x, r0, out),
             (KFormat::Q4K, 3) => avx512::q4k::<3>(tiles, blocks, x, r0, out),
             (KFormat::Q4K, _) => avx512::q4k::<4>(tiles, blocks, x, r0, out),
-            (KFormat::Q6K, 1) => avx512::q6k::<1>(tiles, blocks, x, r0, out),
-            (KFormat::Q6K, 2) => avx512::q6k::<2>(tiles, blocks, x, r0, out),
-            (KFormat::Q6K, 3) => avx512::q6k::<3>(tiles, blocks, x, r0, out),
-            (KFormat::Q6K, _) => avx512::q6k::<4>(tiles, blocks, x, r0, out),
+            (KFormat::Q6K, 1) => avx512::q6k::<1>(tiles, blocks, x, r0, repacked, out),
+            (KFormat::Q6K, 2) => avx512::q6k::<2>(tiles, blocks, x, r0, repacked, out),
+            (KFormat::Q6K, 3) => avx512::q6k::<3>(tiles, blocks, x, r0, repacked, out),
+            (KFormat::Q6K, _) => avx512::q6k::<4>(tiles, blocks, x, r0, repacked, out),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (format, tiles, blocks, x, r0, k, out);
+        let _ = (format, tiles, blocks, x, r0, k, repacked, out);
         unreachable!("K-quant tiles are only built where the tiled kernel runs");
     }
 }
@@ -465,11 +503,12 @@ mod avx512 {
         blocks: usize,
         x: &Q8KRows,
         r0: usize,
+        repacked: bool,
         out: &mut [f32; 4 * TILE],
     ) {
         // SAFETY: as in `q4k`.
         unsafe {
-            let sums = if x.rows >= 8 {
+            let sums = if repacked {
                 q6k_sums::<K, true>(tiles, blocks, x, r0)
             } else {
                 q6k_sums::<K, false>(tiles, blocks, x, r0)
@@ -805,6 +844,41 @@ mod tests {
     /// the build has AVX2.
     fn layouts() -> Vec<bool> {
         [true, false].into_iter().filter(|&tiled| if tiled { crate::tiles::available() } else { ROW_MAJOR }).collect()
+    }
+
+    /// A ragged batch's segments get, bit for bit, what each segment gets on its own (the
+    /// row-count-dependent orders included: Q4_K's groups of 4, Q6_K from 8 rows on).
+    #[test]
+    fn segments_compute_as_they_would_alone() {
+        if !available() {
+            return;
+        }
+        for (format, tiled) in
+            [KFormat::Q4K, KFormat::Q6K].into_iter().flat_map(|f| layouts().into_iter().map(move |t| (f, t)))
+        {
+            let (rows, cols) = (32, 512);
+            let m = KMatrix::with_layout(format, rows, cols, &blocks(format, rows, cols), tiled)
+                .expect("shape")
+                .expect("layout");
+            let segments = [1, 9, 1, 3, 5, 1, 8];
+            let n: usize = segments.iter().sum();
+            let x: Vec<f32> = bytes(n * cols, 7).iter().map(|&b| (f32::from(b) - 127.5) / 40.0).collect();
+            let mut batched = vec![0f32; n * rows];
+            m.matmul_segments(&Q8KRows::quantize(&x, cols).expect("quantize"), &segments, &mut batched)
+                .expect("batched product");
+            let mut start = 0;
+            for len in segments {
+                let alone_x = Q8KRows::quantize(&x[start * cols..(start + len) * cols], cols).expect("quantize");
+                let mut alone = vec![0f32; len * rows];
+                m.matmul(&alone_x, &mut alone).expect("product");
+                let got = &batched[start * rows..(start + len) * rows];
+                assert!(
+                    got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{format:?} tiled {tiled}: segment of {len} at row {start}"
+                );
+                start += len;
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod auth;
 mod authoring;
+mod batching;
 mod cli;
 mod gguf_device;
 mod gguf_from_mlx;

@@ -82,7 +82,7 @@ async fn the_gateway_gauges_follow_the_load() {
         "# TYPE vllm:kv_cache_usage_perc gauge",
         "# TYPE vllm:cache_config_info gauge",
         "vllm:num_requests_waiting{model_name=\"smollm2-135m-q4_1\"} 0",
-        "vllm:cache_config_info{block_size=\"1\",num_gpu_blocks=\"8192\",model_name=\"smollm2-135m-q4_1\"} 1",
+        "vllm:cache_config_info{block_size=\"1\",num_gpu_blocks=\"65536\",model_name=\"smollm2-135m-q4_1\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }

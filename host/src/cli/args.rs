@@ -223,6 +223,13 @@ pub(crate) struct ServeArgs {
     /// Requests generating or queued at once; more get 503 with Retry-After.
     #[arg(long, default_value_t = 16)]
     pub(crate) max_concurrent_requests: usize,
+    /// Sequences generating together in one batch; more admitted requests wait their turn.
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) max_running_requests: usize,
+    /// Prompt tokens run per scheduler step (prompts longer than this are prefilled in
+    /// chunks of it while the other sequences keep decoding).
+    #[arg(long, default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) max_batch_tokens: usize,
     /// `max_tokens` for requests that give none.
     #[arg(long, default_value_t = 1024)]
     pub(crate) max_tokens: usize,

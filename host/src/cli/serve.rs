@@ -16,7 +16,7 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
     use rapid_host::engine::Engine;
     use rapid_host::server::ServerLimits;
     use rapid_host::server::metrics::Metrics;
-    use rapid_host::server::run::Runner;
+    use rapid_host::server::run::{BatchLimits, Runner};
 
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("cannot set threads")?;
@@ -94,13 +94,19 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
         max_concurrent_requests: args.max_concurrent_requests,
         default_max_tokens: args.max_tokens,
     };
+    let batch = BatchLimits { max_running: args.max_running_requests, max_batch_tokens: args.max_batch_tokens };
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let metrics = Arc::new(Metrics::default());
     let state = AppState {
         model: resolved.clone(),
         created,
         plugins: Arc::clone(&hub),
-        runner: Arc::new(Runner::new(Arc::clone(&engine), limits.max_concurrent_requests, Arc::clone(&metrics))),
+        runner: Arc::new(Runner::with_batching(
+            Arc::clone(&engine),
+            limits.max_concurrent_requests,
+            Arc::clone(&metrics),
+            batch,
+        )),
         engine,
         tool_parser: tool_parser.clone(),
         reasoning_parser: reasoning_parser.clone(),
@@ -111,6 +117,12 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
     for note in &resolved.notes {
         eprintln!("  note     {note}");
     }
+    eprintln!(
+        "  batching up to {} sequences, {} prompt tokens per step{}",
+        batch.max_running,
+        batch.max_batch_tokens,
+        if state.engine.model.batches() { "" } else { " (this architecture runs them one after another)" }
+    );
     eprintln!(
         "  parsers  tool calls: {}, reasoning: {}",
         tool_parser.as_deref().unwrap_or("none"),

@@ -1,15 +1,20 @@
-//! The token loop: prefill, sample, detokenize, stop strings, streaming, cancellation.
+//! Live sequences and the step that advances them: prefill in chunks, sample, detokenize,
+//! stop strings, logprobs, streaming, cancellation. [`step`] runs one forward over a ragged
+//! batch of sequences (the server's scheduler calls it in a loop); [`generate`] is a batch of
+//! one through the same step.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use super::constraint::Constraint;
+use super::models::SeqInput;
 use super::sampling::{Sampler, SamplingParams, log_softmax};
 use super::tokenizer::Detokenizer;
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, KvCache};
 
-/// Prompt tokens processed per forward pass during prefill.
-const PREFILL_CHUNK: usize = 512;
+/// Prompt tokens one step runs by default (`serve --max-batch-tokens`): the size of a
+/// prompt's chunks, alone or in a batch.
+pub const DEFAULT_BATCH_TOKENS: usize = 512;
 
 #[derive(Debug, Clone, Default)]
 pub struct GenerationRequest {
@@ -111,109 +116,317 @@ fn compute_pool() -> Option<&'static rayon::ThreadPool> {
 
 /// Runs `request` on `engine`, calling `on_event` as text arrives. Returning
 /// `ControlFlow::Break` cancels. Always ends with one `Done` event unless it errors.
+///
+/// A batch of one through the scheduler's own step ([`step`]), so a request alone runs the
+/// same code, chunks and arithmetic as in a served batch.
 pub fn generate(
     engine: &Engine,
     request: &GenerationRequest,
     on_event: impl FnMut(GenerationEvent) -> ControlFlow<()> + Send,
 ) -> Result<(), EngineError> {
+    let run = || {
+        let mut batch = vec![Sequence::new(engine, request.clone(), Box::new(on_event))?];
+        while !batch[0].is_finished() {
+            step(engine, &mut batch, DEFAULT_BATCH_TOKENS)?;
+        }
+        batch[0].take_error().map_or(Ok(()), Err)
+    };
     match compute_pool() {
-        Some(pool) => pool.install(|| generate_here(engine, request, on_event)),
-        None => generate_here(engine, request, on_event),
+        Some(pool) => pool.install(run),
+        None => run(),
     }
 }
 
-fn generate_here(
-    engine: &Engine,
-    request: &GenerationRequest,
-    mut on_event: impl FnMut(GenerationEvent) -> ControlFlow<()>,
-) -> Result<(), EngineError> {
-    let context = engine.context_length();
-    let prompt = &request.prompt_tokens;
-    if prompt.is_empty() {
-        return Err(EngineError::Tokenizer(String::from("the prompt is empty")));
+/// Runs `work` where the scheduler's forwards run: on [`compute_pool`] when there is one.
+pub fn in_compute_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    match compute_pool() {
+        Some(pool) => pool.install(work),
+        None => work(),
     }
-    if prompt.len() >= context {
-        return Err(EngineError::PromptTooLong { prompt: prompt.len(), context });
-    }
-    let mut sampler = Sampler::new(request.sampling.clone());
-    for &t in prompt {
-        sampler.observe(t);
-    }
-    let mut cache = engine.model.new_cache();
-    let started = Instant::now();
-    let mut logits = None;
-    for chunk in prompt.chunks(PREFILL_CHUNK) {
-        logits = Some(engine.model.forward(chunk, &mut cache)?);
-    }
-    let mut logits: Vec<f32> = match logits {
-        Some(l) => l.to_vec1()?,
-        None => return Err(EngineError::Tokenizer(String::from("the prompt is empty"))),
-    };
-    let prefill = started.elapsed();
-    let decode_start = Instant::now();
+}
 
-    let mut usage = Usage { prompt_tokens: prompt.len(), completion_tokens: 0 };
-    let mut detok = Detokenizer::default();
-    let mut pending = String::new();
-    let mut finish = FinishReason::Length;
-    let mut logprobs = Vec::new();
-    let max_tokens = request.max_tokens.min(context - prompt.len());
-    let mut constraint = request.constraint.clone();
-    while usage.completion_tokens < max_tokens {
-        if let Some(constraint) = &mut constraint {
-            if constraint.is_finished() {
-                finish = FinishReason::Stop;
-                break;
+/// Where a sequence's events go; `Break` means its consumer left.
+pub type EventSink<'a> = Box<dyn FnMut(GenerationEvent) -> ControlFlow<()> + Send + 'a>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Prompt tokens still to run.
+    Prefill,
+    /// One sampled token to run per step.
+    Decode,
+    Finished,
+}
+
+/// One live sequence: its request, cache, sampler, grammar, detokenizer, stop-string
+/// window and logprobs, stepped by [`step`] alone or with others.
+pub struct Sequence<'a> {
+    request: GenerationRequest,
+    sink: EventSink<'a>,
+    cache: KvCache,
+    sampler: Sampler,
+    constraint: Option<Constraint>,
+    detok: Detokenizer,
+    pending: String,
+    logprobs: Vec<TokenLogprob>,
+    usage: Usage,
+    max_tokens: usize,
+    /// Prompt tokens in the cache.
+    fed: usize,
+    /// The token sampled last: the next step's input.
+    last: [u32; 1],
+    phase: Phase,
+    error: Option<EngineError>,
+    started: Option<Instant>,
+    prefill: Duration,
+    decode_start: Option<Instant>,
+}
+
+impl std::fmt::Debug for Sequence<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequence")
+            .field("prompt", &self.request.prompt_tokens.len())
+            .field("fed", &self.fed)
+            .field("usage", &self.usage)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Sequence<'a> {
+    /// A sequence for `request`, its events into `sink`; refuses an empty prompt or one the
+    /// context cannot hold.
+    pub fn new(engine: &Engine, request: GenerationRequest, sink: EventSink<'a>) -> Result<Self, EngineError> {
+        let context = engine.context_length();
+        let prompt = &request.prompt_tokens;
+        if prompt.is_empty() {
+            return Err(EngineError::Tokenizer(String::from("the prompt is empty")));
+        }
+        if prompt.len() >= context {
+            return Err(EngineError::PromptTooLong { prompt: prompt.len(), context });
+        }
+        let mut sampler = Sampler::new(request.sampling.clone());
+        for &t in prompt {
+            sampler.observe(t);
+        }
+        Ok(Self {
+            max_tokens: request.max_tokens.min(context - prompt.len()),
+            usage: Usage { prompt_tokens: prompt.len(), completion_tokens: 0 },
+            constraint: request.constraint.clone(),
+            cache: engine.model.new_cache(),
+            sampler,
+            request,
+            sink,
+            detok: Detokenizer::default(),
+            pending: String::new(),
+            logprobs: Vec::new(),
+            fed: 0,
+            last: [0],
+            phase: Phase::Prefill,
+            error: None,
+            started: None,
+            prefill: Duration::ZERO,
+            decode_start: None,
+        })
+    }
+
+    /// Done: finished, cancelled or failed.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// Whether the prompt is still being run.
+    pub fn is_prefilling(&self) -> bool {
+        self.phase == Phase::Prefill
+    }
+
+    /// Why the sequence failed, once.
+    pub fn take_error(&mut self) -> Option<EngineError> {
+        self.error.take()
+    }
+
+    /// Positions held in the sequence's KV cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn request(&self) -> &GenerationRequest {
+        &self.request
+    }
+
+    /// Ends the sequence now (its consumer left): `Done` with [`FinishReason::Cancelled`].
+    pub fn cancel(&mut self) {
+        if !self.is_finished() {
+            self.finish(FinishReason::Cancelled);
+        }
+    }
+
+    /// Ends the sequence with `error` (no `Done`: the caller reports the error).
+    pub fn fail(&mut self, error: EngineError) {
+        self.error = Some(error);
+        self.phase = Phase::Finished;
+    }
+
+    /// Rows this sequence would run in a step with `chunk` prompt tokens per step.
+    fn wants(&self, chunk: usize) -> usize {
+        match self.phase {
+            Phase::Prefill => (self.request.prompt_tokens.len() - self.fed).min(chunk.max(1)),
+            Phase::Decode => 1,
+            Phase::Finished => 0,
+        }
+    }
+
+    /// After a forward ran `rows` of this sequence's tokens: the last one's `logits`.
+    fn ran(&mut self, engine: &Engine, rows: usize, mut logits: Vec<f32>) {
+        if self.phase == Phase::Prefill {
+            self.fed += rows;
+            if self.fed < self.request.prompt_tokens.len() {
+                return;
             }
-            constraint.mask(&mut logits)?;
+            self.prefill = self.started.map_or(Duration::ZERO, |s| s.elapsed());
+            self.decode_start = Some(Instant::now());
+            self.phase = Phase::Decode;
         }
-        sampler.penalize(&mut logits);
-        let token = sampler.sample(&logits);
-        usage.completion_tokens += 1;
-        if let Some(top_n) = request.logprobs {
-            logprobs.push(token_logprob(engine, &logits, token, top_n));
+        if let Err(e) = self.next_token(engine, &mut logits) {
+            self.fail(e);
         }
-        if !request.ignore_eos && engine.tokenizer.stop_ids.contains(&token) {
-            finish = FinishReason::Stop;
-            break;
+    }
+
+    /// Samples from `logits`, emits what text is ready, and ends the sequence where it ends.
+    fn next_token(&mut self, engine: &Engine, logits: &mut [f32]) -> Result<(), EngineError> {
+        if self.usage.completion_tokens >= self.max_tokens {
+            self.finish(FinishReason::Length);
+            return Ok(());
         }
-        if let Some(constraint) = &mut constraint {
+        if let Some(constraint) = &mut self.constraint {
+            if constraint.is_finished() {
+                self.finish(FinishReason::Stop);
+                return Ok(());
+            }
+            constraint.mask(logits)?;
+        }
+        self.sampler.penalize(logits);
+        let token = self.sampler.sample(logits);
+        self.usage.completion_tokens += 1;
+        if let Some(top_n) = self.request.logprobs {
+            self.logprobs.push(token_logprob(engine, logits, token, top_n));
+        }
+        if !self.request.ignore_eos && engine.tokenizer.stop_ids.contains(&token) {
+            self.finish(FinishReason::Stop);
+            return Ok(());
+        }
+        if let Some(constraint) = &mut self.constraint {
             constraint.accept(token)?;
         }
-        sampler.observe(token);
-        pending.push_str(&detok.push(&engine.tokenizer, token)?);
-        if let Some((at, which)) = find_stop(&pending, &request.stop) {
-            pending.truncate(at);
-            finish = FinishReason::StopSequence(which);
-            break;
+        self.sampler.observe(token);
+        self.pending.push_str(&self.detok.push(&engine.tokenizer, token)?);
+        if let Some((at, which)) = find_stop(&self.pending, &self.request.stop) {
+            self.pending.truncate(at);
+            self.finish(FinishReason::StopSequence(which));
+            return Ok(());
         }
-        let keep = held_back(&pending, &request.stop);
-        let ready: String = pending.drain(..pending.len() - keep).collect();
-        if on_event(GenerationEvent::Text { text: ready, logprobs: std::mem::take(&mut logprobs) }).is_break() {
-            finish = FinishReason::Cancelled;
-            break;
+        let keep = held_back(&self.pending, &self.request.stop);
+        let ready: String = self.pending.drain(..self.pending.len() - keep).collect();
+        let event = GenerationEvent::Text { text: ready, logprobs: std::mem::take(&mut self.logprobs) };
+        if (self.sink)(event).is_break() {
+            self.finish(FinishReason::Cancelled);
+            return Ok(());
         }
-        if usage.completion_tokens == max_tokens {
-            break;
+        if self.usage.completion_tokens == self.max_tokens {
+            self.finish_with(engine, FinishReason::Length)?;
+            return Ok(());
         }
-        logits = engine.model.forward(&[token], &mut cache)?.to_vec1()?;
+        self.last = [token];
+        Ok(())
     }
-    if finish != FinishReason::Cancelled {
+
+    /// [`Self::finish`], first flushing the detokenizer when the length ran out.
+    fn finish_with(&mut self, engine: &Engine, mut finish: FinishReason) -> Result<(), EngineError> {
         if finish == FinishReason::Length {
-            pending.push_str(&detok.finish(&engine.tokenizer)?);
-            if let Some((at, which)) = find_stop(&pending, &request.stop) {
-                pending.truncate(at);
+            self.pending.push_str(&self.detok.finish(&engine.tokenizer)?);
+            if let Some((at, which)) = find_stop(&self.pending, &self.request.stop) {
+                self.pending.truncate(at);
                 finish = FinishReason::StopSequence(which);
             }
         }
-        if !pending.is_empty() || !logprobs.is_empty() {
-            let _ = on_event(GenerationEvent::Text { text: pending, logprobs });
+        self.finish(finish);
+        Ok(())
+    }
+
+    /// Emits the held-back text (unless cancelled) and `Done`.
+    fn finish(&mut self, finish: FinishReason) {
+        if finish != FinishReason::Cancelled && (!self.pending.is_empty() || !self.logprobs.is_empty()) {
+            let text = std::mem::take(&mut self.pending);
+            let _ = (self.sink)(GenerationEvent::Text { text, logprobs: std::mem::take(&mut self.logprobs) });
+        }
+        let timings =
+            Timings { prefill: self.prefill, decode: self.decode_start.map_or(Duration::ZERO, |s| s.elapsed()) };
+        let usage = self.usage;
+        let report = TimingsReport { prefill_tps: timings.prefill_tps(&usage), decode_tps: timings.decode_tps(&usage) };
+        let _ = (self.sink)(GenerationEvent::Done { finish, usage, timings: report });
+        self.phase = Phase::Finished;
+    }
+}
+
+/// What one step ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Sequences in the forward.
+    pub sequences: usize,
+    /// Rows (tokens) in the forward.
+    pub tokens: usize,
+}
+
+/// One step of the unfinished sequences in `batch` (in order of arrival): one forward over
+/// the next token of every decoding sequence and chunks of prompts, then each sequence
+/// samples from its logits. Prompts run in chunks of `chunk` tokens cut from their start
+/// (the same cuts alone and in any batch), as many chunks per step as fit in `chunk` rows
+/// (at least one); decoding sequences add one row each.
+///
+/// A sequence that fails (its grammar, its detokenizer) ends with its error; a forward that
+/// fails is returned, and the sequences in it are not advanced.
+pub fn step(engine: &Engine, batch: &mut [Sequence<'_>], chunk: usize) -> Result<StepReport, EngineError> {
+    let mut prompt_rows = 0;
+    let mut rows = Vec::with_capacity(batch.len());
+    for seq in batch.iter() {
+        let want = seq.wants(chunk);
+        let take = match seq.phase {
+            Phase::Prefill if prompt_rows > 0 && prompt_rows + want > chunk => 0,
+            Phase::Prefill => {
+                prompt_rows += want;
+                want
+            }
+            _ => want,
+        };
+        rows.push(take);
+    }
+    let mut inputs = Vec::with_capacity(batch.len());
+    let now = Instant::now();
+    for (seq, &n) in batch.iter_mut().zip(&rows) {
+        if n == 0 {
+            continue;
+        }
+        let Sequence { request, cache, last, fed, phase, started, .. } = seq;
+        started.get_or_insert(now);
+        let tokens = if *phase == Phase::Prefill { &request.prompt_tokens[*fed..*fed + n] } else { &last[..] };
+        inputs.push(SeqInput { tokens, cache });
+    }
+    let report = StepReport { sequences: inputs.len(), tokens: rows.iter().sum() };
+    if inputs.is_empty() {
+        return Ok(report);
+    }
+    let logits = engine.model.forward_batch(&mut inputs)?;
+    drop(inputs);
+    let mut logits = logits.into_iter();
+    for (seq, &n) in batch.iter_mut().zip(&rows) {
+        if n == 0 {
+            continue;
+        }
+        match logits.next() {
+            Some(l) => seq.ran(engine, n, l),
+            None => seq.fail(EngineError::Candle(candle_core::Error::Msg(String::from("a forward lost a sequence")))),
         }
     }
-    let timings = Timings { prefill, decode: decode_start.elapsed() };
-    let report = TimingsReport { prefill_tps: timings.prefill_tps(&usage), decode_tps: timings.decode_tps(&usage) };
-    let _ = on_event(GenerationEvent::Done { finish, usage, timings: report });
-    Ok(())
+    Ok(report)
 }
 
 fn token_logprob(engine: &Engine, logits: &[f32], token: u32, top_n: usize) -> TokenLogprob {
@@ -236,7 +449,6 @@ fn token_logprob(engine: &Engine, logits: &[f32], token: u32, top_n: usize) -> T
     }
 }
 
-/// Byte offset of the earliest stop string in `text`.
 /// The earliest stop string in `text`: where it starts, and which one it is.
 fn find_stop(text: &str, stops: &[String]) -> Option<(usize, usize)> {
     stops.iter().enumerate().filter(|(_, s)| !s.is_empty()).filter_map(|(i, s)| Some((text.find(s.as_str())?, i))).min()

@@ -4,10 +4,12 @@
 //! - [`tokenizer`]: a `tokenizers::Tokenizer` built from GGUF metadata, and incremental
 //!   detokenization that never splits a UTF-8 character.
 //! - [`template`]: the model's Jinja chat template (or a built-in one) via minijinja.
-//! - [`models`]: one file per architecture, `forward(tokens, cache)`.
+//! - [`models`]: one file per GGUF family mapping its metadata onto the shared decoder
+//!   skeleton ([`models::decoder`]), `forward_batch` over a ragged batch of sequences.
 //! - [`kv_cache`]: per-sequence keys and values, outside the model layers.
 //! - [`sampling`]: temperature, top-k/p, min-p, penalties, seed.
-//! - [`generate`]: the token loop, stop strings, streaming events, cancellation.
+//! - [`generate`]: a live sequence (sampling, grammar, stop strings, streaming events,
+//!   cancellation) and the scheduler's step: one forward over many sequences.
 
 pub mod constraint;
 pub mod generate;

@@ -47,6 +47,10 @@ pub struct CompletionRequest {
     /// Number of alternatives per token (0-5); absent means none.
     pub logprobs: Option<usize>,
     pub suffix: Option<String>,
+    /// Generate `max_tokens` whatever the model says (vLLM's and llama-server's extension;
+    /// benchmarks use it).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 struct Job {
@@ -105,7 +109,7 @@ fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Vec<Job>, AppErr
                     sampling: sampling.clone(),
                     stop: req.stop.clone().map(Stop::into_vec).unwrap_or_default(),
                     logprobs: req.logprobs,
-                    ignore_eos: false,
+                    ignore_eos: req.ignore_eos,
                     constraint: None,
                 },
             })

@@ -24,11 +24,31 @@ struct HistogramState {
     counts: Vec<u64>,
     sum: f64,
     count: u64,
+    max: f64,
 }
 
 impl Histogram {
     pub const fn new(bounds: &'static [f64]) -> Self {
-        Self { bounds, state: Mutex::new(HistogramState { counts: Vec::new(), sum: 0.0, count: 0 }) }
+        Self { bounds, state: Mutex::new(HistogramState { counts: Vec::new(), sum: 0.0, count: 0, max: 0.0 }) }
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.state.lock().map_or(0, |s| s.count)
+    }
+
+    /// The largest observation so far (0 before any).
+    pub fn max_observed(&self) -> f64 {
+        self.state.lock().map_or(0.0, |s| s.max)
+    }
+
+    /// Observations in `(low, high]`, two of the bucket bounds.
+    pub fn count_between(&self, low: f64, high: f64) -> u64 {
+        let s = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        let at = |bound: f64| {
+            self.bounds.iter().position(|b| *b == bound).and_then(|i| s.counts.get(i).copied()).unwrap_or(0)
+        };
+        at(high).saturating_sub(at(low))
     }
 
     pub fn observe(&self, value: f64) {
@@ -43,6 +63,7 @@ impl Histogram {
             }
             s.sum += value;
             s.count += 1;
+            s.max = s.max.max(value);
         }
     }
 
@@ -115,6 +136,8 @@ fn label(value: &str) -> String {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0];
+const BATCH_TOKENS_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0];
 const PER_TOKEN_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28];
 
 #[derive(Debug)]
@@ -132,6 +155,10 @@ pub struct Metrics {
     /// From the first generated token to the last.
     pub decode_time: Histogram,
     pub time_per_output_token: Histogram,
+    /// Sequences per scheduler step (one forward).
+    pub batch_size: Histogram,
+    /// Tokens (rows) per scheduler step: one per decoding sequence plus prompt chunks.
+    pub batch_tokens: Histogram,
 }
 
 impl Default for Metrics {
@@ -148,6 +175,8 @@ impl Default for Metrics {
             time_to_first_token: Histogram::new(LATENCY_BUCKETS),
             decode_time: Histogram::new(LATENCY_BUCKETS),
             time_per_output_token: Histogram::new(PER_TOKEN_BUCKETS),
+            batch_size: Histogram::new(BATCH_SIZE_BUCKETS),
+            batch_tokens: Histogram::new(BATCH_TOKENS_BUCKETS),
         }
     }
 }
@@ -190,6 +219,12 @@ pub async fn render(State(state): State<Arc<AppState>>) -> String {
         state.runner.in_flight()
     ));
     render_load(&state, &mut out);
+    m.batch_size.render("rapid_host_batch_size", "Sequences per scheduler step (one forward pass).", &mut out);
+    m.batch_tokens.render(
+        "rapid_host_batch_tokens",
+        "Tokens per scheduler step: one per decoding sequence plus prompt chunks.",
+        &mut out,
+    );
     m.time_to_first_token.render(
         "rapid_host_time_to_first_token_seconds",
         "Admission (queue wait included) to the first generated token.",
@@ -237,9 +272,10 @@ fn render_load(state: &AppState, out: &mut String) {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model_name=\"{model}\"}} {value}\n"));
     }
     // Each live sequence has a KV cache of its own that grows a position at a time, so a
-    // block is one token and the capacity is one context window (what kv_cache_usage() divides
-    // by). The endpoint picker raises block sizes below its minimum to that minimum.
-    let blocks = state.engine.context_length();
+    // block is one token and the capacity is a context window per sequence the batch holds
+    // (what kv_cache_usage() divides by). The endpoint picker raises block sizes below its
+    // minimum to that minimum.
+    let blocks = runner.kv_capacity_tokens();
     out.push_str(&format!(
         "# HELP vllm:cache_config_info Information of the KV-cache layout (block size in tokens, blocks).\n\
          # TYPE vllm:cache_config_info gauge\n\

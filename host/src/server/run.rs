@@ -1,6 +1,14 @@
-//! Runs generations on the blocking thread pool, one at a time on the engine, with a cap on
-//! how many requests may be generating or waiting. Dropping the receiver cancels.
+//! The scheduler: one thread owns every live sequence and runs one forward per step over a
+//! ragged batch of them (the next token of each decoding sequence plus chunks of prompts,
+//! [`crate::engine::generate::step`]). Requests are admitted up to
+//! `--max-concurrent-requests` (more get 503); up to `--max-running-requests` of them are in
+//! the batch, the rest wait first come, first served. Sequences join and leave between
+//! steps; a request whose receiver is dropped leaves at the next step.
+//!
+//! Request tasks do templates, tokenizing, grammar compilation and output parsing; the
+//! scheduler thread only steps sequences.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::AppError;
 use super::metrics::Metrics;
-use crate::engine::generate::generate;
+use crate::engine::generate::{DEFAULT_BATCH_TOKENS, EventSink, Sequence, in_compute_pool, step};
 use crate::engine::{Engine, GenerationEvent, GenerationRequest};
 
 #[derive(Debug)]
@@ -19,55 +27,108 @@ pub enum RunEvent {
     Failed(String),
 }
 
+/// How the scheduler batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Sequences in the batch at once (`--max-running-requests`).
+    pub max_running: usize,
+    /// Prompt tokens per step, and the size of a prompt's chunks (`--max-batch-tokens`).
+    pub max_batch_tokens: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self { max_running: 8, max_batch_tokens: DEFAULT_BATCH_TOKENS }
+    }
+}
+
+/// The numbers the scheduler publishes after each step.
+#[derive(Debug, Default)]
+struct Gauges {
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    cached_tokens: AtomicUsize,
+}
+
+/// A request handed to the scheduler.
+struct Job {
+    request: GenerationRequest,
+    tx: mpsc::Sender<RunEvent>,
+    admission: Admission,
+}
+
 #[derive(Debug)]
 pub struct Runner {
     engine: Arc<Engine>,
     slots: Arc<Semaphore>,
     limit: usize,
-    /// The engine runs one sequence at a time until continuous batching lands.
-    busy: std::sync::Mutex<()>,
+    batch: BatchLimits,
     in_flight: Arc<AtomicUsize>,
-    /// Sequences generating right now (the rest of `in_flight` waits).
-    running: AtomicUsize,
-    /// Positions the live sequences hold in their KV caches.
-    cached_tokens: AtomicUsize,
-    metrics: Arc<Metrics>,
+    gauges: Arc<Gauges>,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("prompt", &self.request.prompt_tokens.len()).finish_non_exhaustive()
+    }
 }
 
 impl Runner {
+    /// A runner with the default batch limits (8 running, 512 prompt tokens per step).
     pub fn new(engine: Arc<Engine>, limit: usize, metrics: Arc<Metrics>) -> Self {
+        Self::with_batching(engine, limit, metrics, BatchLimits::default())
+    }
+
+    /// Starts the scheduler thread; it ends when the runner is dropped.
+    pub fn with_batching(engine: Arc<Engine>, limit: usize, metrics: Arc<Metrics>, batch: BatchLimits) -> Self {
+        let batch =
+            BatchLimits { max_running: batch.max_running.max(1), max_batch_tokens: batch.max_batch_tokens.max(1) };
+        let gauges = Arc::new(Gauges::default());
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let scheduler = Scheduler { engine: Arc::clone(&engine), batch, gauges: Arc::clone(&gauges), metrics };
+        let spawned = std::thread::Builder::new().name(String::from("scheduler")).spawn(move || scheduler.run(queue));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the scheduler thread: {e}");
+        }
         Self {
-            metrics,
             engine,
             slots: Arc::new(Semaphore::new(limit.max(1))),
             limit: limit.max(1),
-            busy: std::sync::Mutex::new(()),
+            batch,
             in_flight: Arc::new(AtomicUsize::new(0)),
-            running: AtomicUsize::new(0),
-            cached_tokens: AtomicUsize::new(0),
+            gauges,
+            jobs,
         }
     }
 
-    /// Requests generating or queued right now.
+    /// Requests generating or queued right now (those being prepared included).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Sequences generating right now.
+    /// Sequences in the scheduler's batch.
     pub fn running(&self) -> usize {
-        self.running.load(Ordering::Relaxed)
+        self.gauges.running.load(Ordering::Relaxed)
     }
 
-    /// Requests admitted but not yet generating.
+    /// Requests handed to the scheduler and waiting for a place in the batch.
     pub fn waiting(&self) -> usize {
-        self.in_flight().saturating_sub(self.running())
+        self.gauges.waiting.load(Ordering::Relaxed)
     }
 
-    /// The share (0..1) of the KV capacity the live sequences hold: one sequence of the
-    /// model's context length until batching lands.
+    /// The share (0..1) of the KV capacity the running sequences hold: positions cached
+    /// over `max_running` sequences of the model's context length (each sequence's cache
+    /// grows as it needs; this is the bound they grow towards).
     pub fn kv_cache_usage(&self) -> f64 {
-        let capacity = self.engine.context_length().max(1);
-        (self.cached_tokens.load(Ordering::Relaxed) as f64 / capacity as f64).min(1.0)
+        let capacity = self.kv_capacity_tokens().max(1);
+        (self.gauges.cached_tokens.load(Ordering::Relaxed) as f64 / capacity as f64).min(1.0)
+    }
+
+    /// The positions the running sequences' caches can grow to together: a context window
+    /// for each place in the batch.
+    pub fn kv_capacity_tokens(&self) -> usize {
+        self.engine.context_length() * self.batch.max_running
     }
 
     /// Takes a place among the requests generating or waiting, before the request is
@@ -93,60 +154,13 @@ impl Runner {
         admission: Admission,
         request: GenerationRequest,
     ) -> mpsc::Receiver<RunEvent> {
-        let (tx, rx) = mpsc::channel(256);
-        let runner = Arc::clone(self);
-        let admitted = admission.admitted;
-        tokio::task::spawn_blocking(move || {
-            let _admission = admission;
-            let result = {
-                let _turn = runner.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                // A client that left while queued is not worth a generation.
-                if tx.is_closed() {
-                    Ok(())
-                } else {
-                    if request.constraint.is_some() {
-                        Metrics::add(&runner.metrics.constrained, 1);
-                    }
-                    runner.running.fetch_add(1, Ordering::Relaxed);
-                    runner.cached_tokens.store(request.prompt_tokens.len(), Ordering::Relaxed);
-                    let mut first_token: Option<Instant> = None;
-                    let outcome = generate(&runner.engine, &request, |event| {
-                        if matches!(event, GenerationEvent::Text { .. }) {
-                            // One text event per sampled token.
-                            runner.cached_tokens.fetch_add(1, Ordering::Relaxed);
-                        }
-                        match &event {
-                            GenerationEvent::Text { .. } if first_token.is_none() => {
-                                first_token = Some(Instant::now());
-                                runner.metrics.time_to_first_token.observe(admitted.elapsed().as_secs_f64());
-                            }
-                            GenerationEvent::Done { usage, .. } => {
-                                if let Some(first) = first_token {
-                                    let decode = first.elapsed().as_secs_f64();
-                                    runner.metrics.decode_time.observe(decode);
-                                    if usage.completion_tokens > 1 {
-                                        let per_token = decode / (usage.completion_tokens - 1) as f64;
-                                        runner.metrics.time_per_output_token.observe(per_token);
-                                    }
-                                }
-                            }
-                            GenerationEvent::Text { .. } => {}
-                        }
-                        if tx.blocking_send(RunEvent::Event(event)).is_err() {
-                            ControlFlow::Break(())
-                        } else {
-                            ControlFlow::Continue(())
-                        }
-                    });
-                    runner.cached_tokens.store(0, Ordering::Relaxed);
-                    runner.running.fetch_sub(1, Ordering::Relaxed);
-                    outcome
-                }
-            };
-            if let Err(e) = result {
-                let _ = tx.blocking_send(RunEvent::Failed(e.to_string()));
-            }
-        });
+        // Room for every event the request can produce (one per token, a last text, `Done`,
+        // or one failure), so the scheduler never waits on a slow reader.
+        let events = request.max_tokens.min(self.engine.context_length()) + 3;
+        let (tx, rx) = mpsc::channel(events);
+        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(Job { request, tx, admission }) {
+            let _ = job.tx.try_send(RunEvent::Failed(String::from("the scheduler has stopped")));
+        }
         rx
     }
 }
@@ -163,4 +177,138 @@ impl Drop for Admission {
     fn drop(&mut self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A sequence in the batch and what it answers to.
+struct Live {
+    sequence: Sequence<'static>,
+    tx: mpsc::Sender<RunEvent>,
+    _admission: Admission,
+}
+
+/// The loop on the scheduler thread.
+struct Scheduler {
+    engine: Arc<Engine>,
+    batch: BatchLimits,
+    gauges: Arc<Gauges>,
+    metrics: Arc<Metrics>,
+}
+
+impl Scheduler {
+    fn run(self, queue: std::sync::mpsc::Receiver<Job>) {
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        let mut running: Vec<Live> = Vec::new();
+        loop {
+            if running.is_empty() && waiting.is_empty() {
+                // Idle: sleep until a request arrives (or the runner is gone).
+                match queue.recv() {
+                    Ok(job) => waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = queue.try_recv() {
+                waiting.push_back(job);
+            }
+            // Clients that left while waiting are not worth a generation.
+            waiting.retain(|job| !job.tx.is_closed());
+            while running.len() < self.batch.max_running {
+                let Some(job) = waiting.pop_front() else { break };
+                if let Some(live) = self.join(job) {
+                    running.push(live);
+                }
+            }
+            // Clients that left while running free their place now.
+            for live in running.iter_mut().filter(|l| l.tx.is_closed()) {
+                live.sequence.cancel();
+            }
+            running.retain(|l| !l.sequence.is_finished());
+            self.publish(&running, waiting.len());
+            if running.is_empty() {
+                continue;
+            }
+            let mut sequences: Vec<Sequence<'static>> = Vec::with_capacity(running.len());
+            let mut owners = Vec::with_capacity(running.len());
+            for live in running.drain(..) {
+                sequences.push(live.sequence);
+                owners.push((live.tx, live._admission));
+            }
+            // Each step, not the whole loop, runs on the compute pool: an idle scheduler must
+            // not hold one of its threads (other runners and `generate` calls share the pool).
+            let budget = self.batch.max_batch_tokens;
+            match in_compute_pool(|| step(&self.engine, &mut sequences, budget)) {
+                Ok(report) => {
+                    self.metrics.batch_size.observe(report.sequences as f64);
+                    self.metrics.batch_tokens.observe(report.tokens as f64);
+                }
+                Err(e) => {
+                    // The forward itself failed: every sequence in the batch fails with it.
+                    tracing::error!("batched forward failed: {e}");
+                    for (tx, _) in &owners {
+                        let _ = tx.try_send(RunEvent::Failed(e.to_string()));
+                    }
+                    self.publish(&running, waiting.len());
+                    continue;
+                }
+            }
+            for (mut sequence, (tx, admission)) in sequences.into_iter().zip(owners) {
+                if let Some(e) = sequence.take_error() {
+                    let _ = tx.try_send(RunEvent::Failed(e.to_string()));
+                    continue;
+                }
+                if !sequence.is_finished() {
+                    running.push(Live { sequence, tx, _admission: admission });
+                }
+            }
+            self.publish(&running, waiting.len());
+        }
+    }
+
+    /// The sequence for `job`, its events going to the job's channel with the latency
+    /// metrics on the way; `None` (after telling the client) when the request is refused.
+    fn join(&self, job: Job) -> Option<Live> {
+        let Job { request, tx, admission } = job;
+        if request.constraint.is_some() {
+            Metrics::add(&self.metrics.constrained, 1);
+        }
+        let sink = event_sink(tx.clone(), Arc::clone(&self.metrics), admission.admitted);
+        match Sequence::new(&self.engine, request, sink) {
+            Ok(sequence) => Some(Live { sequence, tx, _admission: admission }),
+            Err(e) => {
+                let _ = tx.try_send(RunEvent::Failed(e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn publish(&self, running: &[Live], waiting: usize) {
+        self.gauges.running.store(running.len(), Ordering::Relaxed);
+        self.gauges.waiting.store(waiting, Ordering::Relaxed);
+        let cached = running.iter().map(|l| l.sequence.cached_tokens()).sum();
+        self.gauges.cached_tokens.store(cached, Ordering::Relaxed);
+    }
+}
+
+/// Events into `tx` (never blocking: the channel has room for all of them), with time to
+/// first token, decode time and time per output token observed on the way.
+fn event_sink(tx: mpsc::Sender<RunEvent>, metrics: Arc<Metrics>, admitted: Instant) -> EventSink<'static> {
+    let mut first_token: Option<Instant> = None;
+    Box::new(move |event| {
+        match &event {
+            GenerationEvent::Text { .. } if first_token.is_none() => {
+                first_token = Some(Instant::now());
+                metrics.time_to_first_token.observe(admitted.elapsed().as_secs_f64());
+            }
+            GenerationEvent::Done { usage, .. } => {
+                if let Some(first) = first_token {
+                    let decode = first.elapsed().as_secs_f64();
+                    metrics.decode_time.observe(decode);
+                    if usage.completion_tokens > 1 {
+                        metrics.time_per_output_token.observe(decode / (usage.completion_tokens - 1) as f64);
+                    }
+                }
+            }
+            GenerationEvent::Text { .. } => {}
+        }
+        if tx.try_send(RunEvent::Event(event)).is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    })
 }

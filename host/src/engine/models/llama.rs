@@ -6,12 +6,10 @@
 //! llama rotates adjacent pairs (`rope_i`), as llama.cpp does; Qwen files are not permuted and
 //! rotate the two halves of each head (`rope`, llama.cpp's NEOX mode).
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
-use super::{
-    CausalLm, Glu, QLinear, TokenTable, attention_mask, cache_dtype, causal_attention, debug_dump, gated,
-    layer_progress, rms_norm, rope, rope_tables,
-};
+use super::decoder::{Decoder, DecoderSpec, QueryScale};
+use super::{CausalLm, Glu, SeqInput};
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -51,31 +49,11 @@ impl Config {
     }
 }
 
-struct Layer {
-    attn_norm: Tensor,
-    wq: QLinear,
-    wk: QLinear,
-    wv: QLinear,
-    /// Qwen 2's projection biases for Q, K and V.
-    biases: Option<[Tensor; 3]>,
-    /// Qwen 3's per-head RMS norms of queries and keys.
-    qk_norms: Option<[Tensor; 2]>,
-    wo: QLinear,
-    ffn_norm: Tensor,
-    w_gate: QLinear,
-    w_up: QLinear,
-    w_down: QLinear,
-}
-
+/// A llama-family decoder: [`Decoder`] with every layer global, SwiGLU, and (qwen2 / qwen3)
+/// the Q/K/V biases or Q/K norms its file carries.
 #[allow(missing_debug_implementations)]
 pub struct Llama {
-    cfg: Config,
-    embeddings: TokenTable,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    output: QLinear,
-    cos: Tensor,
-    sin: Tensor,
+    decoder: Decoder,
 }
 
 impl Llama {
@@ -86,141 +64,44 @@ impl Llama {
         progress: bool,
     ) -> std::result::Result<Self, EngineError> {
         let cfg = Config::from_gguf(gguf, arch)?;
-        let dense = |gguf: &mut GgufFile, name: &str| -> std::result::Result<Tensor, EngineError> {
-            Ok(gguf.tensor(name, device)?.dequantize(device)?)
+        let spec = DecoderSpec {
+            name: arch.to_string(),
+            layers: cfg.layers,
+            hidden: cfg.hidden,
+            heads: cfg.heads,
+            kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            rms_eps: cfg.rms_eps,
+            context_length: cfg.context_length,
+            neox_rope: cfg.neox_rope,
+            rope_base: vec![cfg.rope_theta; cfg.layers],
+            window: vec![None; cfg.layers],
+            embed_scale: None,
+            glu: Glu::Swiglu,
+            query_scale: QueryScale::InScores,
         };
-        let embeddings = TokenTable::load(gguf, "token_embd.weight", device)?;
-        let norm = dense(gguf, "output_norm.weight")?;
-        // Tied embeddings: the output projection reuses the (quantized) embedding table.
-        let output = if gguf.has_tensor("output.weight") {
-            QLinear::load(gguf, "output.weight", device)?
-        } else {
-            embeddings.tied_head()?
-        };
-        let bar = layer_progress(progress, cfg.layers, arch);
-        let mut layers = Vec::with_capacity(cfg.layers);
-        for i in 0..cfg.layers {
-            let mut q = |name: &str| -> std::result::Result<QLinear, EngineError> {
-                QLinear::load(gguf, &format!("blk.{i}.{name}.weight"), device)
-            };
-            let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
-            let (w_gate, w_up, w_down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);
-            let biases = if gguf.has_tensor(&format!("blk.{i}.attn_q.bias")) {
-                let mut b = |name: &str| dense(gguf, &format!("blk.{i}.{name}.bias"));
-                Some([b("attn_q")?, b("attn_k")?, b("attn_v")?])
-            } else {
-                None
-            };
-            let qk_norms = if gguf.has_tensor(&format!("blk.{i}.attn_q_norm.weight")) {
-                let mut n = |name: &str| dense(gguf, &format!("blk.{i}.{name}.weight"));
-                Some([n("attn_q_norm")?, n("attn_k_norm")?])
-            } else {
-                None
-            };
-            layers.push(Layer {
-                attn_norm: dense(gguf, &format!("blk.{i}.attn_norm.weight"))?,
-                wq,
-                wk,
-                wv,
-                biases,
-                qk_norms,
-                wo,
-                ffn_norm: dense(gguf, &format!("blk.{i}.ffn_norm.weight"))?,
-                w_gate,
-                w_up,
-                w_down,
-            });
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, 0, cfg.context_length, device)?;
-        Ok(Self { cfg, embeddings, layers, norm, output, cos, sin })
-    }
-
-    fn attention(
-        &self,
-        layer: &Layer,
-        index: usize,
-        x: &Tensor,
-        cache: &mut KvCache,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (b, t, _) = x.dims3()?;
-        let pos = cache.len();
-        let project = |w: &QLinear, bias: Option<&Tensor>, norm: Option<&Tensor>, heads: usize| -> Result<Tensor> {
-            let mut h = w.forward(x)?;
-            if let Some(bias) = bias {
-                h = h.broadcast_add(bias)?;
-            }
-            let mut h = h.reshape((b, t, heads, cfg.head_dim))?;
-            if let Some(norm) = norm {
-                h = rms_norm(&h, norm, cfg.rms_eps)?;
-            }
-            h.transpose(1, 2)?.contiguous()
-        };
-        let bias = |i: usize| layer.biases.as_ref().map(|b| &b[i]);
-        let norm = |i: usize| layer.qk_norms.as_ref().map(|n| &n[i]);
-        debug_dump(|| format!("Qcur-{index}"), &layer.wq.forward(x)?);
-        let q = project(&layer.wq, bias(0), norm(0), cfg.heads)?;
-        let k = project(&layer.wk, bias(1), norm(1), cfg.kv_heads)?;
-        let v = project(&layer.wv, bias(2), None, cfg.kv_heads)?;
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
-        let q = rope(&q, &cos, &sin, cfg.neox_rope)?;
-        let k = rope(&k, &cos, &sin, cfg.neox_rope)?;
-        let dtype = cache_dtype(x.device());
-        let (k, v) = cache.append(index, &k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?;
-        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-        let out = causal_attention(&q, &k, &v, None, scale, mask)?;
-        debug_dump(|| format!("kqv_out-{index}"), &out);
-        layer.wo.forward(&out)
+        Ok(Self { decoder: Decoder::load(gguf, spec, device, progress)? })
     }
 }
 
 impl CausalLm for Llama {
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let device = self.norm.device();
-        let t = tokens.len();
-        let past = cache.len();
-        if past + t > self.cfg.context_length {
-            candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, self.cfg.context_length);
-        }
-        let mut x = self.embeddings.lookup(tokens, device)?.unsqueeze(0)?;
-        let mask = if t > 1 { Some(attention_mask(t, past, None, device)?) } else { None };
-        for (index, layer) in self.layers.iter().enumerate() {
-            let residual = x.clone();
-            let h = rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
-            debug_dump(|| format!("attn_norm-{index}"), &h);
-            let h = self.attention(layer, index, &h, cache, mask.as_ref())?;
-            debug_dump(|| format!("attn_out-{index}"), &h);
-            x = (residual + h)?;
-            debug_dump(|| format!("ffn_inp-{index}"), &x);
-            let residual = x.clone();
-            let h = rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
-            debug_dump(|| format!("ffn_norm-{index}"), &h);
-            let gate = layer.w_gate.forward(&h)?;
-            let up = layer.w_up.forward(&h)?;
-            debug_dump(|| format!("ffn_gate-{index}"), &gate);
-            debug_dump(|| format!("ffn_up-{index}"), &up);
-            let h = gated(&gate, &up, Glu::Swiglu)?;
-            debug_dump(|| format!("ffn_swiglu-{index}"), &h);
-            let h = layer.w_down.forward(&h)?;
-            debug_dump(|| format!("ffn_out-{index}"), &h);
-            x = (residual + h)?;
-            debug_dump(|| format!("l_out-{index}"), &x);
-        }
-        cache.advance(t);
-        let last = x.narrow(1, t - 1, 1)?;
-        let last = rms_norm(&last, &self.norm, self.cfg.rms_eps)?;
-        self.output.forward(&last)?.flatten_all()?.to_dtype(DType::F32)
+        super::forward_one(self, tokens, cache)
+    }
+
+    fn forward_batch(&self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.decoder.forward_batch(batch)
+    }
+
+    fn batches(&self) -> bool {
+        true
     }
 
     fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.layers, self.cfg.context_length)
+        self.decoder.new_cache()
     }
 
     fn context_length(&self) -> usize {
-        self.cfg.context_length
+        self.decoder.context_length()
     }
 }

@@ -1,6 +1,7 @@
 //! One file per architecture. Each model takes tokens and the sequence's [`KvCache`] and
 //! returns the logits of the last position.
 
+pub mod decoder;
 pub mod gemma3;
 pub mod llama;
 
@@ -13,15 +14,43 @@ use rapid_kernels::{Format, Q8Rows, QuantMatrix};
 use super::gguf::GgufFile;
 use super::{EngineError, KvCache};
 
+/// One sequence's part of a batched forward: its new tokens (positions `cache.len()..`)
+/// and its cache.
+#[derive(Debug)]
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
 pub trait CausalLm: Send + Sync {
     /// Runs `tokens` (positions `cache.len()..`) and returns the last position's logits as
     /// an f32 vector of the vocabulary size.
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor>;
 
+    /// Runs every sequence's new tokens and returns each one's last-position logits. Models
+    /// with a batched forward ([`Self::batches`]) do it in one pass over all rows; the
+    /// others run the sequences one after another, with the same results.
+    fn forward_batch(&self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        batch.iter_mut().map(|seq| self.forward(seq.tokens, seq.cache)?.to_vec1()).collect()
+    }
+
+    /// Whether [`Self::forward_batch`] is one pass over the batch's rows.
+    fn batches(&self) -> bool {
+        false
+    }
+
     /// An empty cache for one sequence.
     fn new_cache(&self) -> KvCache;
 
     fn context_length(&self) -> usize;
+}
+
+/// [`CausalLm::forward`] as a batch of one, for models whose forward is the batched one.
+fn forward_one(model: &dyn CausalLm, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+    let mut batch = [SeqInput { tokens, cache }];
+    let logits = model.forward_batch(&mut batch)?.pop().unwrap_or_default();
+    let len = logits.len();
+    Tensor::from_vec(logits, len, &Device::Cpu)
 }
 
 pub fn load(
@@ -174,6 +203,20 @@ impl QLinear {
         }
     }
 
+    /// [`Self::forward`] over rows that belong to sequences of `segments` rows each (in
+    /// order): K-quant products run each sequence's rows as a call of their own would
+    /// ([`rapid_kernels::kquants::KMatrix::matmul_segments`]), the others compute every row
+    /// independently anyway.
+    pub fn forward_rows(&self, x: &Tensor, segments: &[usize]) -> Result<Tensor> {
+        match self {
+            Self::KQuant(m) if segments.len() > 1 => rows_through(x, m.rows(), |values, cols, out| {
+                let acts = rapid_kernels::kquants::Q8KRows::quantize(values, cols)?;
+                m.matmul_segments(&acts, segments, out)
+            }),
+            _ => self.forward(x),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Candle(m) => m.forward(x),
@@ -223,16 +266,18 @@ fn rows_through(
     Tensor::from_vec(out, dims, x.device())
 }
 
-/// Rotary tables `(cos, sin)`, `[len, head_dim / 2]`, for positions `start..start + len`,
+/// Rotary tables `(cos, sin)`, `[positions.len(), head_dim / 2]`, for each of `positions`
+/// (the rows of a ragged batch each have their own),
 /// computed as llama.cpp does: each pair's angle is the position times `base^(-2/dims)`
 /// raised by repeated f32 multiplication, not by `powf` per pair (the angles differ in the
 /// last bits, which reach the logits through the keys' f16 rounding).
-pub fn rope_tables(head_dim: usize, base: f32, start: usize, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn rope_tables_at(head_dim: usize, base: f32, positions: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     let step = base.powf(-2.0 / head_dim as f32);
+    let len = positions.len();
     let mut cos = Vec::with_capacity(len * half);
     let mut sin = Vec::with_capacity(len * half);
-    for pos in start..start + len {
+    for &pos in positions {
         let mut theta = pos as f32;
         for _ in 0..half {
             cos.push(theta.cos());
@@ -243,7 +288,7 @@ pub fn rope_tables(head_dim: usize, base: f32, start: usize, len: usize, device:
     Ok((Tensor::from_vec(cos, (len, half), device)?, Tensor::from_vec(sin, (len, half), device)?))
 }
 
-/// Rotary embedding of `x` (`[1, heads, t, head_dim]`) with tables from [`rope_tables`]
+/// Rotary embedding of `x` (`[1, heads, t, head_dim]`) with tables from [`rope_tables_at`]
 /// (`[t, head_dim / 2]`): interleaved pairs, or NEOX halves. On CPU with llama.cpp's
 /// arithmetic ([`rapid_kernels::elementwise::rope`]), elsewhere Candle's.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neox: bool) -> Result<Tensor> {
