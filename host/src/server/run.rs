@@ -209,8 +209,11 @@ impl Scheduler {
             while let Ok(job) = queue.try_recv() {
                 waiting.push_back(job);
             }
-            // Clients that left while waiting are not worth a generation.
-            waiting.retain(|job| !job.tx.is_closed());
+            // Clients that left while waiting are not worth a generation. What leaves is
+            // dropped (freeing its admission) only after the gauges say so, so a client that
+            // sees `in_flight` fall never reads stale running / waiting numbers.
+            let (gone, kept): (Vec<Job>, Vec<Job>) = waiting.drain(..).partition(|job| job.tx.is_closed());
+            waiting.extend(kept);
             while running.len() < self.batch.max_running {
                 let Some(job) = waiting.pop_front() else { break };
                 if let Some(live) = self.join(job) {
@@ -221,8 +224,10 @@ impl Scheduler {
             for live in running.iter_mut().filter(|l| l.tx.is_closed()) {
                 live.sequence.cancel();
             }
-            running.retain(|l| !l.sequence.is_finished());
+            let (left, stay): (Vec<Live>, Vec<Live>) = running.drain(..).partition(|l| l.sequence.is_finished());
+            running = stay;
             self.publish(&running, waiting.len());
+            drop((gone, left));
             if running.is_empty() {
                 continue;
             }
@@ -250,16 +255,19 @@ impl Scheduler {
                     continue;
                 }
             }
+            let mut finished = Vec::new();
             for (mut sequence, (tx, admission)) in sequences.into_iter().zip(owners) {
                 if let Some(e) = sequence.take_error() {
                     let _ = tx.try_send(RunEvent::Failed(e.to_string()));
-                    continue;
                 }
-                if !sequence.is_finished() {
+                if sequence.is_finished() {
+                    finished.push(admission);
+                } else {
                     running.push(Live { sequence, tx, _admission: admission });
                 }
             }
             self.publish(&running, waiting.len());
+            drop(finished);
         }
     }
 
