@@ -21,6 +21,7 @@ mod policies;
 mod registry;
 mod reload;
 mod replicas;
+mod sdk_apis;
 mod server;
 mod structured;
 mod support;

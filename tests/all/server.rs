@@ -59,6 +59,7 @@ pub(crate) fn state_with(limits: ServerLimits) -> AppState {
         limits,
         metrics,
         api_key: None,
+        responses: Default::default(),
     }
 }
 

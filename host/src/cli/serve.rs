@@ -113,6 +113,7 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
         limits,
         metrics,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        responses: Default::default(),
     };
     for note in &resolved.notes {
         eprintln!("  note     {note}");

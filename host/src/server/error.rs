@@ -21,6 +21,8 @@ pub enum AppError {
     Loading(String),
     #[error("Unknown route {0}")]
     RouteNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("generation failed: {0}")]
     Internal(String),
 }
@@ -32,7 +34,7 @@ impl AppError {
 
     fn status(&self) -> StatusCode {
         match self {
-            Self::ModelNotFound { .. } | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotFound { .. } | Self::RouteNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -49,7 +51,7 @@ impl AppError {
             Self::Overloaded { .. } => ("server_error", None, "overloaded"),
             Self::Loading(_) => ("server_error", None, "model_loading"),
             Self::Unauthorized(_) => ("invalid_request_error", None, "invalid_api_key"),
-            Self::RouteNotFound(_) => ("invalid_request_error", None, "not_found"),
+            Self::RouteNotFound(_) | Self::NotFound(_) => ("invalid_request_error", None, "not_found"),
             Self::Internal(_) => ("server_error", None, "internal_error"),
         }
     }

@@ -3,6 +3,8 @@
 //! - [`error`]: OpenAI's error envelope with the right status for every failure.
 //! - [`chat`]: `/v1/chat/completions`, streamed (SSE) or not, through the parser plugins.
 //! - [`completions`]: the `/v1/completions` endpoint.
+//! - [`anthropic`]: Anthropic's `/v1/messages` (and `count_tokens`).
+//! - [`responses`]: OpenAI's `/v1/responses`, with a bounded store for `previous_response_id`.
 //! - [`request`]: the one internal request model and path (admission, preparation off the
 //!   async runtime, generation) every chat API adapts to; [`output`]: the response rules.
 //! - [`run`]: bridges the blocking engine to async handlers, with admission control and
@@ -13,6 +15,7 @@
 //! - [`drain`]: graceful drain on shutdown: readiness 503, new requests 503 + `Retry-After`,
 //!   requests in flight finish.
 
+pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod drain;
@@ -20,6 +23,7 @@ pub mod error;
 pub mod metrics;
 pub mod output;
 pub mod request;
+pub mod responses;
 pub mod run;
 pub mod structured;
 
@@ -69,8 +73,10 @@ pub struct AppState {
     pub limits: ServerLimits,
     pub runner: Arc<run::Runner>,
     pub metrics: Arc<metrics::Metrics>,
-    /// When set, `/v1` routes need `Authorization: Bearer <key>`.
+    /// When set, `/v1` routes need `Authorization: Bearer <key>` (or `x-api-key: <key>`).
     pub api_key: Option<String>,
+    /// Responses kept for `previous_response_id`.
+    pub responses: Arc<responses::ResponseStore>,
 }
 
 impl AppState {
@@ -125,8 +131,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 #[derive(Debug, Clone, Copy)]
 struct BodyLimit(usize);
 
-/// Checks `Authorization: Bearer` on `/v1` routes; health and metrics stay open so probes
-/// and scrapers need no secret.
+/// Checks `Authorization: Bearer` (OpenAI's clients) or `x-api-key` (Anthropic's) on `/v1`
+/// routes; health and metrics stay open so probes and scrapers need no secret.
 async fn authorize(
     State(state): State<Arc<AppState>>,
     req: Request,
@@ -135,19 +141,29 @@ async fn authorize(
     if let Some(key) = &state.api_key
         && req.uri().path().starts_with("/v1")
     {
-        let given = req
-            .headers()
+        let headers = req.headers();
+        let bearer = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let error = match given {
-            None => Some("Missing API key: send `Authorization: Bearer <key>` (the server runs with --api-key)"),
-            Some(given) if !same_secret(given.as_bytes(), key.as_bytes()) => Some("Incorrect API key provided"),
-            Some(_) => None,
+        let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
+        let given: Vec<&str> = bearer.into_iter().chain(x_api_key).collect();
+        let error = if given.is_empty() {
+            Some(
+                "Missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>` (the server runs with --api-key)",
+            )
+        } else if !given.iter().any(|g| same_secret(g.as_bytes(), key.as_bytes())) {
+            Some("Incorrect API key provided")
+        } else {
+            None
         };
         if let Some(message) = error {
-            let response = AppError::Unauthorized(message).into_response();
+            let response = if req.uri().path().starts_with("/v1/messages") {
+                anthropic::AnthropicError(AppError::Unauthorized(message)).into_response()
+            } else {
+                AppError::Unauthorized(message).into_response()
+            };
             state.metrics.request("unauthorized", response.status().as_u16());
             return response;
         }
@@ -176,6 +192,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/chat/completions", post(chat::handle))
         .route("/v1/completions", post(completions::handle))
+        .route("/v1/messages", post(anthropic::handle))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1/responses", post(responses::handle))
+        .route("/v1/responses/{id}", get(responses::retrieve))
         .fallback(|uri: axum::http::Uri| async move { AppError::RouteNotFound(uri.path().to_string()) })
         .layer(axum::middleware::from_fn(move |mut req: Request, next: axum::middleware::Next| async move {
             req.extensions_mut().insert(BodyLimit(limit));

@@ -67,12 +67,9 @@ impl Message {
     fn to_template(&self) -> Value {
         let mut out = Map::new();
         out.insert("role".into(), json!(self.role.as_str()));
-        let content = if self.content.is_empty() && !self.tool_calls.is_empty() {
-            Value::Null
-        } else {
-            Value::String(self.content.clone())
-        };
-        out.insert("content".into(), content);
+        // Always a string: many templates concatenate `content` (SmolLM2's fails on null), and
+        // the ones that test it treat "" as no content.
+        out.insert("content".into(), Value::String(self.content.clone()));
         if let Some(reasoning) = &self.reasoning {
             out.insert("reasoning_content".into(), json!(reasoning));
         }
