@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """GPU against CPU on one machine: random-weight Llamas in the mlx-community 4-bit layout, run by
-`rapid-host generate --device cuda` and `--device cpu` (medians of `--runs` after a warm-up, which also
-fills the CUDA driver's JIT cache for Candle's PTX kernels). On CUDA every layer is dequantized
-to f32 (the packed Q4_1 kernels are CPU code); on CPU 4-bit layers stay packed.
+`engine_bench MODEL DEVICE 120 64 RUNS` (the engine alone, built with `--no-default-features --features
+cuda` by scripts/device/build; medians of RUNS after a warm-up, which also fills the CUDA driver's JIT
+cache for Candle's PTX kernels). On CUDA the 4-bit layers are Candle's quantized matmul over the same
+Q4_1 blocks the CPU kernels run; with `--dequantize` every layer is f32 there (the old layout).
 
-    python3 bench/gpu.py --binary PATH/TO/rapid-host [--shapes smollm2-135m,llama-1b] [--threads N]
+    python3 bench/gpu.py --binary PATH/TO/engine_bench [--shapes smollm2-135m,llama-1b] [--devices cuda,cpu]
 
 The checkpoints are written with numpy alone (random packed words, scales and biases), so this
 runs where mlx-lm does not, such as a GPU machine without internet. Not a test.
@@ -12,15 +13,22 @@ runs where mlx-lm does not, such as a GPU machine without internet. Not a test.
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import statistics
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from mlx_packed import ROOT, measure
+# The fixtures' tokenizer: from the checkout named by RAPID_HOST_REPO (a copy on a GPU machine), else
+# this script's own.
+ROOT = Path(os.environ.get("RAPID_HOST_REPO") or Path(__file__).resolve().parent.parent)
+STATS = re.compile(r"\[run: (\d+) prompt tokens, (\d+) generated tokens, prefill ([\d.]+) tok/s, decode ([\d.]+) tok/s")
+WEIGHTS = re.compile(r"loaded in [\d.]+ s: (.*)")
 
 SHAPES = {
     # SmolLM2-135M's layer shapes, Llama 3.2 1B's (vocabulary cut to 32000 for both).
@@ -86,27 +94,47 @@ def build(out: Path, shape: str):
         shutil.copy(fixture / name, out / name)
 
 
+def measure(binary: Path, model: Path, device: str, runs: int, dequantize: bool, prompt=120, tokens=64):
+    env = dict(os.environ)
+    env.pop("RAPID_HOST_MLX_DEQUANTIZE", None)
+    if dequantize:
+        env["RAPID_HOST_MLX_DEQUANTIZE"] = "1"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    p = subprocess.run([str(binary), str(model), device, str(prompt), str(tokens), str(runs)], capture_output=True, text=True,
+                       env=env)
+    rss = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    found = STATS.findall(p.stderr)
+    if p.returncode != 0 or not found:
+        sys.exit(f"engine_bench failed:\n{p.stderr}")
+    weights = WEIGHTS.search(p.stderr)
+    pp = statistics.median(float(r[2]) for r in found)
+    tg = statistics.median(float(r[3]) for r in found)
+    return pp, tg, rss, weights.group(1) if weights else "?"
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", default=str(ROOT / "target/release/rapid-host"))
+    ap.add_argument("--binary", required=True, help="engine_bench (examples/engine_bench.rs)")
     ap.add_argument("--out", default="/tmp/gpu-bench")
     ap.add_argument("--shapes", default="smollm2-135m,llama-1b")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--devices", default="cuda,cpu")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per row, after one warm-up")
+    ap.add_argument("--dequantize", action="store_true", help="also a row with every layer in f32")
+    ap.add_argument("--prompt", type=int, default=120, help="prompt tokens")
+    ap.add_argument("--tokens", type=int, default=64, help="generated tokens")
     args = ap.parse_args()
-    print("| shape | device | prefill tok/s | decode tok/s | peak RSS |")
-    print("|---|---|---|---|---|", flush=True)
+    print("| shape | device | layers | prefill tok/s | decode tok/s | weights held | peak RSS (max so far) |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     for shape in args.shapes.split(","):
         model = Path(args.out) / shape
         if not (model / "config.json").is_file():
             build(model, shape)
         for device in args.devices.split(","):
-            runs = [measure(Path(args.binary), model, args.threads, False, device) for _ in range(args.runs + 1)][1:]
-            pp = statistics.median(r[0] for r in runs)
-            tg = statistics.median(r[1] for r in runs)
-            rss = max(r[2] for r in runs)
-            print(f"| {shape} | {device} | {pp:.0f} | {tg:.1f} | {rss:.0f} MiB |", flush=True)
+            for dequantize in [False, True] if args.dequantize else [False]:
+                pp, tg, rss, held = measure(Path(args.binary), model, device, args.runs, dequantize, args.prompt,
+                                         args.tokens)
+                layers = "f32" if dequantize else "4-bit packed"
+                print(f"| {shape} | {device} | {layers} | {pp:.0f} | {tg:.1f} | {held} | {rss:.0f} MiB |", flush=True)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,11 @@ impl KMatrix {
         self.cols
     }
 
+    /// Bytes the matrix holds (the tiles unpack the 6-bit scales: a few percent over the blocks).
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
     /// `out[r][o] = Σ_k w[o][k] · x[r][k]`; `out` is `x.rows() × self.rows()`.
     pub fn matmul(&self, x: &Q8KRows, out: &mut [f32]) -> Result<(), KernelError> {
         self.matmul_segments(x, &[x.rows], out)

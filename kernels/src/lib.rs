@@ -165,6 +165,11 @@ impl QuantMatrix {
         self.cols
     }
 
+    /// Bytes the blocks take (tiled or not: the same bytes, reordered).
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
     fn row(&self, o: usize) -> std::borrow::Cow<'_, [u8]> {
         if self.tiled {
             return std::borrow::Cow::Owned(tiles::row(self.format, &self.data, o, self.cols));

@@ -2,15 +2,16 @@
 //! test writes a small random-weight Llama as GGUF (Q8_0 embeddings tied to the output,
 //! Q4_1 attention, Q4_K / Q6_K feed-forward: every kind of matmul the real files use) with a
 //! byte-level BPE vocabulary, and holds the device named by `RAPID_HOST_TEST_DEVICE` to the
-//! CPU on it. Ignored by default: on a CPU-only machine there is nothing to compare.
+//! CPU on it. Ignored by default: on a CPU-only machine there is nothing to compare; there
+//! the GPU's weight layout runs on the CPU instead ([`WeightLayout::Candle`]).
 
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
-use rapid_host::engine::Engine;
 use rapid_host::engine::sampling::argmax;
+use rapid_host::engine::{Engine, LoadOptions, WeightLayout};
 
 use crate::support::test_device;
 
@@ -114,8 +115,24 @@ fn gguf_llama_on_the_test_device_matches_the_cpu() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tiny-llama.gguf");
     write_tiny_llama(&path).expect("writes the GGUF");
-    let cpu = Engine::load(&path, Device::Cpu, false).expect("loads on cpu");
     let device = Engine::load(&path, test_device(), false).expect("loads on the device");
+    matches_the_cpu(&path, &device);
+}
+
+/// The GPU's layout on the CPU (Candle's quantized kernels for every block type, as CUDA
+/// and Metal run them) against our CPU kernels, the same way.
+#[test]
+fn gguf_llama_in_the_gpu_layout_matches_the_cpu() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tiny-llama.gguf");
+    write_tiny_llama(&path).expect("writes the GGUF");
+    let options = LoadOptions { layout: WeightLayout::Candle, ..LoadOptions::default() };
+    let gpu_layout = Engine::load_with(&path, Device::Cpu, false, &options).expect("loads in the GPU layout");
+    matches_the_cpu(&path, &gpu_layout);
+}
+
+fn matches_the_cpu(path: &Path, device: &Engine) {
+    let cpu = Engine::load(path, Device::Cpu, false).expect("loads on cpu");
     let mut tokens = cpu.tokenizer.encode("<|im_start|>the theory of heat", false).expect("encodes");
     let (mut cpu_cache, mut device_cache) = (cpu.model.new_cache(), device.model.new_cache());
     let mut fresh = tokens.clone();

@@ -6,6 +6,7 @@ mod auth;
 mod authoring;
 mod batching;
 mod cli;
+mod device_layout;
 mod gguf_device;
 mod gguf_from_mlx;
 mod hostile_plugins;

@@ -5,15 +5,17 @@
 //! cache must give mlx-lm's tokens. An architecture we cannot load yet gets an ignored test
 //! with the reason, so the table stays honest (none today: all 23 fixtures pass).
 //!
-//! The tests run on `RAPID_HOST_TEST_DEVICE` (cpu by default). With `cuda`, built by
-//! `scripts/device/cuda-toolkit` and run by `scripts/device/gpu-check`, all of them passed on
-//! an H200 on 2026-11-26 (every layer dequantized to f32 there; packed Q4_1 is CPU code).
+//! The tests run on `RAPID_HOST_TEST_DEVICE` (cpu by default). With `cuda` (built by
+//! `scripts/device/build` into the engine-only `device_tests` example, run by
+//! `scripts/device/gpu-check`) the packed loads hold Candle's quantized tensors on the GPU:
+//! Q4_1 for 4-bit layers, Q8_0 with per-group offsets for the other widths. The same layout
+//! runs on the CPU in [`gpu_layout_matches_mlx_lm`] ([`WeightLayout::Candle`]).
 
 use std::path::PathBuf;
 
 use rapid_host::engine::mlx::archs::SUPPORTED;
 use rapid_host::engine::sampling::argmax;
-use rapid_host::engine::{Engine, LoadOptions};
+use rapid_host::engine::{Engine, LoadOptions, WeightLayout};
 use serde_json::Value;
 
 use crate::support::{repo_root, test_device};
@@ -30,7 +32,14 @@ const LOGIT_TOLERANCE: f32 = 2e-3;
 const PACKED_TOLERANCE: f32 = 0.05;
 
 /// Every layer in f32: what the tests that compare against mlx-lm's f32 logits load.
-const EXACT: LoadOptions = LoadOptions { mlx_dequantize_all: true };
+const EXACT: LoadOptions = LoadOptions { mlx_dequantize_all: true, layout: WeightLayout::Native };
+
+/// Layers packed: our Q4_1 kernel on the CPU, Candle's quantized matmul on a GPU.
+const PACKED: LoadOptions = LoadOptions { mlx_dequantize_all: false, layout: WeightLayout::Native };
+
+/// The GPU's layout wherever the test runs (on the CPU too): Candle's quantized matmul over
+/// Q4_1 blocks (4-bit) and Q8_0 blocks with per-group offsets (other widths).
+const GPU_LAYOUT: LoadOptions = LoadOptions { mlx_dequantize_all: false, layout: WeightLayout::Candle };
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/mlx").join(name)
@@ -137,9 +146,32 @@ fn every_supported_architecture_matches_mlx_lm() {
 /// choice differs only at near ties.
 #[test]
 fn packed_four_bit_layers_match_mlx_lm() {
-    let packed = LoadOptions { mlx_dequantize_all: false };
     let failures: Vec<String> =
-        SUPPORTED.iter().filter_map(|arch| check_with(arch, &packed, PACKED_TOLERANCE).err()).collect();
+        SUPPORTED.iter().filter_map(|arch| check_with(arch, &PACKED, PACKED_TOLERANCE).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The GPU's layout on every architecture and bit width, on the CPU too (what a CUDA or
+/// Metal load holds, through Candle's kernels): held to mlx-lm as the packed layers are.
+#[test]
+fn gpu_layout_matches_mlx_lm() {
+    let widths = ["llama-2bit", "llama-3bit", "llama-6bit", "llama-8bit"];
+    let failures: Vec<String> = SUPPORTED
+        .iter()
+        .chain(&widths)
+        .filter_map(|arch| check_with(arch, &GPU_LAYOUT, PACKED_TOLERANCE).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every bit width with its layers packed where the device can: f32 on the CPU (its kernel
+/// is 4-bit only), Q8_0 blocks with offsets on a GPU.
+#[test]
+fn packed_bit_widths_match_mlx_lm() {
+    let failures: Vec<String> = ["llama-2bit", "llama-3bit", "llama-6bit", "llama-8bit"]
+        .iter()
+        .filter_map(|f| check_with(f, &PACKED, PACKED_TOLERANCE).err())
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -142,6 +142,18 @@ pub(crate) fn print_info(
                 builtin => format!("{builtin} (the model carries none)"),
             };
             rows.push(("chat template", template));
+            if let Some(w) = facts.weights {
+                use rapid_host::engine::weights::human_bytes;
+                rows.push((
+                    "weights",
+                    format!(
+                        "{} in the file; held: ~{} on cpu, ~{} on a GPU (estimated from the header)",
+                        human_bytes(w.file_bytes),
+                        human_bytes(w.cpu_bytes),
+                        human_bytes(w.gpu_bytes)
+                    ),
+                ));
+            }
         }
         None => rows.push(("local file", String::from("not downloaded"))),
     }

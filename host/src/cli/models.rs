@@ -75,6 +75,7 @@ pub(crate) fn generate(registry: &AliasRegistry, args: GenerateArgs) -> anyhow::
     let path = model_file(&resolved, &args.models_dir, args.offline)?;
     let device = rapid_host::engine::device(&args.device)?;
     let engine = Engine::load(&path, device, true)?;
+    eprintln!("[{}]", engine.weight_summary());
     let sampling = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,

@@ -89,6 +89,7 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
     engine.model.forward(&[engine.tokenizer.bos.unwrap_or(0)], &mut cache).context("warm-up failed")?;
     let _ = engine.grammar();
     drop(cache);
+    eprintln!("  weights  {}", engine.weight_summary());
     let limits = ServerLimits {
         max_request_bytes: args.max_request_bytes,
         max_concurrent_requests: args.max_concurrent_requests,

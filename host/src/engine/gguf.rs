@@ -23,6 +23,10 @@ pub struct GgufFile {
     pub path: PathBuf,
     pub content: gguf_file::Content,
     reader: BufReader<File>,
+    /// Which kernels the loaders put the quantized matrices in.
+    pub layout: super::weights::WeightLayout,
+    /// What the loaders handed to the model, by tensor name.
+    pub held: super::weights::WeightMemory,
 }
 
 impl GgufFile {
@@ -41,7 +45,13 @@ impl GgufFile {
         }
         reader.rewind().map_err(|e| not_gguf(e.to_string()))?;
         let content = gguf_file::Content::read(&mut reader).map_err(|e| not_gguf(e.to_string()))?;
-        Ok(Self { path: path.to_path_buf(), content, reader })
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+            layout: super::weights::WeightLayout::default(),
+            held: super::weights::WeightMemory::default(),
+        })
     }
 
     pub fn architecture(&self) -> Result<String, EngineError> {
@@ -126,8 +136,19 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// Tensor `name` on `device`, recorded in [`Self::held`] at its size there (a loader
+    /// that keeps it in another form records that instead).
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor, EngineError> {
-        Ok(self.content.tensor(&mut self.reader, name, device)?)
+        let tensor = self.content.tensor(&mut self.reader, name, device)?;
+        self.held.record(name, super::weights::qtensor_bytes(&tensor));
+        Ok(tensor)
+    }
+
+    /// The bytes tensor `name` takes in the file.
+    pub fn file_bytes(&self, name: &str) -> Option<usize> {
+        let info = self.content.tensor_infos.get(name)?;
+        let dtype = info.ggml_dtype;
+        Some(info.shape.elem_count() / dtype.block_size() * dtype.type_size())
     }
 
     /// A matrix's raw GGUF blocks, read straight from the file: for weights our own kernels

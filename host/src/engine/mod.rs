@@ -10,6 +10,7 @@
 //! - [`sampling`]: temperature, top-k/p, min-p, penalties, seed.
 //! - [`generate`]: a live sequence (sampling, grammar, stop strings, streaming events,
 //!   cancellation) and the scheduler's step: one forward over many sequences.
+//! - [`weights`]: which kernels hold the quantized matrices, and the bytes they take.
 
 pub mod constraint;
 pub mod generate;
@@ -21,10 +22,12 @@ pub mod sampling;
 pub mod spm;
 pub mod template;
 pub mod tokenizer;
+pub mod weights;
 
 pub use generate::{FinishReason, GenerationEvent, GenerationRequest, Usage};
 pub use kv_cache::KvCache;
 pub use sampling::SamplingParams;
+pub use weights::{WeightLayout, WeightMemory};
 
 use std::path::Path;
 
@@ -87,6 +90,8 @@ pub struct ModelFacts {
     /// `gguf`, `chat_template.jinja`, `tokenizer_config.json`, or `built-in:<family>` when
     /// the model carries no chat template.
     pub chat_template: &'static str,
+    /// The weights' bytes in the file and, estimated from the header, on the CPU and a GPU.
+    pub weights: Option<weights::WeightFootprint>,
 }
 
 pub fn describe(path: &Path) -> Result<ModelFacts, EngineError> {
@@ -99,6 +104,7 @@ pub fn describe(path: &Path) -> Result<ModelFacts, EngineError> {
         context_length: gguf.u32(&format!("{arch}.context_length")).ok(),
         tensors: gguf.content.tensor_infos.len(),
         chat_template: template::template_source(&gguf, &arch).0,
+        weights: Some(weights::WeightFootprint::of_gguf(&gguf.content)),
         arch,
     })
 }
@@ -109,6 +115,9 @@ pub struct LoadOptions {
     /// Hold every MLX layer in f32 instead of keeping 4-bit layers packed (exact
     /// arithmetic, 8x the memory; the strict parity tests use it).
     pub mlx_dequantize_all: bool,
+    /// Which kernels hold the quantized matrices ([`WeightLayout::Candle`] puts the GPU's
+    /// layout on the CPU too).
+    pub layout: WeightLayout,
 }
 
 /// A loaded model: weights, tokenizer, chat template.
@@ -118,6 +127,8 @@ pub struct Engine {
     pub template: ChatTemplate,
     pub arch: String,
     pub device: Device,
+    /// The bytes the weights hold on `device`, by tensor name.
+    pub weights: WeightMemory,
     /// Built on first use: the token trie costs a moment and most servers never need it.
     grammar: std::sync::OnceLock<Result<constraint::GrammarCompiler, String>>,
 }
@@ -132,7 +143,10 @@ impl Engine {
     /// Loads a GGUF file or an MLX checkpoint directory, showing progress on stderr when
     /// `progress` is set. `RAPID_HOST_MLX_DEQUANTIZE=1` holds every MLX layer in f32.
     pub fn load(path: &Path, device: Device, progress: bool) -> Result<Self, EngineError> {
-        let options = LoadOptions { mlx_dequantize_all: std::env::var_os("RAPID_HOST_MLX_DEQUANTIZE").is_some() };
+        let options = LoadOptions {
+            mlx_dequantize_all: std::env::var_os("RAPID_HOST_MLX_DEQUANTIZE").is_some(),
+            layout: WeightLayout::default(),
+        };
         Self::load_with(path, device, progress, &options)
     }
 
@@ -141,12 +155,14 @@ impl Engine {
             return Self::load_mlx(path, device, progress, options);
         }
         let mut gguf = GgufFile::open(path)?;
+        gguf.layout = options.layout;
         let arch = gguf.architecture()?;
         let tokenizer = ModelTokenizer::from_gguf(&gguf)?;
         let template = ChatTemplate::from_gguf(&gguf, &arch, &tokenizer)?;
         gguf.drop_vocabulary();
         let model = models::load(&arch, &mut gguf, &device, progress)?;
-        Ok(Self { model, tokenizer, template, arch, device, grammar: std::sync::OnceLock::new() })
+        let weights = std::mem::take(&mut gguf.held);
+        Ok(Self { model, tokenizer, template, arch, device, weights, grammar: std::sync::OnceLock::new() })
     }
 
     /// The grammar compiler for this model's vocabulary.
@@ -160,11 +176,18 @@ impl Engine {
     fn load_mlx(dir: &Path, device: Device, progress: bool, options: &LoadOptions) -> Result<Self, EngineError> {
         let mut ckpt = mlx::Checkpoint::open(dir)?;
         ckpt.dequantize_all = options.mlx_dequantize_all;
+        ckpt.layout = options.layout;
         let arch = ckpt.model_type()?;
         let tokenizer = ModelTokenizer::from_dir(dir, &ckpt.config)?;
         let template = ChatTemplate::from_dir(dir, &tokenizer)?;
         let model = mlx::load(&ckpt, &device, progress)?;
-        Ok(Self { model, tokenizer, template, arch, device, grammar: std::sync::OnceLock::new() })
+        let weights = ckpt.held();
+        Ok(Self { model, tokenizer, template, arch, device, weights, grammar: std::sync::OnceLock::new() })
+    }
+
+    /// `96.1 MiB of weights on cuda`: what the start-up banner and `generate` print.
+    pub fn weight_summary(&self) -> String {
+        format!("{} of weights on {}", weights::human_bytes(self.weights.total()), weights::device_name(&self.device))
     }
 
     pub fn context_length(&self) -> usize {

@@ -7,6 +7,7 @@
 //! RoPE angles are computed per forward pass for the positions it covers, so no table
 //! sized by the context length is ever built.
 
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 
 use std::sync::Arc;
@@ -139,16 +140,19 @@ struct Layer {
     mlp: Mlp,
 }
 
-/// The token embedding table: packed Q4_1 rows dequantized on lookup, or f32.
+/// The token embedding table: packed Q4_1 rows dequantized on lookup, the same blocks as
+/// Candle's quantized tensor (GPUs), or f32.
 enum Embeddings {
     Dense(Tensor),
     Packed(Arc<QuantMatrix>),
+    Quantized(Arc<QTensor>),
 }
 
 impl Embeddings {
     fn lookup(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
         match self {
             Self::Dense(table) => table.index_select(&Tensor::new(tokens, device)?, 0),
+            Self::Quantized(table) => table.embedding(&Tensor::new(tokens, device)?),
             Self::Packed(table) => {
                 let mut values = Vec::with_capacity(tokens.len() * table.cols());
                 for &t in tokens {
@@ -168,6 +172,7 @@ enum Head {
     Linear(MlxLinear),
     Dense(Tensor),
     Packed(Arc<QuantMatrix>),
+    Quantized(QMatMul),
 }
 
 #[allow(missing_debug_implementations)]
@@ -204,14 +209,16 @@ impl DenseDecoder {
             Ok(if spec.norm_offset == 0.0 { w } else { (w + f64::from(spec.norm_offset))? })
         };
         let embed = format!("{p}.embed_tokens");
-        let embeddings = match ckpt.q4_1(&embed, device)? {
-            Some(table) => Embeddings::Packed(Arc::new(table)),
-            None => Embeddings::Dense(ckpt.weight(&embed, device)?),
+        let embeddings = match (ckpt.q4_1(&embed, device)?, ckpt.quantized_table(&embed, device)?) {
+            (Some(table), _) => Embeddings::Packed(Arc::new(table)),
+            (None, Some(table)) => Embeddings::Quantized(table),
+            (None, None) => Embeddings::Dense(ckpt.weight(&embed, device)?),
         };
         let head = if spec.tied_embeddings || !ckpt.has(&format!("{}.weight", spec.head)) {
             match &embeddings {
                 Embeddings::Packed(table) => Head::Packed(Arc::clone(table)),
                 Embeddings::Dense(table) => Head::Dense(table.clone()),
+                Embeddings::Quantized(table) => Head::Quantized(QMatMul::from_arc(Arc::clone(table))?),
             }
         } else {
             Head::Linear(ckpt.packed_linear(&spec.head, device)?)
@@ -381,6 +388,7 @@ impl CausalLm for DenseDecoder {
             Head::Linear(linear) => linear.forward(&last)?,
             Head::Dense(table) => last.matmul(&table.t()?)?,
             Head::Packed(table) => crate::engine::models::packed_matmul(table, &last)?,
+            Head::Quantized(table) => table.forward(&last)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)
     }

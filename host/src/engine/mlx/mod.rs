@@ -25,6 +25,11 @@
 //! mxfp4, the remaining files, or
 //! [`Checkpoint::dequantize_all`]) is dequantized to f32 at load time, bit for bit what
 //! `mx.dequantize` gives, at 4 bytes per weight. The parity tests check both against mlx-lm.
+//!
+//! On a GPU (or in [`WeightLayout::Candle`]) the same layers go to Candle's quantized matmul
+//! on the device instead of our CPU kernel ([`quant::QuantLinear`]): 4-bit as the same Q4_1
+//! blocks, the other affine widths as Q8_0 codes with per-group offsets; 4-bit embedding
+//! tables as a Q4_1 tensor that Candle looks rows up in. mxfp4 and non-f16 scales stay f32.
 
 pub mod archs;
 pub mod deepseek_v3;
@@ -53,6 +58,7 @@ use serde_json::Value;
 
 use super::EngineError;
 use super::models::CausalLm;
+use super::weights::{WeightLayout, WeightMemory, tensor_bytes};
 
 /// How one module's weight is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +125,10 @@ pub struct Checkpoint {
     default_quant: Option<QuantSpec>,
     /// Dequantize every layer to f32 instead of keeping 4-bit layers packed.
     pub dequantize_all: bool,
+    /// Which kernels the packed layers go to.
+    pub layout: WeightLayout,
+    /// What the loaders handed to the model, by tensor name.
+    held: std::sync::Mutex<WeightMemory>,
 }
 
 fn meta(message: impl Into<String>) -> EngineError {
@@ -158,7 +168,65 @@ pub fn describe(dir: &Path) -> Result<super::ModelFacts, EngineError> {
         context_length: context,
         tensors,
         chat_template,
+        weights: footprint(dir, &config),
     })
+}
+
+/// The checkpoint's weights from its safetensors headers (no weights read); `None` when a
+/// header cannot be read.
+fn footprint(dir: &Path, config: &Value) -> Option<super::weights::WeightFootprint> {
+    use std::io::Read;
+    let index = std::fs::read_to_string(dir.join("model.safetensors.index.json")).ok();
+    let mut files: Vec<String> = match index.and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+        Some(index) => index["weight_map"].as_object()?.values().filter_map(Value::as_str).map(String::from).collect(),
+        None => vec![String::from("model.safetensors")],
+    };
+    files.sort();
+    files.dedup();
+    // name -> (dtype, shape)
+    let mut tensors: HashMap<String, (String, Vec<usize>)> = HashMap::new();
+    for file in files {
+        let mut f = std::fs::File::open(dir.join(file)).ok()?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).ok()?;
+        let mut header = vec![0u8; usize::try_from(u64::from_le_bytes(len)).ok()?.min(1 << 28)];
+        f.read_exact(&mut header).ok()?;
+        let header: Value = serde_json::from_slice(&header).ok()?;
+        for (name, info) in header.as_object()? {
+            let Some(dtype) = info["dtype"].as_str() else { continue };
+            let shape = info["shape"].as_array()?.iter().filter_map(Value::as_u64).map(|d| d as usize).collect();
+            tensors.insert(name.clone(), (dtype.to_string(), shape));
+        }
+    }
+    let bytes = |(dtype, shape): &(String, Vec<usize>)| -> usize {
+        let size = match dtype.as_str() {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            _ => 1,
+        };
+        shape.iter().product::<usize>() * size
+    };
+    let quant = config.get("quantization");
+    let mut f = super::weights::WeightFootprint::default();
+    for (name, t) in &tensors {
+        if name.ends_with(".scales") || name.ends_with(".biases") {
+            continue;
+        }
+        let prefix = name.strip_suffix(".weight").unwrap_or(name);
+        let Some(scales) = tensors.get(&format!("{prefix}.scales")) else {
+            f.add(bytes(t), t.1.iter().product::<usize>() * 4, t.1.iter().product::<usize>() * 4);
+            continue;
+        };
+        let spec = quant.and_then(|q| q.get(prefix)).filter(|v| v.is_object()).or(quant);
+        let get = |key: &str| spec.and_then(|s| s.get(key)).and_then(Value::as_u64).map(|v| v as usize);
+        let mxfp4 = scales.0 == "U8";
+        let (bits, group) = if mxfp4 { (4, 32) } else { (get("bits").unwrap_or(4), get("group_size").unwrap_or(64)) };
+        let file = bytes(t) + bytes(scales) + tensors.get(&format!("{prefix}.biases")).map_or(0, bytes);
+        let Some((&packed_cols, lead)) = t.1.split_last() else { continue };
+        f.add_mlx_layer(file, lead.iter().product(), packed_cols * 32 / bits.max(1), bits, group, mxfp4);
+    }
+    Some(f)
 }
 
 impl Checkpoint {
@@ -187,7 +255,15 @@ impl Checkpoint {
             tensors.extend(loaded);
         }
         let default_quant = config.get("quantization").map(quant_spec).transpose()?;
-        Ok(Self { dir: dir.to_path_buf(), config, tensors, default_quant, dequantize_all: false })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            tensors,
+            default_quant,
+            dequantize_all: false,
+            layout: WeightLayout::default(),
+            held: std::sync::Mutex::default(),
+        })
     }
 
     pub fn model_type(&self) -> Result<String, EngineError> {
@@ -209,7 +285,26 @@ impl Checkpoint {
 
     /// A plain tensor as f32 on `device`.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, EngineError> {
-        Ok(self.raw(name)?.to_dtype(DType::F32)?.to_device(device)?)
+        let t = self.raw(name)?.to_dtype(DType::F32)?.to_device(device)?;
+        self.record(name, tensor_bytes(&t));
+        Ok(t)
+    }
+
+    /// Notes that the model holds `bytes` for tensor `name`.
+    fn record(&self, name: &str, bytes: usize) {
+        if let Ok(mut held) = self.held.lock() {
+            held.record(name, bytes);
+        }
+    }
+
+    /// What the loaders handed to the model so far, by tensor name.
+    pub fn held(&self) -> WeightMemory {
+        self.held.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// The bytes tensors whose names start with `prefix` take in the checkpoint's files.
+    pub fn file_bytes(&self, prefix: &str) -> usize {
+        self.tensors.iter().filter(|(name, _)| name.starts_with(prefix)).map(|(_, t)| tensor_bytes(t)).sum()
     }
 
     /// The quantization of module `prefix`: a per-module override in `config.json`, else the
@@ -256,7 +351,9 @@ impl Checkpoint {
         .map_err(|e| meta(format!("`{name}`: {e}")))?;
         let mut shape = lead.to_vec();
         shape.push(in_features);
-        Ok(Tensor::from_vec(values, shape, device)?)
+        let t = Tensor::from_vec(values, shape, device)?;
+        self.record(&name, tensor_bytes(&t));
+        Ok(t)
     }
 
     /// `prefix.bias` when the module has one (never quantized).
@@ -275,7 +372,67 @@ impl Checkpoint {
         if let Some(matrix) = self.q4_1(prefix, device)? {
             return Ok(MlxLinear::Packed { matrix, bias: self.bias(prefix, device)? });
         }
+        if !self.layout.ours(device)
+            && self.raw(&format!("{prefix}.weight"))?.rank() == 2
+            && let Some(blocks) = self.host_blocks(prefix)?
+        {
+            let layer = blocks.upload(device)?;
+            self.record(&format!("{prefix}.weight"), layer.bytes());
+            return Ok(MlxLinear::Quantized { layer, bias: self.bias(prefix, device)? });
+        }
         Ok(MlxLinear::Dense(self.linear(prefix, device)?))
+    }
+
+    /// Module `prefix` (an embedding table) as a Q4_1 tensor on `device` for Candle's
+    /// kernels, when it is a 4-bit affine matrix with f16-exact scales and biases and the
+    /// layout puts packed layers on Candle's kernels.
+    pub fn quantized_table(
+        &self,
+        prefix: &str,
+        device: &Device,
+    ) -> Result<Option<std::sync::Arc<candle_core::quantized::QTensor>>, EngineError> {
+        if self.layout.ours(device) || self.raw(&format!("{prefix}.weight"))?.rank() != 2 {
+            return Ok(None);
+        }
+        match self.host_blocks(prefix)? {
+            Some(blocks) if blocks.offsets.is_none() => {
+                let table = blocks.qtensor(device)?;
+                self.record(&format!("{prefix}.weight"), super::weights::qtensor_bytes(&table));
+                Ok(Some(std::sync::Arc::new(table)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Module `prefix`'s affine codes as ggml blocks (every leading dimension folded into
+    /// rows): Q4_1 for 4 bits, Q8_0 with offsets for the other widths; `None` for mxfp4,
+    /// scales (or 4-bit biases) that are no f16 values, or [`Self::dequantize_all`].
+    fn host_blocks(&self, prefix: &str) -> Result<Option<quant::HostBlocks>, EngineError> {
+        use candle_core::quantized::GgmlDType;
+        if self.dequantize_all {
+            return Ok(None);
+        }
+        let Some(spec) = self.quant_of(prefix)? else { return Ok(None) };
+        if spec.mxfp4 {
+            return Ok(None);
+        }
+        let packed = self.raw(&format!("{prefix}.weight"))?;
+        let Some((&packed_cols, lead)) = packed.dims().split_last() else { return Ok(None) };
+        let rows: usize = lead.iter().product();
+        let cols = packed_cols * 32 / spec.bits;
+        let words: Vec<u32> = packed.flatten_all()?.to_vec1()?;
+        let floats = |name: &str| -> Result<Vec<f32>, EngineError> {
+            Ok(self.raw(&format!("{prefix}.{name}"))?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+        };
+        let (scales, biases) = (floats("scales")?, floats("biases")?);
+        if spec.bits == 4
+            && let Some(data) = quant::affine4_to_q4_1(&words, &scales, &biases, cols, spec.group_size)
+        {
+            return Ok(Some(quant::HostBlocks { dtype: GgmlDType::Q4_1, rows, cols, data, offsets: None }));
+        }
+        Ok(quant::affine_to_q8_0(&words, &scales, &biases, cols, spec.bits, spec.group_size).map(|(data, offsets)| {
+            quant::HostBlocks { dtype: GgmlDType::Q8_0, rows, cols, data, offsets: Some((offsets, spec.group_size)) }
+        }))
     }
 
     /// Module `prefix` as Q4_1 blocks, when it is a 4-bit affine matrix with f16-exact
@@ -289,7 +446,7 @@ impl Checkpoint {
 
     /// As [`Self::q4_1`], with every leading dimension (stacked experts) folded into rows.
     fn q4_1_rows(&self, prefix: &str, device: &Device) -> Result<Option<rapid_kernels::QuantMatrix>, EngineError> {
-        if self.dequantize_all || !device.is_cpu() {
+        if self.dequantize_all || !self.layout.ours(device) {
             return Ok(None);
         }
         let Some(spec) = self.quant_of(prefix)? else { return Ok(None) };
@@ -309,9 +466,10 @@ impl Checkpoint {
         else {
             return Ok(None);
         };
-        rapid_kernels::QuantMatrix::new(rapid_kernels::Format::Q4_1, rows, in_features, blocks)
-            .map(Some)
-            .map_err(|e| meta(format!("`{prefix}`: {e}")))
+        let matrix = rapid_kernels::QuantMatrix::new(rapid_kernels::Format::Q4_1, rows, in_features, blocks)
+            .map_err(|e| meta(format!("`{prefix}`: {e}")))?;
+        self.record(&format!("{prefix}.weight"), matrix.bytes());
+        Ok(Some(matrix))
     }
 
     /// The `count` experts stacked in module `prefix` (`[E, out, in]`), each its own layer
@@ -338,6 +496,24 @@ impl Checkpoint {
                 .map(|(e, matrix)| Ok(MlxLinear::Packed { matrix, bias: bias_of(e)? }))
                 .collect();
         }
+        if !self.layout.ours(device)
+            && let Some(all) = self.host_blocks(prefix)?
+        {
+            if count == 0 || !all.rows.is_multiple_of(count) {
+                return Err(shape_error(&[all.rows, all.cols]));
+            }
+            let per = all.rows / count;
+            let parts = all.split_rows(&vec![per; count]).map_err(|e| meta(format!("`{prefix}`: {e}")))?;
+            let mut experts = Vec::with_capacity(count);
+            let mut bytes = 0;
+            for (e, part) in parts.iter().enumerate() {
+                let layer = part.upload(device)?;
+                bytes += layer.bytes();
+                experts.push(MlxLinear::Quantized { layer, bias: bias_of(e)? });
+            }
+            self.record(&format!("{prefix}.weight"), bytes);
+            return Ok(experts);
+        }
         let w = self.weight(prefix, device)?;
         if w.rank() != 3 || w.dim(0)? != count {
             return Err(shape_error(w.dims()));
@@ -352,11 +528,13 @@ pub fn dense_linear(weight: Tensor, bias: Option<Tensor>) -> MlxLinear {
     MlxLinear::Dense(candle_nn::Linear::new(weight, bias))
 }
 
-/// A linear layer of an MLX checkpoint: packed Q4_1 blocks through our kernel, or f32.
+/// A linear layer of an MLX checkpoint: packed Q4_1 blocks through our kernel, ggml
+/// blocks through Candle's quantized matmul (GPUs), or f32.
 #[derive(Clone)]
 pub enum MlxLinear {
     Dense(candle_nn::Linear),
     Packed { matrix: rapid_kernels::QuantMatrix, bias: Option<Tensor> },
+    Quantized { layer: quant::QuantLinear, bias: Option<Tensor> },
 }
 
 impl std::fmt::Debug for MlxLinear {
@@ -364,6 +542,7 @@ impl std::fmt::Debug for MlxLinear {
         match self {
             Self::Dense(linear) => write!(f, "MlxLinear::Dense({:?})", linear.weight().dims()),
             Self::Packed { matrix, .. } => write!(f, "MlxLinear::Packed(Q4_1 {}x{})", matrix.rows(), matrix.cols()),
+            Self::Quantized { layer, .. } => write!(f, "MlxLinear::Quantized({layer:?})"),
         }
     }
 }
@@ -390,6 +569,15 @@ impl MlxLinear {
                     start += n;
                 }
             }
+            Self::Quantized { layer, bias } => {
+                let device = layer.device();
+                let host = layer.to_host()?;
+                drop(layer);
+                for (part, &n) in host.split_rows(sizes).map_err(candle_core::Error::msg)?.iter().zip(sizes) {
+                    parts.push(Self::Quantized { layer: part.upload(&device)?, bias: narrow_bias(&bias, start, n)? });
+                    start += n;
+                }
+            }
         }
         Ok(parts)
     }
@@ -398,6 +586,7 @@ impl MlxLinear {
         match self {
             Self::Dense(linear) => linear.weight().dim(0),
             Self::Packed { matrix, .. } => Ok(matrix.rows()),
+            Self::Quantized { layer, .. } => Ok(layer.rows()),
         }
     }
 }
@@ -408,6 +597,13 @@ impl candle_core::Module for MlxLinear {
             Self::Dense(linear) => linear.forward(x),
             Self::Packed { matrix, bias } => {
                 let y = super::models::packed_matmul(matrix, x)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            Self::Quantized { layer, bias } => {
+                let y = layer.forward(x)?;
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),

@@ -12,6 +12,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use rapid_kernels::{Format, Q8Rows, QuantMatrix};
 
 use super::gguf::GgufFile;
+use super::weights::{WeightLayout, qmatmul_bytes, qtensor_bytes};
 use super::{EngineError, KvCache};
 
 /// One sequence's part of a batched forward: its new tokens (positions `cache.len()..`)
@@ -90,16 +91,33 @@ impl TokenTable {
     /// The GGUF tensor `name`, read straight into our blocks where a kernel of ours runs it.
     pub fn load(gguf: &mut GgufFile, name: &str, device: &Device) -> std::result::Result<Self, EngineError> {
         if let Some(matrix) = QLinear::raw_blocks(gguf, name, device)? {
+            gguf.held.record(name, matrix.bytes());
             return Ok(Self::Blocks(Arc::new(matrix)));
         }
-        Ok(Self::new(gguf.tensor(name, device)?)?)
+        let layout = gguf.layout;
+        let table = Self::new_in(gguf.tensor(name, device)?, layout)?;
+        gguf.held.record(name, table.bytes());
+        Ok(table)
     }
 
     pub fn new(tensor: QTensor) -> Result<Self> {
-        Ok(match QLinear::blocks(&tensor)? {
+        Self::new_in(tensor, WeightLayout::Native)
+    }
+
+    /// As [`Self::new`], with the blocks in `layout`'s kernels.
+    pub fn new_in(tensor: QTensor, layout: WeightLayout) -> Result<Self> {
+        Ok(match QLinear::blocks(&tensor, layout)? {
             Some(matrix) => Self::Blocks(Arc::new(matrix)),
             None => Self::Candle(Arc::new(tensor)),
         })
+    }
+
+    /// Bytes the table holds on its device.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Candle(table) => qtensor_bytes(table),
+            Self::Blocks(table) => table.bytes(),
+        }
     }
 
     /// Rows `ids` as f32, `[ids.len(), hidden]`.
@@ -132,13 +150,25 @@ impl QLinear {
     /// The GGUF tensor `name`: read straight into our blocks where a kernel of ours runs
     /// it (one copy of the weights, not Candle's and ours), else as Candle's `QMatMul`.
     pub fn load(gguf: &mut GgufFile, name: &str, device: &Device) -> std::result::Result<Self, EngineError> {
-        if let Some(matrix) = Self::raw_blocks(gguf, name, device)? {
-            return Ok(Self::Blocks(Arc::new(matrix)));
+        let linear = if let Some(matrix) = Self::raw_blocks(gguf, name, device)? {
+            Self::Blocks(Arc::new(matrix))
+        } else if let Some(matrix) = Self::raw_kquant(gguf, name, device)? {
+            Self::KQuant(Arc::new(matrix))
+        } else {
+            let layout = gguf.layout;
+            Self::from_qtensor_in(gguf.tensor(name, device)?, layout)?
+        };
+        gguf.held.record(name, linear.bytes());
+        Ok(linear)
+    }
+
+    /// Bytes the layer holds on its device.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Candle(m) => qmatmul_bytes(m),
+            Self::Blocks(m) => m.bytes(),
+            Self::KQuant(m) => m.bytes(),
         }
-        if let Some(matrix) = Self::raw_kquant(gguf, name, device)? {
-            return Ok(Self::KQuant(Arc::new(matrix)));
-        }
-        Ok(Self::from_qtensor(gguf.tensor(name, device)?)?)
     }
 
     fn raw_kquant(
@@ -156,7 +186,7 @@ impl QLinear {
             _ => return Ok(None),
         };
         let ours = rapid_kernels::kquants::available() && std::env::var_os("RAPID_HOST_CANDLE_KERNELS").is_none();
-        if !ours || !device.is_cpu() || info.shape.dims2().is_err() {
+        if !ours || !gguf.layout.ours(device) || info.shape.dims2().is_err() {
             return Ok(None);
         }
         let super::gguf::RawTensor { rows, cols, data, .. } = gguf.raw_tensor(name)?;
@@ -172,7 +202,7 @@ impl QLinear {
             return Err(EngineError::Metadata(format!("tensor `{name}` is missing")));
         };
         let format = ours(info.ggml_dtype);
-        if format.is_none() || !device.is_cpu() || info.shape.dims2().is_err() {
+        if format.is_none() || !gguf.layout.ours(device) || info.shape.dims2().is_err() {
             return Ok(None);
         }
         let super::gguf::RawTensor { rows, cols, data, .. } = gguf.raw_tensor(name)?;
@@ -185,16 +215,21 @@ impl QLinear {
     }
 
     pub fn from_qtensor(tensor: QTensor) -> Result<Self> {
-        match Self::blocks(&tensor)? {
+        Self::from_qtensor_in(tensor, WeightLayout::Native)
+    }
+
+    /// As [`Self::from_qtensor`], with the blocks in `layout`'s kernels.
+    pub fn from_qtensor_in(tensor: QTensor, layout: WeightLayout) -> Result<Self> {
+        match Self::blocks(&tensor, layout)? {
             Some(matrix) => Ok(Self::Blocks(Arc::new(matrix))),
             None => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
         }
     }
 
     /// The tensor's blocks for our kernels, when its format has one on this device.
-    fn blocks(tensor: &QTensor) -> Result<Option<QuantMatrix>> {
+    fn blocks(tensor: &QTensor, layout: WeightLayout) -> Result<Option<QuantMatrix>> {
         let format = ours(tensor.dtype());
-        match (format, tensor.device().is_cpu(), tensor.shape().dims2()) {
+        match (format, layout.ours(&tensor.device()), tensor.shape().dims2()) {
             (Some(format), true, Ok((rows, cols))) if cols.is_multiple_of(rapid_kernels::QK) => {
                 let data = tensor.data()?.into_owned();
                 QuantMatrix::new(format, rows, cols, data).map(Some).map_err(candle_core::Error::wrap)
