@@ -9,6 +9,7 @@ pub mod engine;
 pub mod host_facts;
 #[cfg(feature = "server")]
 pub mod hub;
+pub mod memory;
 #[cfg(feature = "server")]
 pub mod parsers;
 #[cfg(feature = "server")]

@@ -10,6 +10,7 @@ mod device_layout;
 mod gguf_device;
 mod gguf_from_mlx;
 mod hostile_plugins;
+mod hostile_requests;
 mod hub;
 mod limits;
 mod loading;

@@ -339,7 +339,7 @@ async fn metrics_count_requests_and_tokens() {
 }
 
 /// Kills the server when the test ends, pass or fail.
-pub(crate) struct Server(Child);
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {

@@ -233,6 +233,10 @@ pub(crate) struct ServeArgs {
     /// `max_tokens` for requests that give none.
     #[arg(long, default_value_t = 1024)]
     pub(crate) max_tokens: usize,
+    /// Seconds a client may take to send its request headers, and then its body
+    /// (slower ones get their connection closed, or 408).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub(crate) read_timeout: u64,
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,

@@ -94,6 +94,7 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
         max_request_bytes: args.max_request_bytes,
         max_concurrent_requests: args.max_concurrent_requests,
         default_max_tokens: args.max_tokens,
+        read_timeout: std::time::Duration::from_secs(args.read_timeout.max(1)),
     };
     let batch = BatchLimits { max_running: args.max_running_requests, max_batch_tokens: args.max_batch_tokens };
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -145,7 +146,8 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
         let _ = loading_server.await;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         eprintln!("  listening on http://{addr}/v1");
-        serve_until_drained(listener, router(state), drain_timeout).await
+        let read_timeout = state.limits.read_timeout;
+        serve_until_drained(listener, router(state), drain_timeout, read_timeout).await
     })?;
     // Generations of requests cut by the drain timeout stop at their next token; do not wait
     // on them past that.
@@ -177,12 +179,13 @@ async fn serve_until_drained(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     timeout: Duration,
+    read_timeout: Duration,
 ) -> anyhow::Result<Drained> {
     use rapid_host::server::drain::Drain;
 
     let drain = Drain::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, drain.wrap(app)).with_graceful_shutdown(async move {
+    let server = rapid_host::server::http::serve(listener, drain.wrap(app), read_timeout, async move {
         let _ = stopped.await;
     });
     let server = async move { server.await.context("server failed") };

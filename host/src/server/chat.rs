@@ -335,7 +335,7 @@ pub async fn collect(
                 }
             }
             Step::Done(outcome) => return Ok((message, outcome, logprobs)),
-            Step::Failed(e) => return Err(AppError::Internal(e)),
+            Step::Failed(e) => return Err(e),
         }
     }
     Err(AppError::Internal(String::from("the generation ended without a result")))
@@ -414,8 +414,7 @@ async fn stream_chat(
                 }
             }
             Step::Failed(error) => {
-                let body = json!({"error": {"message": format!("generation failed: {error}"), "type": "server_error", "param": null, "code": "internal_error"}});
-                let _ = send(Event::default().data(body.to_string())).await;
+                let _ = send(Event::default().data(error.envelope().to_string())).await;
             }
         }
     }

@@ -14,12 +14,14 @@
 //!   inference gateway's endpoint picker reads) and histograms.
 //! - [`drain`]: graceful drain on shutdown: readiness 503, new requests 503 + `Retry-After`,
 //!   requests in flight finish.
+//! - [`http`]: the listener, with a header read timeout and a graceful shutdown.
 
 pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod drain;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod output;
 pub mod request;
@@ -52,11 +54,18 @@ pub struct ServerLimits {
     pub max_concurrent_requests: usize,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
+    /// How long a client may take to send its request headers, and then its body.
+    pub read_timeout: std::time::Duration,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
-        Self { max_request_bytes: 8 << 20, max_concurrent_requests: 16, default_max_tokens: 1024 }
+        Self {
+            max_request_bytes: 8 << 20,
+            max_concurrent_requests: 16,
+            default_max_tokens: 1024,
+            read_timeout: std::time::Duration::from_secs(30),
+        }
     }
 }
 
@@ -107,29 +116,70 @@ impl AppState {
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+/// Bodies larger than this are parsed on the blocking pool.
+const LARGE_BODY_BYTES: usize = 64 << 10;
+
+impl<T: DeserializeOwned + Send + 'static, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().map_or(usize::MAX, |l| l.0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::TooLarge { limit }
-            } else {
-                AppError::bad(format!("cannot read the request body: {rejection}"), None)
-            }
-        })?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| AppError::BadRequest {
-            message: format!("invalid JSON body: {e}"),
-            param: None,
-            code: "invalid_json",
-        })
+        let limits = req.extensions().get::<BodyLimits>().copied();
+        let limit = limits.map_or(usize::MAX, |l| l.max_bytes);
+        let timeout = limits.map_or(std::time::Duration::MAX, |l| l.read_timeout);
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| AppError::ReadTimeout { seconds: timeout.as_secs() })?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::TooLarge { limit }
+                } else {
+                    AppError::bad(format!("cannot read the request body: {rejection}"), None)
+                }
+            })?;
+        let bytes_len = bytes.len();
+        let parse = move || {
+            serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| AppError::BadRequest {
+                message: format!("invalid JSON body: {e}"),
+                param: None,
+                code: "invalid_json",
+            })
+        };
+        // A large body takes tens of milliseconds to parse: off the runtime threads, so
+        // health checks and streams are not held up behind it.
+        if bytes_len > LARGE_BODY_BYTES {
+            tokio::task::spawn_blocking(parse).await.map_err(|e| AppError::Internal(e.to_string()))?
+        } else {
+            parse()
+        }
     }
 }
 
-/// The body limit, visible to [`JsonBody`] for its error message.
+/// The body's limits, visible to [`JsonBody`].
 #[derive(Debug, Clone, Copy)]
-struct BodyLimit(usize);
+struct BodyLimits {
+    max_bytes: usize,
+    read_timeout: std::time::Duration,
+}
+
+/// Puts the body limits where [`JsonBody`] finds them, and refuses at once a body whose
+/// announced length is over the limit (rather than waiting for it to arrive).
+async fn body_limits(
+    State(limits): State<BodyLimits>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.max_bytes as u64) {
+        return AppError::TooLarge { limit: limits.max_bytes }.into_response();
+    }
+    req.extensions_mut().insert(limits);
+    next.run(req).await
+}
 
 /// Checks `Authorization: Bearer` (OpenAI's clients) or `x-api-key` (Anthropic's) on `/v1`
 /// routes; health and metrics stay open so probes and scrapers need no secret.
@@ -182,6 +232,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 pub fn router(state: AppState) -> Router {
     let limit = state.limits.max_request_bytes;
+    let body = BodyLimits { max_bytes: limit, read_timeout: state.limits.read_timeout };
     let state = Arc::new(state);
     Router::new()
         .route("/health", get(health))
@@ -197,10 +248,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/responses", post(responses::handle))
         .route("/v1/responses/{id}", get(responses::retrieve))
         .fallback(|uri: axum::http::Uri| async move { AppError::RouteNotFound(uri.path().to_string()) })
-        .layer(axum::middleware::from_fn(move |mut req: Request, next: axum::middleware::Next| async move {
-            req.extensions_mut().insert(BodyLimit(limit));
-            next.run(req).await
-        }))
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            AppError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+        })
+        .layer(axum::middleware::from_fn_with_state(body, body_limits))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authorize))
         .with_state(state)

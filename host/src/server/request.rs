@@ -258,6 +258,9 @@ pub fn render_prompt(state: &AppState, input: &ChatInput) -> Result<Prompt, AppE
 pub struct Prepared {
     pub generation: GenerationRequest,
     pub output: Output,
+    /// The request field whose schema constrains the output, when it is the client's (not
+    /// a plugin's grammar): a grammar that fails mid-answer is then the client's 400.
+    pub schema_param: Option<&'static str>,
 }
 
 /// Everything before generation: prompt, limits, grammar, parsers. Blocking work.
@@ -294,6 +297,11 @@ pub fn prepare(state: &AppState, input: &ChatInput) -> Result<Prepared, AppError
         }
     };
     let host_calls = output.as_ref().is_some_and(|o| o.host_calls);
+    let schema_param = match &output {
+        None => None,
+        Some(_) if forced => host_calls.then_some("tools"),
+        Some(_) => Some("response_format"),
+    };
     let tools_json = Value::Array(tools.clone()).to_string();
     let config = PipelineConfig {
         tool_parser: if tools.is_empty() || host_calls { None } else { state.tool_parser.clone() },
@@ -331,7 +339,7 @@ pub fn prepare(state: &AppState, input: &ChatInput) -> Result<Prepared, AppError
         ignore_eos: false,
         constraint: output.map(|o| o.constraint),
     };
-    Ok(Prepared { generation, output: output_reader })
+    Ok(Prepared { generation, output: output_reader, schema_param })
 }
 
 /// Runs blocking preparation work on the blocking pool.
@@ -350,6 +358,7 @@ pub async fn start(state: &Arc<AppState>, input: ChatInput) -> Result<Generation
     };
     let prompt_tokens = prepared.generation.prompt_tokens.len();
     let stop = prepared.generation.stop.clone();
+    let schema_param = prepared.schema_param;
     let rx = state.runner.start_admitted(admission, prepared.generation);
     Ok(Generation {
         state: Arc::clone(state),
@@ -361,6 +370,7 @@ pub async fn start(state: &Arc<AppState>, input: ChatInput) -> Result<Generation
         completion_tokens: 0,
         outcome: None,
         over: false,
+        schema_param,
     })
 }
 
@@ -377,7 +387,7 @@ pub struct Outcome {
 pub enum Step {
     Events { events: Vec<ParseEvent>, logprobs: Vec<TokenLogprob> },
     Done(Outcome),
-    Failed(String),
+    Failed(AppError),
 }
 
 /// A running generation, read through the response rules ([`Output`]). Dropping it cancels.
@@ -393,6 +403,7 @@ pub struct Generation {
     completion_tokens: usize,
     outcome: Option<Outcome>,
     over: bool,
+    schema_param: Option<&'static str>,
 }
 
 impl Generation {
@@ -456,7 +467,7 @@ impl Generation {
                 }
                 Some(RunEvent::Failed(e)) => {
                     self.over = true;
-                    return Some(Step::Failed(e));
+                    return Some(Step::Failed(self.failure(e)));
                 }
                 None => {
                     let engine = self.engine_finish.unwrap_or(FinishReason::Stop);
@@ -482,6 +493,19 @@ impl Generation {
                     return Some(Step::Events { events, logprobs: Vec::new() });
                 }
             }
+        }
+    }
+
+    /// What a failed generation answers: a client schema that outgrew the grammar engine's
+    /// limits mid-answer is a 400 naming the field, anything else a 500.
+    fn failure(&self, error: String) -> AppError {
+        match self.schema_param {
+            Some(param) if error.contains(crate::engine::constraint::TOO_COMPLEX) => AppError::BadRequest {
+                message: format!("the `{param}` schema cannot be followed: {error}"),
+                param: Some(param),
+                code: if param == "tools" { "invalid_tool_schema" } else { "invalid_response_format" },
+            },
+            _ => AppError::Internal(error),
         }
     }
 

@@ -59,15 +59,21 @@ fn compiler(state: &AppState) -> Result<&GrammarCompiler, AppError> {
     state.engine.grammar().map_err(|e| AppError::Internal(e.to_string()))
 }
 
+/// A failed compilation of a client's schema: the schema's fault is a 400 naming the field.
+fn client_schema_error(e: ConstraintError, what: &str, param: &'static str, code: &'static str) -> AppError {
+    match e {
+        ConstraintError::Grammar(message) => {
+            AppError::BadRequest { message: format!("{what} cannot be used: {message}"), param: Some(param), code }
+        }
+        ConstraintError::Busy => AppError::Busy(e.to_string()),
+        other => AppError::Internal(other.to_string()),
+    }
+}
+
 /// Constrains the output to `schema` (`response_format`).
 pub fn json_output(state: &AppState, schema: &Value) -> Result<OutputConstraint, AppError> {
-    let constraint = compiler(state)?.compile(GrammarCompiler::json_schema(schema)).map_err(|e| match e {
-        ConstraintError::Grammar(message) => AppError::BadRequest {
-            message: format!("`response_format` schema cannot be used: {message}"),
-            param: Some("response_format"),
-            code: "invalid_response_format",
-        },
-        other => AppError::Internal(other.to_string()),
+    let constraint = compiler(state)?.compile(GrammarCompiler::json_schema(schema)).map_err(|e| {
+        client_schema_error(e, "`response_format` schema", "response_format", "invalid_response_format")
     })?;
     Ok(OutputConstraint { constraint, host_calls: false })
 }
@@ -88,7 +94,12 @@ pub fn forced_tool_calls(
         match grammar {
             Ok(Some(lark)) => match compiler.compile(GrammarCompiler::lark(&lark)) {
                 Ok(constraint) => return Ok(OutputConstraint { constraint, host_calls: false }),
-                Err(e) => tracing::warn!("tool-call grammar of parser `{parser}` does not compile, using JSON: {e}"),
+                Err(ConstraintError::Busy) => return Err(AppError::Busy(ConstraintError::Busy.to_string())),
+                Err(e) => {
+                    // The plugin's fault: fall back as other plugin failures do.
+                    super::metrics::Metrics::add(&state.metrics.parser_failures, 1);
+                    tracing::warn!("tool-call grammar of parser `{parser}` does not compile, using JSON: {e}");
+                }
             },
             Ok(None) => {}
             Err(e) => tracing::warn!("parser `{parser}` failed to give a tool-call grammar, using JSON: {e}"),
@@ -96,14 +107,9 @@ pub fn forced_tool_calls(
     }
     let schema =
         host_call_schema(tools).ok_or_else(|| AppError::bad("every tool needs a `function.name`", Some("tools")))?;
-    let constraint = compiler.compile(GrammarCompiler::json_schema(&schema)).map_err(|e| match e {
-        ConstraintError::Grammar(message) => AppError::BadRequest {
-            message: format!("a tool's `parameters` schema cannot be used: {message}"),
-            param: Some("tools"),
-            code: "invalid_tool_schema",
-        },
-        other => AppError::Internal(other.to_string()),
-    })?;
+    let constraint = compiler
+        .compile(GrammarCompiler::json_schema(&schema))
+        .map_err(|e| client_schema_error(e, "a tool's `parameters` schema", "tools", "invalid_tool_schema"))?;
     Ok(OutputConstraint { constraint, host_calls: true })
 }
 

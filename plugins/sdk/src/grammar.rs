@@ -36,14 +36,22 @@ pub fn tool_names(tools: &[Value]) -> Vec<String> {
 
 /// JSON schema of one call object `{"<name_key>": NAME, "<arguments_key>": ARGS}` for any of
 /// `tools`, with the name first, as the model writes it.
+///
+/// A tool's `parameters` may hold `$defs` / `definitions` and `$ref`s into them (or `#`
+/// for the parameters themselves); wrapped inside the call object, those would point at
+/// the wrong root, so each tool's definitions move to the wrapper's `$defs` under a
+/// per-tool prefix and its references are rewritten to match.
 pub fn call_object_schema(tools: &[Value], name_key: &str, arguments_key: &str) -> Option<Value> {
+    let mut defs = serde_json::Map::new();
     let variants: Vec<Value> = tools
         .iter()
-        .filter_map(|tool| {
+        .enumerate()
+        .filter_map(|(i, tool)| {
             let name = tool.get("function").unwrap_or(tool).get("name").and_then(Value::as_str)?;
+            let arguments = hoist_definitions(parameters_schema(tool), &format!("tool{i}"), &mut defs);
             Some(json!({
                 "type": "object",
-                "properties": { name_key: { "const": name }, arguments_key: parameters_schema(tool) },
+                "properties": { name_key: { "const": name }, arguments_key: arguments },
                 "required": [name_key, arguments_key],
                 "additionalProperties": false,
             }))
@@ -53,8 +61,64 @@ pub fn call_object_schema(tools: &[Value], name_key: &str, arguments_key: &str) 
         return None;
     }
     let mut schema = if variants.len() == 1 { variants[0].clone() } else { json!({ "anyOf": variants }) };
+    if !defs.is_empty() {
+        schema["$defs"] = Value::Object(defs);
+    }
     schema["x-guidance"] = compact_json_options();
     Some(schema)
+}
+
+/// Moves `params`' own definitions into `defs` as `<prefix>-<name>`, rewrites its local
+/// `$ref`s to them, and returns what stands in for `params` (a `$ref` to its moved copy
+/// when it refers to itself with `#`).
+fn hoist_definitions(mut params: Value, prefix: &str, defs: &mut serde_json::Map<String, Value>) -> Value {
+    let mut own = serde_json::Map::new();
+    if let Some(obj) = params.as_object_mut() {
+        for key in ["$defs", "definitions"] {
+            if let Some(Value::Object(map)) = obj.remove(key) {
+                own.extend(map);
+            }
+        }
+    }
+    let mut refers_to_root = false;
+    rewrite_refs(&mut params, prefix, &mut refers_to_root);
+    for (name, mut def) in own {
+        rewrite_refs(&mut def, prefix, &mut refers_to_root);
+        defs.insert(format!("{prefix}-{name}"), def);
+    }
+    if refers_to_root {
+        defs.insert(prefix.to_string(), params);
+        json!({ "$ref": format!("#/$defs/{prefix}") })
+    } else {
+        params
+    }
+}
+
+fn rewrite_refs(value: &mut Value, prefix: &str, refers_to_root: &mut bool) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get_mut("$ref") {
+                let rest = target.strip_prefix("#/$defs/").or_else(|| target.strip_prefix("#/definitions/"));
+                if let Some(rest) = rest {
+                    *target = format!("#/$defs/{prefix}-{rest}");
+                } else if target == "#" {
+                    *refers_to_root = true;
+                    *target = format!("#/$defs/{prefix}");
+                } else if let Some(rest) = target.strip_prefix("#/") {
+                    // A pointer into the parameters themselves.
+                    *refers_to_root = true;
+                    *target = format!("#/$defs/{prefix}/{rest}");
+                }
+            }
+            for (key, v) in map.iter_mut() {
+                if key != "$ref" {
+                    rewrite_refs(v, prefix, refers_to_root);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_refs(v, prefix, refers_to_root)),
+        _ => {}
+    }
 }
 
 /// A Lark string literal for `text`.
@@ -116,6 +180,10 @@ pub fn qwen_xml_calls(tools_json: &str) -> Option<String> {
         let function = tool.get("function").unwrap_or(tool);
         let name = function.get("name").and_then(Value::as_str)?;
         let params = parameters_schema(tool);
+        // Each parameter's schema becomes a grammar root of its own: it carries the
+        // tool's definitions so `$ref`s into them still resolve.
+        let definitions: Vec<(&str, &Value)> =
+            ["$defs", "definitions"].into_iter().filter_map(|k| params.get(k).map(|d| (k, d))).collect();
         let required: Vec<&str> = params
             .get("required")
             .and_then(Value::as_array)
@@ -123,7 +191,12 @@ pub fn qwen_xml_calls(tools_json: &str) -> Option<String> {
             .unwrap_or_default();
         let mut body = Vec::new();
         for (k, key) in required.iter().enumerate() {
-            let schema = params.pointer(&format!("/properties/{key}")).cloned().unwrap_or(Value::Null);
+            let mut schema = params.pointer(&format!("/properties/{key}")).cloned().unwrap_or(Value::Null);
+            if let Some(obj) = schema.as_object_mut() {
+                for (k, d) in &definitions {
+                    obj.entry(k.to_string()).or_insert_with(|| (*d).clone());
+                }
+            }
             rules.push(format!(
                 "f{f}_p{k}: {} {} \"</parameter>\\n\"",
                 literal(&format!("<parameter={key}>\n")),
@@ -161,6 +234,34 @@ mod tests {
         assert_eq!(variants[0]["properties"]["arguments"]["required"][0], "city");
         assert_eq!(variants[1]["properties"]["arguments"], json!({"type": "object"}));
         assert_eq!(schema["x-guidance"]["whitespace_flexible"], false);
+    }
+
+    #[test]
+    fn tool_definitions_move_to_the_wrapper_root() {
+        let tools = json!([
+            {"type": "function", "function": {"name": "add", "parameters": {
+                "type": "object",
+                "properties": {"item": {"$ref": "#/$defs/Item"}, "next": {"$ref": "#"}},
+                "$defs": {"Item": {"type": "object", "properties": {"sku": {"type": "string"}, "more": {"$ref": "#/definitions/Tag"}}}},
+                "definitions": {"Tag": {"type": "string"}}
+            }}},
+            {"type": "function", "function": {"name": "other", "parameters": {
+                "type": "object", "properties": {"item": {"$ref": "#/$defs/Item"}},
+                "$defs": {"Item": {"type": "integer"}}
+            }}}
+        ]);
+        let schema = call_object_schema(tools.as_array().expect("array"), "name", "arguments").expect("schema");
+        let defs = &schema["$defs"];
+        // The first tool refers to itself: its parameters moved too, and are referenced.
+        assert_eq!(schema["anyOf"][0]["properties"]["arguments"], json!({"$ref": "#/$defs/tool0"}));
+        assert_eq!(defs["tool0"]["properties"]["item"]["$ref"], "#/$defs/tool0-Item");
+        assert_eq!(defs["tool0"]["properties"]["next"]["$ref"], "#/$defs/tool0");
+        assert_eq!(defs["tool0-Item"]["properties"]["more"]["$ref"], "#/$defs/tool0-Tag");
+        assert_eq!(defs["tool0-Tag"], json!({"type": "string"}));
+        // The second keeps its parameters inline; same definition name, no collision.
+        assert_eq!(schema["anyOf"][1]["properties"]["arguments"]["properties"]["item"]["$ref"], "#/$defs/tool1-Item");
+        assert_eq!(defs["tool1-Item"], json!({"type": "integer"}));
+        assert!(schema["anyOf"][1]["properties"]["arguments"].get("$defs").is_none());
     }
 
     #[test]
