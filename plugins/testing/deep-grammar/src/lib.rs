@@ -11,7 +11,7 @@ use rapid_plugin_sdk::json::Tools;
 use rapid_plugin_sdk::output_parser::{
     Adapter, CapabilityKind, ParserPlugin, PluginInfo, SessionConfig, parser_info, unknown_parser,
 };
-use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Section, Splitter, ToolCallSplitter, until_closer};
+use rapid_plugin_sdk::tool_calls::{Call, CallFormat, Scan, Section, Splitter, ToolCallSplitter};
 use serde_json::Value;
 
 struct Format;
@@ -21,8 +21,8 @@ impl CallFormat for Format {
         &["<tool_call>"]
     }
 
-    fn section_len(&self, buf: &str, eof: bool) -> Option<usize> {
-        until_closer(buf, &["</tool_call>"], eof)
+    fn section_len(&self, buf: &str, scan: &mut Scan, eof: bool) -> Option<usize> {
+        scan.until_closer(buf, &["</tool_call>"], eof)
     }
 
     fn parse(&self, section: &str, _tools: &Tools) -> Section {
