@@ -539,8 +539,7 @@ async fn respond(state: &Arc<AppState>, req: MessagesRequest) -> Result<Response
                         return;
                     }
                     Step::Failed(error) => {
-                        let body =
-                            error_body(StatusCode::INTERNAL_SERVER_ERROR, &format!("generation failed: {error}"));
+                        let body = error_body(error.status(), &error.to_string());
                         let _ = send("error", body).await;
                         return;
                     }
@@ -571,7 +570,7 @@ async fn respond(state: &Arc<AppState>, req: MessagesRequest) -> Result<Response
                 }
                 break outcome;
             }
-            Some(Step::Failed(e)) => return Err(AppError::Internal(e)),
+            Some(Step::Failed(e)) => return Err(e),
             None => return Err(AppError::Internal(String::from("the generation ended without a result"))),
         }
         for event in out {

@@ -39,7 +39,7 @@ impl AppError {
         Self::BadRequest { message: message.into(), param, code: "invalid_request" }
     }
 
-    fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             Self::ModelNotFound { .. } | Self::RouteNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

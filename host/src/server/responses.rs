@@ -636,8 +636,7 @@ async fn respond(state: &Arc<AppState>, req: ResponsesRequest) -> Result<Respons
                     }
                     Step::Failed(error) => {
                         let mut body = envelope.body("failed", &items.items, None);
-                        body["error"] =
-                            json!({"code": "server_error", "message": format!("generation failed: {error}")});
+                        body["error"] = json!({"code": "server_error", "message": error.to_string()});
                         let _ = send("response.failed", json!({"response": body})).await;
                         return;
                     }
@@ -665,7 +664,7 @@ async fn respond(state: &Arc<AppState>, req: ResponsesRequest) -> Result<Respons
                 items.close();
                 break outcome;
             }
-            Some(Step::Failed(e)) => return Err(AppError::Internal(e)),
+            Some(Step::Failed(e)) => return Err(e),
             None => return Err(AppError::Internal(String::from("the generation ended without a result"))),
         }
     };
