@@ -330,3 +330,33 @@ fn assistant_turns_with_null_content_and_tool_calls_render_on_both_default_model
         assert!(answer["choices"][0]["message"].is_object(), "{answer}");
     }
 }
+
+#[test]
+fn large_valid_bodies_do_not_stall_health_checks() {
+    // Case 3: four concurrent ~8 MiB valid bodies were parsed, rendered and tokenized on
+    // the runtime threads before admission and stalled /health for seconds.
+    let (mut server, port, _) = start_server(&plugins_dir(), &["--max-request-bytes", "9000000"]);
+    warm_up(port);
+    let filler = "lorem ipsum dolor sit amet ".repeat(300_000);
+    let body = json!({
+        "messages": [{"role": "user", "content": filler}],
+        "max_tokens": 1,
+    });
+    assert!(body.to_string().len() > 8_000_000);
+    let watch = HealthWatch::start(port);
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || post(port, "/v1/chat/completions", &body))
+        })
+        .collect();
+    for sender in senders {
+        let (status, answer) = sender.join().expect("sender thread");
+        // The prompt is longer than the model's context: a 400 that says so, after the
+        // work of reading and tokenizing it.
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], "context_length_exceeded", "{answer}");
+    }
+    watch.finish("four 8 MiB bodies");
+    alive(&mut server, "four 8 MiB bodies");
+}
