@@ -6,15 +6,19 @@ use std::sync::OnceLock;
 
 use rapid_host::parsers::fixtures::{self, Chunking, FixtureCase, FixtureFile};
 use rapid_host::parsers::{AssembledMessage, ParseEvent, ParserPipeline, PipelineConfig};
-use rapid_host::plugins::{PluginRuntime, PluginSet};
+use rapid_host::plugins::{PluginRuntime, PluginSet, SandboxLimits};
 
 use crate::support::{plugins_dir, repo_root, test_limits};
 
-/// The shipped plugins, compiled once for all parser tests.
+/// The shipped plugins, compiled once for all parser tests. These tests check what the
+/// parsers answer, not their deadline (tests/all/limits.rs and traps.rs do): a per-call
+/// deadline of seconds, so a busy CI machine (servers of other tests spinning beside these)
+/// cannot turn a slow call into a failure.
 fn plugins() -> &'static PluginSet {
     static SET: OnceLock<PluginSet> = OnceLock::new();
     SET.get_or_init(|| {
-        let set = PluginSet::load_dir(PluginRuntime::new(test_limits(), None).expect("runtime"), &plugins_dir())
+        let limits = SandboxLimits { call_timeout: std::time::Duration::from_secs(10), ..test_limits() };
+        let set = PluginSet::load_dir(PluginRuntime::new(limits, None).expect("runtime"), &plugins_dir())
             .expect("plugins dir");
         assert!(set.failures.is_empty(), "{:?}", set.failures);
         set
