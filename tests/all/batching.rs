@@ -346,9 +346,9 @@ fn collect(answer: &Arc<std::sync::Mutex<Answer>>) -> rapid_host::engine::genera
     })
 }
 
-/// MLX architectures have no batched forward yet: the scheduler's step runs their sequences
-/// one after another. A hybrid (recurrent-state) fixture and a dense one answer in a batch,
-/// joining at different steps, what they answer alone.
+/// A hybrid (recurrent-state) MLX fixture and a dense one answer in a batch, joining at
+/// different steps, what they answer alone. The hybrid runs on the shared decoder's batched
+/// forward (its recurrent layers per sequence, the rest over all rows at once).
 #[test]
 fn mlx_hybrid_and_dense_fixtures_answer_in_a_batch_as_alone() {
     use rapid_host::engine::generate::{Sequence, generate, step};
@@ -356,7 +356,7 @@ fn mlx_hybrid_and_dense_fixtures_answer_in_a_batch_as_alone() {
     for name in ["qwen3_next", "qwen3"] {
         let dir = crate::support::repo_root().join("tests/fixtures/mlx").join(name);
         let engine = Engine::load(&dir, candle_core::Device::Cpu, false).expect("fixture loads");
-        assert!(!engine.model.batches(), "{name}: MLX models run sequence by sequence in a step");
+        assert_eq!(engine.model.batches(), name == "qwen3_next", "{name}: which MLX models batch");
         let prompts = ["Hello there", "The quick brown fox jumps over", "1 2 3"];
         let requests: Vec<GenerationRequest> = prompts
             .iter()

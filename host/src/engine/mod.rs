@@ -16,6 +16,7 @@ pub mod constraint;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
+pub mod layers;
 pub mod mlx;
 pub mod models;
 pub mod sampling;

@@ -18,6 +18,8 @@
 //!
 //! RoPE here is the *traditional* (interleaved pairs) variant, with YaRN scaling.
 
+use std::sync::Arc;
+
 use candle_core::{D, Device, Module, Result, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -25,8 +27,10 @@ use serde_json::Value;
 use super::Checkpoint;
 use super::archs::rope_from_scaling;
 use super::dense::RopeSpec;
-use super::moe::{self, Experts, Glu, Mlp, SigmoidMoe, SigmoidRouter};
-use crate::engine::models::{CausalLm, attention_mask, layer_progress, rms_norm};
+use super::moe::{GroupRouting, Mlp, SigmoidMoe};
+use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::{FeedForward, Op, SeqMasks, SeqMixer, Stack, StackSpec, pre_norm_layer};
+use crate::engine::models::{layer_progress, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
 /// `config.json` of a `deepseek_v3` checkpoint, with mlx-lm's `ModelArgs` defaults.
@@ -263,7 +267,15 @@ impl Mla {
         })
     }
 
-    fn forward(&self, cfg: &Config, rope: &RopeSpec, index: usize, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        cfg: &Config,
+        rope: &RopeSpec,
+        index: usize,
+        x: &Tensor,
+        cache: &mut KvCache,
+        masks: &SeqMasks<'_>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, lora, nope, rd, vd) =
             (cfg.num_attention_heads, cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim);
@@ -288,8 +300,8 @@ impl Mla {
         let k_pe = k_pe.squeeze(1)?.contiguous()?;
         // RoPE scores for all heads at once: [b, h*t, rd] x [b, rd, s].
         let mut pe_scores = (q_pe * scale)?.reshape((b, h * t, rd))?.matmul(&k_pe.t()?)?.reshape((b, h, t, s))?;
-        if t > 1 {
-            pe_scores = pe_scores.broadcast_add(&attention_mask(t, past, None, x.device())?)?;
+        if let Some(mask) = masks.causal(None)? {
+            pe_scores = pe_scores.broadcast_add(&mask)?;
         }
         let out = if t == 1 {
             // Absorbed: q_nope·W_k per head moves the query into the latent space
@@ -313,126 +325,70 @@ impl Mla {
     }
 }
 
-enum FeedForward {
-    Dense(Mlp),
-    Sparse(SigmoidMoe),
+/// One layer's [`Mla`] as the decoder runs it: with its cache entry and the shared config.
+struct MlaLayer {
+    mla: Mla,
+    layer: usize,
+    cfg: Arc<Config>,
+    rope: Arc<RopeSpec>,
 }
 
-struct Layer {
-    input_norm: Tensor,
-    post_attention_norm: Tensor,
-    attn: Mla,
-    ffn: FeedForward,
+impl SeqMixer for MlaLayer {
+    fn forward(&self, x: &Tensor, cache: &mut KvCache, masks: &SeqMasks<'_>) -> Result<Tensor> {
+        self.mla.forward(&self.cfg, &self.rope, self.layer, x, cache, masks)
+    }
 }
 
-/// The DeepSeek-V3 decoder.
-pub struct DeepseekV3 {
+/// The DeepSeek-V3 decoder on the shared [`Stack`].
+pub fn load(
+    ckpt: &Checkpoint,
     cfg: Config,
-    rope: RopeSpec,
-    embeddings: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    head: Tensor,
-}
-
-impl std::fmt::Debug for DeepseekV3 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeepseekV3").field("cfg", &self.cfg).finish_non_exhaustive()
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Stack, EngineError> {
+    let rope = cfg.rope()?;
+    if rope.dims != cfg.qk_rope_head_dim {
+        return Err(EngineError::Metadata(format!("deepseek_v3: rope over {} dims", rope.dims)));
     }
-}
-
-impl DeepseekV3 {
-    pub fn load(
-        ckpt: &Checkpoint,
-        cfg: Config,
-        device: &Device,
-        progress: bool,
-    ) -> std::result::Result<Self, EngineError> {
-        let rope = cfg.rope()?;
-        if rope.dims != cfg.qk_rope_head_dim {
-            return Err(EngineError::Metadata(format!("deepseek_v3: rope over {} dims", rope.dims)));
-        }
-        let (embeddings, head) = moe::embeddings_and_head(ckpt, "model", "lm_head", cfg.tie_word_embeddings, device)?;
-        let bar = layer_progress(progress, cfg.num_hidden_layers, "deepseek_v3");
-        // Checkpoints may carry multi-token-prediction layers after the last one; mlx-lm drops
-        // them, and they are simply never loaded here.
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let l = format!("model.layers.{i}");
-            let ffn = match cfg.n_routed_experts {
-                Some(experts) if cfg.is_moe(i) => {
-                    let m = format!("{l}.mlp");
-                    let router = SigmoidRouter {
-                        top_k: cfg.num_experts_per_tok,
-                        n_group: cfg.n_group,
-                        topk_group: cfg.topk_group,
-                        bias: moe::vector(ckpt, &format!("{m}.gate.e_score_correction_bias"), experts)?,
-                        normalize: cfg.norm_topk_prob && cfg.num_experts_per_tok > 1,
-                        norm_eps: 0.0,
-                        scale: cfg.routed_scaling_factor,
-                    };
-                    let shared = match cfg.n_shared_experts {
-                        Some(_) => Some(Mlp::load(ckpt, &format!("{m}.shared_experts"), device)?),
-                        None => None,
-                    };
-                    FeedForward::Sparse(SigmoidMoe {
-                        gate: ckpt.packed_linear(&format!("{m}.gate"), device)?,
-                        router,
-                        experts: Experts::load(ckpt, &format!("{m}.switch_mlp"), experts, Glu::Swiglu, device)?,
-                        shared,
-                    })
-                }
-                _ => FeedForward::Dense(Mlp::load(ckpt, &format!("{l}.mlp"), device)?),
-            };
-            layers.push(Layer {
-                input_norm: ckpt.tensor(&format!("{l}.input_layernorm.weight"), device)?,
-                post_attention_norm: ckpt.tensor(&format!("{l}.post_attention_layernorm.weight"), device)?,
-                attn: Mla::load(ckpt, &cfg, &format!("{l}.self_attn"), device)?,
-                ffn,
-            });
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let norm = ckpt.tensor("model.norm.weight", device)?;
-        Ok(Self { cfg, rope, embeddings, layers, norm, head })
+    let (cfg, rope) = (Arc::new(cfg), Arc::new(rope));
+    let embeddings = Embeddings::load_dense(ckpt, "model.embed_tokens", device)?;
+    let head = Head::tied_or(ckpt, "lm_head", cfg.tie_word_embeddings, &embeddings, || {
+        Ok(Head::Dense(ckpt.weight("lm_head", device)?))
+    })?;
+    let bar = layer_progress(progress, cfg.num_hidden_layers, "deepseek_v3");
+    // Checkpoints may carry multi-token-prediction layers after the last one; mlx-lm drops
+    // them, and they are simply never loaded here.
+    let mut units = Vec::with_capacity(2 * cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let l = format!("model.layers.{i}");
+        let ffn: Box<dyn FeedForward> = match cfg.n_routed_experts {
+            Some(experts) if cfg.is_moe(i) => {
+                let routing = GroupRouting {
+                    experts,
+                    top_k: cfg.num_experts_per_tok,
+                    n_group: cfg.n_group,
+                    topk_group: cfg.topk_group,
+                    norm_topk_prob: cfg.norm_topk_prob,
+                    routed_scaling_factor: cfg.routed_scaling_factor,
+                    shared: cfg.n_shared_experts.is_some(),
+                };
+                Box::new(SigmoidMoe::load_grouped(ckpt, &format!("{l}.mlp"), routing, device)?)
+            }
+            _ => Box::new(Mlp::load(ckpt, &format!("{l}.mlp"), device)?),
+        };
+        let mla = Mla::load(ckpt, &cfg, &format!("{l}.self_attn"), device)?;
+        let attn = MlaLayer { mla, layer: i, cfg: Arc::clone(&cfg), rope: Arc::clone(&rope) };
+        units.extend(pre_norm_layer(ckpt, &l, Op::Sequence(Box::new(attn)), Op::Rows(ffn), device)?);
+        bar.inc(1);
     }
-}
-
-impl CausalLm for DeepseekV3 {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let t = tokens.len();
-        if t == 0 {
-            candle_core::bail!("no tokens to run");
-        }
-        if cache.len() + t > cfg.max_position_embeddings {
-            candle_core::bail!(
-                "sequence of {} tokens exceeds the context of {}",
-                cache.len() + t,
-                cfg.max_position_embeddings
-            );
-        }
-        let ids = Tensor::new(tokens, self.norm.device())?;
-        let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?;
-        for (index, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            x = (x + layer.attn.forward(cfg, &self.rope, index, &h, cache)?)?;
-            let h = rms_norm(&x, &layer.post_attention_norm, cfg.rms_norm_eps)?;
-            let h = match &layer.ffn {
-                FeedForward::Dense(mlp) => mlp.forward(&h)?,
-                FeedForward::Sparse(moe) => moe.forward(&h)?,
-            };
-            x = (x + h)?;
-        }
-        cache.advance(t);
-        moe::last_logits(&x, &self.norm, cfg.rms_norm_eps, &self.head)
-    }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_hidden_layers, self.cfg.max_position_embeddings)
-    }
-
-    fn context_length(&self) -> usize {
-        self.cfg.max_position_embeddings
-    }
+    bar.finish_and_clear();
+    let spec = StackSpec {
+        name: "deepseek_v3".into(),
+        context_length: cfg.max_position_embeddings,
+        cache_layers: cfg.num_hidden_layers,
+        rms_eps: cfg.rms_norm_eps,
+        embed_scale: None,
+        logits_divisor: None,
+    };
+    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
 }

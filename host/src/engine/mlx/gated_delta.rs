@@ -14,6 +14,7 @@ use candle_core::{D, DType, Device, Module, Result, Tensor};
 
 use super::{Checkpoint, MlxLinear, dense_linear};
 use crate::engine::EngineError;
+use crate::engine::layers::RecurrentMixer;
 use crate::engine::models::rms_norm;
 
 /// The shape of one linear-attention layer, from `config.json`.
@@ -265,4 +266,10 @@ fn softplus(x: &Tensor) -> Result<Tensor> {
 /// RMS normalization over the last dimension without a weight (`mx.fast.rms_norm(x, None)`).
 fn plain_rms_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)
+}
+
+impl RecurrentMixer for GatedDeltaNet {
+    fn forward(&self, x: &Tensor, state: Option<&[Tensor]>) -> Result<(Tensor, Vec<Tensor>)> {
+        GatedDeltaNet::forward(self, x, state)
+    }
 }

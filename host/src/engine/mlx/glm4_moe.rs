@@ -5,15 +5,18 @@
 //! (group-limited when `n_group > 1`), weights renormalised and scaled by
 //! `routed_scaling_factor`, plus shared experts.
 
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::Device;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Checkpoint;
 use super::dense::RopeSpec;
-use super::moe::{self, Experts, Glu, Mlp, SigmoidMoe, SigmoidRouter};
-use crate::engine::models::{CausalLm, layer_progress, rms_norm};
-use crate::engine::{EngineError, KvCache};
+use super::moe::{GroupRouting, Mlp, SigmoidMoe};
+use super::{Checkpoint, MlxLinear};
+use crate::engine::EngineError;
+use crate::engine::layers::attention::{Attention, QkNorm};
+use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
+use crate::engine::models::layer_progress;
 
 /// `config.json` of a `glm4_moe` checkpoint (mlx-lm's `ModelArgs`).
 #[derive(Debug, Clone, Deserialize)]
@@ -101,173 +104,79 @@ impl Config {
     }
 }
 
-struct Attention {
-    q: candle_nn::Linear,
-    k: candle_nn::Linear,
-    v: candle_nn::Linear,
-    o: candle_nn::Linear,
-    /// Per-head RMSNorm weights `[head_dim]` when `use_qk_norm`.
-    qk_norm: Option<(Tensor, Tensor)>,
-}
-
-impl Attention {
-    fn load(ckpt: &Checkpoint, cfg: &Config, prefix: &str, device: &Device) -> std::result::Result<Self, EngineError> {
-        let linear = |name: &str| ckpt.linear(&format!("{prefix}.{name}"), device);
+/// The GLM-4 MoE decoder on the shared [`Stack`].
+pub fn load(
+    ckpt: &Checkpoint,
+    cfg: Config,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Stack, EngineError> {
+    // mlx-lm builds a plain `nn.RoPE` here: `rope_scaling` is not used.
+    let rope = RopeSpec::standard((cfg.head_dim as f64 * cfg.partial_rotary_factor) as usize, cfg.rope_theta);
+    let embeddings = Embeddings::load_dense(ckpt, "model.embed_tokens", device)?;
+    let head = Head::tied_or(ckpt, "lm_head", cfg.tie_word_embeddings, &embeddings, || {
+        Ok(Head::Dense(ckpt.weight("lm_head", device)?))
+    })?;
+    let bar = layer_progress(progress, cfg.num_hidden_layers, "glm4_moe");
+    // Checkpoints may carry a multi-token-prediction layer after the last one; mlx-lm drops
+    // it, and it is simply never loaded here.
+    let mut units = Vec::with_capacity(2 * cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let l = format!("model.layers.{i}");
+        let ffn: Box<dyn FeedForward> = match cfg.n_routed_experts {
+            Some(experts) if cfg.is_moe(i) => {
+                let routing = GroupRouting {
+                    experts,
+                    top_k: cfg.num_experts_per_tok,
+                    n_group: cfg.n_group,
+                    topk_group: cfg.topk_group,
+                    norm_topk_prob: cfg.norm_topk_prob,
+                    routed_scaling_factor: cfg.routed_scaling_factor,
+                    shared: cfg.n_shared_experts.is_some(),
+                };
+                Box::new(SigmoidMoe::load_grouped(ckpt, &format!("{l}.mlp"), routing, device)?)
+            }
+            _ => Box::new(Mlp::load(ckpt, &format!("{l}.mlp"), device)?),
+        };
+        let a = format!("{l}.self_attn");
+        let linear = |name: &str| -> std::result::Result<MlxLinear, EngineError> {
+            Ok(MlxLinear::Dense(ckpt.linear(&format!("{a}.{name}"), device)?))
+        };
         let qk_norm = if cfg.use_qk_norm {
-            Some((
-                ckpt.tensor(&format!("{prefix}.q_norm.weight"), device)?,
-                ckpt.tensor(&format!("{prefix}.k_norm.weight"), device)?,
-            ))
+            Some(QkNorm::PerHead {
+                q: ckpt.tensor(&format!("{a}.q_norm.weight"), device)?,
+                k: ckpt.tensor(&format!("{a}.k_norm.weight"), device)?,
+            })
         } else {
             None
         };
-        Ok(Self { q: linear("q_proj")?, k: linear("k_proj")?, v: linear("v_proj")?, o: linear("o_proj")?, qk_norm })
-    }
-
-    fn forward(&self, cfg: &Config, rope: &RopeSpec, index: usize, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let hd = cfg.head_dim;
-        let past = cache.len();
-        let heads = |lin: &candle_nn::Linear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
-            let h = lin.forward(x)?.reshape((b, t, n, hd))?;
-            let h = match norm {
-                Some(w) => rms_norm(&h, w, cfg.rms_norm_eps)?,
-                None => h,
-            };
-            h.transpose(1, 2)?.contiguous()
+        let attn = Attention {
+            layer: i,
+            q: linear("q_proj")?,
+            k: linear("k_proj")?,
+            v: linear("v_proj")?,
+            o: linear("o_proj")?,
+            qk_norm,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            rms_eps: cfg.rms_norm_eps,
+            rope: rope.clone(),
+            window: None,
+            sinks: None,
+            scale: 1.0 / (cfg.head_dim as f64).sqrt(),
         };
-        let (q_norm, k_norm) = match &self.qk_norm {
-            Some((q, k)) => (Some(q), Some(k)),
-            None => (None, None),
-        };
-        let q = rope.apply(&heads(&self.q, cfg.num_attention_heads, q_norm)?, past)?;
-        let k = rope.apply(&heads(&self.k, cfg.num_key_value_heads, k_norm)?, past)?;
-        let v = heads(&self.v, cfg.num_key_value_heads, None)?;
-        let (k, v) = cache.append(index, &k, &v)?;
-        let (k, v, mask) = moe::visible(&k, &v, past, t, None)?;
-        let out = moe::attend(&q, &k, &v, 1.0 / (hd as f64).sqrt(), mask.as_ref(), None)?;
-        self.o.forward(&out)
+        units.extend(pre_norm_layer(ckpt, &l, Op::Sequence(Box::new(attn)), Op::Rows(ffn), device)?);
+        bar.inc(1);
     }
-}
-
-enum FeedForward {
-    Dense(Mlp),
-    Sparse(SigmoidMoe),
-}
-
-struct Layer {
-    input_norm: Tensor,
-    post_attention_norm: Tensor,
-    attn: Attention,
-    ffn: FeedForward,
-}
-
-/// The GLM-4 MoE decoder.
-pub struct Glm4Moe {
-    cfg: Config,
-    rope: RopeSpec,
-    embeddings: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    head: Tensor,
-}
-
-impl std::fmt::Debug for Glm4Moe {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Glm4Moe").field("cfg", &self.cfg).finish_non_exhaustive()
-    }
-}
-
-impl Glm4Moe {
-    pub fn load(
-        ckpt: &Checkpoint,
-        cfg: Config,
-        device: &Device,
-        progress: bool,
-    ) -> std::result::Result<Self, EngineError> {
-        // mlx-lm builds a plain `nn.RoPE` here: `rope_scaling` is not used.
-        let rope = RopeSpec::standard((cfg.head_dim as f64 * cfg.partial_rotary_factor) as usize, cfg.rope_theta);
-        let (embeddings, head) = moe::embeddings_and_head(ckpt, "model", "lm_head", cfg.tie_word_embeddings, device)?;
-        let bar = layer_progress(progress, cfg.num_hidden_layers, "glm4_moe");
-        // Checkpoints may carry a multi-token-prediction layer after the last one; mlx-lm drops
-        // it, and it is simply never loaded here.
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let l = format!("model.layers.{i}");
-            let ffn = match cfg.n_routed_experts {
-                Some(experts) if cfg.is_moe(i) => {
-                    let m = format!("{l}.mlp");
-                    let router = SigmoidRouter {
-                        top_k: cfg.num_experts_per_tok,
-                        n_group: cfg.n_group,
-                        topk_group: cfg.topk_group,
-                        bias: moe::vector(ckpt, &format!("{m}.gate.e_score_correction_bias"), experts)?,
-                        normalize: cfg.norm_topk_prob && cfg.num_experts_per_tok > 1,
-                        norm_eps: 0.0,
-                        scale: cfg.routed_scaling_factor,
-                    };
-                    let shared = match cfg.n_shared_experts {
-                        Some(_) => Some(Mlp::load(ckpt, &format!("{m}.shared_experts"), device)?),
-                        None => None,
-                    };
-                    FeedForward::Sparse(SigmoidMoe {
-                        gate: ckpt.packed_linear(&format!("{m}.gate"), device)?,
-                        router,
-                        experts: Experts::load(ckpt, &format!("{m}.switch_mlp"), experts, Glu::Swiglu, device)?,
-                        shared,
-                    })
-                }
-                _ => FeedForward::Dense(Mlp::load(ckpt, &format!("{l}.mlp"), device)?),
-            };
-            layers.push(Layer {
-                input_norm: ckpt.tensor(&format!("{l}.input_layernorm.weight"), device)?,
-                post_attention_norm: ckpt.tensor(&format!("{l}.post_attention_layernorm.weight"), device)?,
-                attn: Attention::load(ckpt, &cfg, &format!("{l}.self_attn"), device)?,
-                ffn,
-            });
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let norm = ckpt.tensor("model.norm.weight", device)?;
-        Ok(Self { cfg, rope, embeddings, layers, norm, head })
-    }
-}
-
-impl CausalLm for Glm4Moe {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let t = tokens.len();
-        if t == 0 {
-            candle_core::bail!("no tokens to run");
-        }
-        if cache.len() + t > cfg.max_position_embeddings {
-            candle_core::bail!(
-                "sequence of {} tokens exceeds the context of {}",
-                cache.len() + t,
-                cfg.max_position_embeddings
-            );
-        }
-        let ids = Tensor::new(tokens, self.norm.device())?;
-        let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?;
-        for (index, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            x = (x + layer.attn.forward(cfg, &self.rope, index, &h, cache)?)?;
-            let h = rms_norm(&x, &layer.post_attention_norm, cfg.rms_norm_eps)?;
-            let h = match &layer.ffn {
-                FeedForward::Dense(mlp) => mlp.forward(&h)?,
-                FeedForward::Sparse(moe) => moe.forward(&h)?,
-            };
-            x = (x + h)?;
-        }
-        cache.advance(t);
-        moe::last_logits(&x, &self.norm, cfg.rms_norm_eps, &self.head)
-    }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_hidden_layers, self.cfg.max_position_embeddings)
-    }
-
-    fn context_length(&self) -> usize {
-        self.cfg.max_position_embeddings
-    }
+    bar.finish_and_clear();
+    let spec = StackSpec {
+        name: "glm4_moe".into(),
+        context_length: cfg.max_position_embeddings,
+        cache_layers: cfg.num_hidden_layers,
+        rms_eps: cfg.rms_norm_eps,
+        embed_scale: None,
+        logits_divisor: None,
+    };
+    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
 }

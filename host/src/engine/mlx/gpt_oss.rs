@@ -12,12 +12,14 @@ use candle_core::{Device, Module, Result, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Checkpoint;
 use super::archs::rope_from_scaling;
-use super::dense::RopeSpec;
 use super::moe::{self, Experts, Glu};
-use crate::engine::models::{CausalLm, layer_progress, rms_norm};
-use crate::engine::{EngineError, KvCache};
+use super::{Checkpoint, MlxLinear};
+use crate::engine::EngineError;
+use crate::engine::layers::attention::Attention;
+use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
+use crate::engine::models::layer_progress;
 
 /// `config.json` of a `gpt_oss` checkpoint, with mlx-lm's `ModelArgs` defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -123,36 +125,6 @@ impl Config {
     }
 }
 
-/// `AttentionBlock`: biased projections, YaRN RoPE, sinks.
-struct Attention {
-    q: candle_nn::Linear,
-    k: candle_nn::Linear,
-    v: candle_nn::Linear,
-    o: candle_nn::Linear,
-    sinks: Tensor,
-    /// `Some(sliding_window)` on sliding layers.
-    window: Option<usize>,
-}
-
-impl Attention {
-    fn forward(&self, cfg: &Config, rope: &RopeSpec, index: usize, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let hd = cfg.head_dim;
-        let past = cache.len();
-        let heads = |lin: &candle_nn::Linear, n: usize| -> Result<Tensor> {
-            lin.forward(x)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
-        };
-        let q = rope.apply(&heads(&self.q, cfg.num_attention_heads)?, past)?;
-        let k = rope.apply(&heads(&self.k, cfg.num_key_value_heads)?, past)?;
-        let v = heads(&self.v, cfg.num_key_value_heads)?;
-        let (k, v) = cache.append(index, &k, &v)?;
-        let (k, v, mask) = moe::visible(&k, &v, past, t, self.window)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let out = moe::attend(&q, &k, &v, scale, mask.as_ref(), Some(&self.sinks))?;
-        self.o.forward(&out)
-    }
-}
-
 /// `MLPBlock`: router, top-k experts.
 struct Moe {
     router: candle_nn::Linear,
@@ -160,7 +132,7 @@ struct Moe {
     top_k: usize,
 }
 
-impl Moe {
+impl FeedForward for Moe {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let xs = x.reshape(((), x.dim(candle_core::D::Minus1)?))?;
@@ -170,125 +142,82 @@ impl Moe {
     }
 }
 
-struct Layer {
-    input_norm: Tensor,
-    post_attention_norm: Tensor,
-    attn: Attention,
-    mlp: Moe,
-}
-
-/// The gpt-oss decoder.
-pub struct GptOss {
+/// The gpt-oss decoder on the shared [`Stack`]: `AttentionBlock` (biased projections, YaRN
+/// RoPE, sinks, alternating sliding windows) and `MLPBlock`.
+pub fn load(
+    ckpt: &Checkpoint,
     cfg: Config,
-    rope: RopeSpec,
-    embeddings: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    head: Tensor,
-}
-
-impl std::fmt::Debug for GptOss {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GptOss").field("cfg", &self.cfg).finish_non_exhaustive()
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Stack, EngineError> {
+    if cfg.num_experts_per_tok == 0 || cfg.num_experts_per_tok > cfg.num_local_experts {
+        return Err(EngineError::Metadata(format!(
+            "gpt_oss: top-{} of {} experts",
+            cfg.num_experts_per_tok, cfg.num_local_experts
+        )));
     }
-}
-
-impl GptOss {
-    pub fn load(
-        ckpt: &Checkpoint,
-        cfg: Config,
-        device: &Device,
-        progress: bool,
-    ) -> std::result::Result<Self, EngineError> {
-        if cfg.num_experts_per_tok == 0 || cfg.num_experts_per_tok > cfg.num_local_experts {
-            return Err(EngineError::Metadata(format!(
-                "gpt_oss: top-{} of {} experts",
-                cfg.num_experts_per_tok, cfg.num_local_experts
-            )));
-        }
-        if cfg.num_attention_heads == 0
-            || cfg.num_key_value_heads == 0
-            || !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads)
-        {
-            return Err(EngineError::Metadata(format!(
-                "gpt_oss: {} attention heads cannot share {} kv heads",
-                cfg.num_attention_heads, cfg.num_key_value_heads
-            )));
-        }
-        let sliding = cfg.sliding()?;
-        // mlx-lm's YarnRoPE has no `truncate` option: it always rounds the correction range
-        // (floor / ceil) even where the config says `truncate: false`; so does
-        // `rope_from_scaling`.
-        let rope =
-            rope_from_scaling(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref(), cfg.max_position_embeddings)?;
-        let (embeddings, head) = moe::embeddings_and_head(ckpt, "model", "lm_head", cfg.tie_word_embeddings, device)?;
-        let bar = layer_progress(progress, cfg.num_hidden_layers, "gpt_oss");
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for (i, &sliding) in sliding.iter().enumerate() {
-            let l = format!("model.layers.{i}");
-            let linear = |name: &str| ckpt.linear(&format!("{l}.{name}"), device);
-            let attn = Attention {
-                q: linear("self_attn.q_proj")?,
-                k: linear("self_attn.k_proj")?,
-                v: linear("self_attn.v_proj")?,
-                o: linear("self_attn.o_proj")?,
-                sinks: ckpt.tensor(&format!("{l}.self_attn.sinks"), device)?,
-                window: sliding.then_some(cfg.sliding_window),
-            };
-            if attn.sinks.dims() != [cfg.num_attention_heads] {
-                return Err(EngineError::Metadata(format!("{l}.self_attn.sinks has shape {:?}", attn.sinks.dims())));
-            }
-            let glu = Glu::SwigluOai { alpha: 1.702, limit: 7.0 };
-            let mlp = Moe {
-                router: linear("mlp.router")?,
-                experts: Experts::load(ckpt, &format!("{l}.mlp.experts"), cfg.num_local_experts, glu, device)?,
-                top_k: cfg.num_experts_per_tok,
-            };
-            layers.push(Layer {
-                input_norm: ckpt.tensor(&format!("{l}.input_layernorm.weight"), device)?,
-                post_attention_norm: ckpt.tensor(&format!("{l}.post_attention_layernorm.weight"), device)?,
-                attn,
-                mlp,
-            });
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let norm = ckpt.tensor("model.norm.weight", device)?;
-        Ok(Self { cfg, rope, embeddings, layers, norm, head })
+    if cfg.num_attention_heads == 0
+        || cfg.num_key_value_heads == 0
+        || !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads)
+    {
+        return Err(EngineError::Metadata(format!(
+            "gpt_oss: {} attention heads cannot share {} kv heads",
+            cfg.num_attention_heads, cfg.num_key_value_heads
+        )));
     }
-}
-
-impl CausalLm for GptOss {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let t = tokens.len();
-        if t == 0 {
-            candle_core::bail!("no tokens to run");
+    let sliding = cfg.sliding()?;
+    // mlx-lm's YarnRoPE has no `truncate` option: it always rounds the correction range
+    // (floor / ceil) even where the config says `truncate: false`; so does
+    // `rope_from_scaling`.
+    let rope = rope_from_scaling(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref(), cfg.max_position_embeddings)?;
+    let embeddings = Embeddings::load_dense(ckpt, "model.embed_tokens", device)?;
+    let head = Head::tied_or(ckpt, "lm_head", cfg.tie_word_embeddings, &embeddings, || {
+        Ok(Head::Dense(ckpt.weight("lm_head", device)?))
+    })?;
+    let bar = layer_progress(progress, cfg.num_hidden_layers, "gpt_oss");
+    let mut units = Vec::with_capacity(2 * cfg.num_hidden_layers);
+    for (i, &sliding) in sliding.iter().enumerate() {
+        let l = format!("model.layers.{i}");
+        let linear = |name: &str| -> std::result::Result<MlxLinear, EngineError> {
+            Ok(MlxLinear::Dense(ckpt.linear(&format!("{l}.{name}"), device)?))
+        };
+        let sinks = ckpt.tensor(&format!("{l}.self_attn.sinks"), device)?;
+        if sinks.dims() != [cfg.num_attention_heads] {
+            return Err(EngineError::Metadata(format!("{l}.self_attn.sinks has shape {:?}", sinks.dims())));
         }
-        if cache.len() + t > cfg.max_position_embeddings {
-            candle_core::bail!(
-                "sequence of {} tokens exceeds the context of {}",
-                cache.len() + t,
-                cfg.max_position_embeddings
-            );
-        }
-        let ids = Tensor::new(tokens, self.norm.device())?;
-        let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?;
-        for (index, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            x = (x + layer.attn.forward(cfg, &self.rope, index, &h, cache)?)?;
-            let h = rms_norm(&x, &layer.post_attention_norm, cfg.rms_norm_eps)?;
-            x = (x + layer.mlp.forward(&h)?)?;
-        }
-        cache.advance(t);
-        moe::last_logits(&x, &self.norm, cfg.rms_norm_eps, &self.head)
+        let attn = Attention {
+            layer: i,
+            q: linear("self_attn.q_proj")?,
+            k: linear("self_attn.k_proj")?,
+            v: linear("self_attn.v_proj")?,
+            o: linear("self_attn.o_proj")?,
+            qk_norm: None,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            rms_eps: cfg.rms_norm_eps,
+            rope: rope.clone(),
+            window: sliding.then_some(cfg.sliding_window),
+            sinks: Some(sinks),
+            scale: 1.0 / (cfg.head_dim as f64).sqrt(),
+        };
+        let glu = Glu::SwigluOai { alpha: 1.702, limit: 7.0 };
+        let mlp = Moe {
+            router: ckpt.linear(&format!("{l}.mlp.router"), device)?,
+            experts: Experts::load(ckpt, &format!("{l}.mlp.experts"), cfg.num_local_experts, glu, device)?,
+            top_k: cfg.num_experts_per_tok,
+        };
+        units.extend(pre_norm_layer(ckpt, &l, Op::Sequence(Box::new(attn)), Op::Rows(Box::new(mlp)), device)?);
+        bar.inc(1);
     }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_hidden_layers, self.cfg.max_position_embeddings)
-    }
-
-    fn context_length(&self) -> usize {
-        self.cfg.max_position_embeddings
-    }
+    bar.finish_and_clear();
+    let spec = StackSpec {
+        name: "gpt_oss".into(),
+        context_length: cfg.max_position_embeddings,
+        cache_layers: cfg.num_hidden_layers,
+        rms_eps: cfg.rms_norm_eps,
+        embed_scale: None,
+        logits_divisor: None,
+    };
+    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
 }

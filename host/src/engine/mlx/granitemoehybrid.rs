@@ -12,8 +12,10 @@ use serde_json::Value;
 use super::Checkpoint;
 use super::dense::RopeSpec;
 use super::mamba2::{HybridAttention, Mamba2Mixer, Mamba2Spec, dispatch_experts};
-use crate::engine::models::{CausalLm, attention_mask, layer_progress, rms_norm};
-use crate::engine::{EngineError, KvCache};
+use crate::engine::EngineError;
+use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::{FeedForward, Op, Recurrent, Stack, StackSpec, pre_norm_layer};
+use crate::engine::models::layer_progress;
 
 /// `config.json` of a `granitemoehybrid` checkpoint (mlx-lm's `ModelArgs`, with its
 /// defaults).
@@ -195,7 +197,7 @@ impl Moe {
     }
 }
 
-enum FeedForward {
+enum Ffn {
     /// Routed experts plus the shared MLP, both on the same normed input.
     Moe {
         moe: Moe,
@@ -204,7 +206,7 @@ enum FeedForward {
     Dense(SwiGlu),
 }
 
-impl FeedForward {
+impl Ffn {
     fn load(ckpt: &Checkpoint, cfg: &Config, l: &str, device: &Device) -> std::result::Result<Self, EngineError> {
         let linear = |name: &str| ckpt.linear(&format!("{l}.{name}"), device);
         if !cfg.use_moe() {
@@ -231,7 +233,9 @@ impl FeedForward {
         let shared = SwiGlu { gate: half(0)?, up: half(1)?, down: linear("shared_mlp.output_linear")? };
         Ok(Self::Moe { moe, shared })
     }
+}
 
+impl FeedForward for Ffn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Dense(mlp) => mlp.forward(x),
@@ -244,138 +248,62 @@ impl FeedForward {
     }
 }
 
-enum Mixer {
-    Mamba(Mamba2Mixer),
-    Attention(HybridAttention),
-}
-
-struct Layer {
-    input_norm: Tensor,
-    post_attention_norm: Tensor,
-    mixer: Mixer,
-    ffn: FeedForward,
-}
-
-pub struct GraniteMoeHybrid {
-    eps: f64,
-    context_length: usize,
-    embedding_multiplier: f64,
-    residual_multiplier: f64,
-    logits_scaling: f64,
-    embeddings: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    head: Tensor,
-}
-
-impl std::fmt::Debug for GraniteMoeHybrid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GraniteMoeHybrid").field("layers", &self.layers.len()).finish_non_exhaustive()
+/// The Granite 4 hybrid decoder on the shared [`Stack`]: Mamba-2 or attention, then a MoE
+/// (or dense MLP), each residual scaled by `residual_multiplier`.
+pub fn load(
+    ckpt: &Checkpoint,
+    cfg: &Config,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Stack, EngineError> {
+    if cfg.layer_types.len() != cfg.num_hidden_layers {
+        return Err(meta(format!("{} layer_types for {} layers", cfg.layer_types.len(), cfg.num_hidden_layers)));
     }
-}
-
-impl GraniteMoeHybrid {
-    pub fn load(
-        ckpt: &Checkpoint,
-        cfg: &Config,
-        device: &Device,
-        progress: bool,
-    ) -> std::result::Result<Self, EngineError> {
-        if cfg.layer_types.len() != cfg.num_hidden_layers {
-            return Err(meta(format!("{} layer_types for {} layers", cfg.layer_types.len(), cfg.num_hidden_layers)));
-        }
-        if cfg.logits_scaling == 0.0 {
-            return Err(meta(String::from("logits_scaling is 0")));
-        }
-        let embeddings = ckpt.weight("model.embed_tokens", device)?;
-        let head = if cfg.tie_word_embeddings || !ckpt.has("lm_head.weight") {
-            embeddings.clone()
-        } else {
-            ckpt.weight("lm_head", device)?
+    if cfg.logits_scaling == 0.0 {
+        return Err(meta(String::from("logits_scaling is 0")));
+    }
+    let embeddings = Embeddings::load_dense(ckpt, "model.embed_tokens", device)?;
+    let head = Head::tied_or(ckpt, "lm_head", cfg.tie_word_embeddings, &embeddings, || {
+        Ok(Head::Dense(ckpt.weight("lm_head", device)?))
+    })?;
+    let head_dim = cfg.head_dim();
+    let rope = cfg.rope();
+    let bar = layer_progress(progress, cfg.num_hidden_layers, "granitemoehybrid");
+    let mut units = Vec::with_capacity(2 * cfg.num_hidden_layers);
+    for (i, kind) in cfg.layer_types.iter().enumerate() {
+        let l = format!("model.layers.{i}");
+        let mixer = match kind.as_str() {
+            "mamba" => Op::Sequence(Box::new(Recurrent {
+                layer: i,
+                mixer: Mamba2Mixer::load(ckpt, &format!("{l}.mamba"), cfg.mamba()?, device)?,
+            })),
+            "attention" => Op::Sequence(Box::new(HybridAttention::load(
+                ckpt,
+                i,
+                &format!("{l}.self_attn"),
+                (cfg.num_attention_heads, cfg.num_key_value_heads, head_dim),
+                cfg.attention_multiplier,
+                rope.clone(),
+                device,
+            )?)),
+            other => return Err(meta(format!("unknown layer type `{other}`"))),
         };
-        let head_dim = cfg.head_dim();
-        let rope = cfg.rope();
-        let bar = layer_progress(progress, cfg.num_hidden_layers, "granitemoehybrid");
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for (i, kind) in cfg.layer_types.iter().enumerate() {
-            let l = format!("model.layers.{i}");
-            let mixer = match kind.as_str() {
-                "mamba" => Mixer::Mamba(Mamba2Mixer::load(ckpt, &format!("{l}.mamba"), cfg.mamba()?, device)?),
-                "attention" => Mixer::Attention(HybridAttention::load(
-                    ckpt,
-                    &format!("{l}.self_attn"),
-                    (cfg.num_attention_heads, cfg.num_key_value_heads, head_dim),
-                    cfg.attention_multiplier,
-                    rope.clone(),
-                    device,
-                )?),
-                other => return Err(meta(format!("unknown layer type `{other}`"))),
-            };
-            layers.push(Layer {
-                input_norm: ckpt.tensor(&format!("{l}.input_layernorm.weight"), device)?,
-                post_attention_norm: ckpt.tensor(&format!("{l}.post_attention_layernorm.weight"), device)?,
-                mixer,
-                ffn: FeedForward::load(ckpt, cfg, &l, device)?,
-            });
-            bar.inc(1);
+        let ffn = Op::Rows(Box::new(Ffn::load(ckpt, cfg, &l, device)?));
+        let mut layer = pre_norm_layer(ckpt, &l, mixer, ffn, device)?;
+        for unit in &mut layer {
+            unit.scale = Some(cfg.residual_multiplier);
         }
-        bar.finish_and_clear();
-        Ok(Self {
-            eps: cfg.rms_norm_eps,
-            context_length: cfg.max_position_embeddings,
-            embedding_multiplier: cfg.embedding_multiplier,
-            residual_multiplier: cfg.residual_multiplier,
-            logits_scaling: cfg.logits_scaling,
-            embeddings,
-            layers,
-            norm: ckpt.tensor("model.norm.weight", device)?,
-            head,
-        })
+        units.extend(layer);
+        bar.inc(1);
     }
-}
-
-impl CausalLm for GraniteMoeHybrid {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let device = self.norm.device();
-        let t = tokens.len();
-        let past = cache.len();
-        if t == 0 {
-            candle_core::bail!("no tokens to run");
-        }
-        if past + t > self.context_length {
-            candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, self.context_length);
-        }
-        let ids = Tensor::new(tokens, device)?;
-        let mut x = (self.embeddings.index_select(&ids, 0)?.unsqueeze(0)? * self.embedding_multiplier)?;
-        // A single new token sees every cached one: no mask needed.
-        let mask = if t > 1 { Some(attention_mask(t, past, None, device)?) } else { None };
-        let r = self.residual_multiplier;
-        for (index, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, self.eps)?;
-            let h = match &layer.mixer {
-                Mixer::Mamba(mamba) => {
-                    let (out, state) = mamba.forward(&h, cache.state(index))?;
-                    cache.set_state(index, state);
-                    out
-                }
-                Mixer::Attention(attn) => attn.forward(index, &h, cache, mask.as_ref())?,
-            };
-            x = (x + (h * r)?)?;
-            let h = layer.ffn.forward(&rms_norm(&x, &layer.post_attention_norm, self.eps)?)?;
-            x = (x + (h * r)?)?;
-        }
-        cache.advance(t);
-        let last = x.narrow(1, t - 1, 1)?;
-        let last = rms_norm(&last, &self.norm, self.eps)?;
-        let logits = last.flatten_all()?.unsqueeze(0)?.matmul(&self.head.t()?)?.flatten_all()?;
-        (logits / self.logits_scaling)?.to_dtype(DType::F32)
-    }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers.len(), self.context_length)
-    }
-
-    fn context_length(&self) -> usize {
-        self.context_length
-    }
+    bar.finish_and_clear();
+    let spec = StackSpec {
+        name: "granitemoehybrid".into(),
+        context_length: cfg.max_position_embeddings,
+        cache_layers: cfg.num_hidden_layers,
+        rms_eps: cfg.rms_norm_eps,
+        embed_scale: Some(cfg.embedding_multiplier),
+        logits_divisor: Some(cfg.logits_scaling),
+    };
+    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
 }

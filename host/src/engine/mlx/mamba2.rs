@@ -17,6 +17,7 @@ use candle_core::{D, DType, Device, Module, Result, Tensor};
 
 use super::Checkpoint;
 use super::dense::RopeSpec;
+use crate::engine::layers::{RecurrentMixer, SeqMasks, SeqMixer};
 use crate::engine::models::repeat_kv;
 use crate::engine::{EngineError, KvCache};
 
@@ -292,6 +293,12 @@ fn softplus(x: &Tensor) -> Result<Tensor> {
     x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
+impl RecurrentMixer for Mamba2Mixer {
+    fn forward(&self, x: &Tensor, state: Option<&[Tensor]>) -> Result<(Tensor, Vec<Tensor>)> {
+        Mamba2Mixer::forward(self, x, state)
+    }
+}
+
 /// RMS normalization over the last dimension without a weight (`mx.fast.rms_norm(x, None)`).
 fn plain_rms_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)
@@ -310,6 +317,8 @@ pub struct HybridAttention {
     head_dim: usize,
     scale: f64,
     rope: Option<RopeSpec>,
+    /// Its entry in the cache.
+    layer: usize,
 }
 
 impl std::fmt::Debug for HybridAttention {
@@ -323,9 +332,11 @@ impl std::fmt::Debug for HybridAttention {
 }
 
 impl HybridAttention {
-    /// Loads `prefix` (`q_proj`, `k_proj`, `v_proj`, `o_proj`, biases when present).
+    /// Loads `prefix` (`q_proj`, `k_proj`, `v_proj`, `o_proj`, biases when present), the
+    /// attention of cache entry `layer`.
     pub fn load(
         ckpt: &Checkpoint,
+        layer: usize,
         prefix: &str,
         (heads, kv_heads, head_dim): (usize, usize, usize),
         scale: f64,
@@ -342,13 +353,17 @@ impl HybridAttention {
         if q.weight().dim(0)? != heads * head_dim || k.weight().dim(0)? != kv_heads * head_dim {
             return Err(shape_error(prefix, "q_proj / k_proj", q.weight().dims()));
         }
-        Ok(Self { q, k, v, o, heads, kv_heads, head_dim, scale, rope })
+        Ok(Self { q, k, v, o, heads, kv_heads, head_dim, scale, rope, layer })
     }
+}
 
-    /// Attends `x` `[b, t, hidden]` (positions `cache.len()..`) over the cached keys of layer
-    /// `index`; `mask` is the causal mask of a multi-token call.
-    pub fn forward(&self, index: usize, x: &Tensor, cache: &mut KvCache, mask: Option<&Tensor>) -> Result<Tensor> {
+impl SeqMixer for HybridAttention {
+    /// Attends `x` `[b, t, hidden]` (positions `cache.len()..`) over the cached keys of its
+    /// layer, with the causal mask of a multi-token call.
+    fn forward(&self, x: &Tensor, cache: &mut KvCache, masks: &SeqMasks<'_>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        let index = self.layer;
+        let mask = masks.causal(None)?;
         let hd = self.head_dim;
         let heads = |lin: &candle_nn::Linear, n: usize| -> Result<Tensor> {
             lin.forward(x)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
@@ -366,7 +381,7 @@ impl HybridAttention {
         let k = repeat_kv(&k, group)?;
         let v = repeat_kv(&v, group)?;
         let mut scores = (q.contiguous()?.matmul(&k.t()?)? * self.scale)?;
-        if let Some(mask) = mask {
+        if let Some(mask) = &mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;

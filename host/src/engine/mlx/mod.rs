@@ -79,35 +79,35 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
         "gemma4" | "gemma4_text" => Ok(Box::new(gemma4::Gemma4::load(ckpt, device, progress)?)),
         "qwen3_next" => {
             let spec = qwen3_next::Config::from_json(&ckpt.config)?.spec()?;
-            Ok(Box::new(qwen3_next::Qwen3Next::load(ckpt, spec, device, progress)?))
+            Ok(Box::new(qwen3_next::load(ckpt, spec, device, progress)?))
         }
         "qwen3_5" | "qwen3_5_moe" => {
             let spec = qwen3_5::Config::from_json(&ckpt.config)?.spec(&arch, ckpt)?;
-            Ok(Box::new(qwen3_next::Qwen3Next::load(ckpt, spec, device, progress)?))
+            Ok(Box::new(qwen3_next::load(ckpt, spec, device, progress)?))
         }
         "gpt_oss" => {
             let cfg = gpt_oss::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(gpt_oss::GptOss::load(ckpt, cfg, device, progress)?))
+            Ok(Box::new(gpt_oss::load(ckpt, cfg, device, progress)?))
         }
         "glm4_moe" => {
             let cfg = glm4_moe::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(glm4_moe::Glm4Moe::load(ckpt, cfg, device, progress)?))
+            Ok(Box::new(glm4_moe::load(ckpt, cfg, device, progress)?))
         }
         "deepseek_v3" => {
             let cfg = deepseek_v3::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(deepseek_v3::DeepseekV3::load(ckpt, cfg, device, progress)?))
+            Ok(Box::new(deepseek_v3::load(ckpt, cfg, device, progress)?))
         }
         "minimax" => {
             let cfg = minimax::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(minimax::MiniMax::load(ckpt, cfg, device, progress)?))
+            Ok(Box::new(minimax::load(ckpt, cfg, device, progress)?))
         }
         "nemotron_h" => {
             let cfg = nemotron_h::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(nemotron_h::NemotronH::load(ckpt, &cfg, device, progress)?))
+            Ok(Box::new(nemotron_h::load(ckpt, &cfg, device, progress)?))
         }
         "granitemoehybrid" => {
             let cfg = granitemoehybrid::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(granitemoehybrid::GraniteMoeHybrid::load(ckpt, &cfg, device, progress)?))
+            Ok(Box::new(granitemoehybrid::load(ckpt, &cfg, device, progress)?))
         }
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;

@@ -11,7 +11,7 @@ use candle_core::{D, Device, Module, Result, Tensor};
 
 use super::{Checkpoint, MlxLinear};
 use crate::engine::EngineError;
-use crate::engine::models::{attention_mask, repeat_kv, rms_norm};
+use crate::engine::layers::FeedForward;
 
 /// Per token, the chosen experts and the weight of each one's output.
 pub type Routes = Vec<Vec<(usize, f32)>>;
@@ -218,6 +218,61 @@ impl SigmoidMoe {
     }
 }
 
+impl FeedForward for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Mlp::forward(self, x)
+    }
+}
+
+impl FeedForward for SigmoidMoe {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        SigmoidMoe::forward(self, x)
+    }
+}
+
+/// How a DeepSeek-style MoE block routes (DeepSeek-V3, GLM-4 MoE): the fields of their
+/// `config.json`s that [`SigmoidRouter`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupRouting {
+    pub experts: usize,
+    pub top_k: usize,
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub norm_topk_prob: bool,
+    pub routed_scaling_factor: f32,
+    /// `n_shared_experts` is set: an always-on `shared_experts` MLP.
+    pub shared: bool,
+}
+
+impl SigmoidMoe {
+    /// The DeepSeek-style block under `prefix` (`{prefix}.gate` with its
+    /// `e_score_correction_bias`, `switch_mlp`, `shared_experts`).
+    pub fn load_grouped(
+        ckpt: &Checkpoint,
+        prefix: &str,
+        routing: GroupRouting,
+        device: &Device,
+    ) -> std::result::Result<Self, EngineError> {
+        let router = SigmoidRouter {
+            top_k: routing.top_k,
+            n_group: routing.n_group,
+            topk_group: routing.topk_group,
+            bias: vector(ckpt, &format!("{prefix}.gate.e_score_correction_bias"), routing.experts)?,
+            normalize: routing.norm_topk_prob && routing.top_k > 1,
+            norm_eps: 0.0,
+            scale: routing.routed_scaling_factor,
+        };
+        let shared =
+            if routing.shared { Some(Mlp::load(ckpt, &format!("{prefix}.shared_experts"), device)?) } else { None };
+        Ok(Self {
+            gate: ckpt.packed_linear(&format!("{prefix}.gate"), device)?,
+            router,
+            experts: Experts::load(ckpt, &format!("{prefix}.switch_mlp"), routing.experts, Glu::Swiglu, device)?,
+            shared,
+        })
+    }
+}
+
 /// A plain f32 vector parameter (`e_score_correction_bias`), checked to have `len` entries.
 pub fn vector(ckpt: &Checkpoint, name: &str, len: usize) -> std::result::Result<Vec<f32>, EngineError> {
     let v: Vec<f32> = ckpt.tensor(name, &Device::Cpu)?.flatten_all()?.to_vec1()?;
@@ -225,88 +280,6 @@ pub fn vector(ckpt: &Checkpoint, name: &str, len: usize) -> std::result::Result<
         return Err(EngineError::Metadata(format!("{name} has {} entries, expected {len}", v.len())));
     }
     Ok(v)
-}
-
-/// Keys and values a query block at positions `past..past + t` attends to, narrowed to a
-/// sliding `window` when there is one, and the additive mask it needs (`None` when every
-/// query sees every remaining key).
-pub fn visible(
-    k: &Tensor,
-    v: &Tensor,
-    past: usize,
-    t: usize,
-    window: Option<usize>,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    // Keys older than the window of the first query are never seen: drop them rather than
-    // mask them, so a sliding layer costs O(window) per token however long the sequence.
-    let start = window.map_or(0, |w| (past + 1).saturating_sub(w.max(1)));
-    let len = past + t - start;
-    let (k, v) = if start > 0 { (k.narrow(2, start, len)?, v.narrow(2, start, len)?) } else { (k.clone(), v.clone()) };
-    if t == 1 {
-        return Ok((k, v, None));
-    }
-    let mask = attention_mask(t, past, window, k.device())?.narrow(1, start, len)?;
-    Ok((k, v, Some(mask)))
-}
-
-/// Scaled dot-product attention: `q` `[b, heads, t, d]`, `k` / `v` `[b, kv_heads, s, d]`
-/// (grouped-query heads are repeated here), an additive `mask` `[t, s]` and optional
-/// per-head `sinks` `[heads]`: a logit in every softmax denominator that attends to
-/// nothing (gpt-oss). Returns `[b, t, heads * d_v]`.
-pub fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    mask: Option<&Tensor>,
-    sinks: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (b, heads, t, _) = q.dims4()?;
-    let kv_heads = k.dim(1)?;
-    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-        candle_core::bail!("{heads} query heads cannot share {kv_heads} kv heads");
-    }
-    let k = repeat_kv(k, heads / kv_heads)?;
-    let v = repeat_kv(v, heads / kv_heads)?;
-    let mut scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
-    if let Some(mask) = mask {
-        scores = scores.broadcast_add(mask)?;
-    }
-    let probs = match sinks {
-        Some(sinks) => {
-            // The sink is one more softmax column whose probability is thrown away.
-            let s = scores.dim(D::Minus1)?;
-            let sink = sinks.reshape((1, heads, 1, 1))?.broadcast_as((b, heads, t, 1))?;
-            let all = candle_nn::ops::softmax_last_dim(&Tensor::cat(&[&scores, &sink.contiguous()?], D::Minus1)?)?;
-            all.narrow(D::Minus1, 0, s)?
-        }
-        None => candle_nn::ops::softmax_last_dim(&scores)?,
-    };
-    let out = probs.contiguous()?.matmul(&v.contiguous()?)?;
-    let d_v = out.dim(D::Minus1)?;
-    out.transpose(1, 2)?.reshape((b, t, heads * d_v))
-}
-
-/// The embedding table and the output head (`head` when the checkpoint has it and the
-/// embeddings are not tied, else the embeddings themselves), both `[vocab, hidden]`.
-pub fn embeddings_and_head(
-    ckpt: &Checkpoint,
-    prefix: &str,
-    head: &str,
-    tied: bool,
-    device: &Device,
-) -> std::result::Result<(Tensor, Tensor), EngineError> {
-    let embeddings = ckpt.weight(&format!("{prefix}.embed_tokens"), device)?;
-    let head =
-        if tied || !ckpt.has(&format!("{head}.weight")) { embeddings.clone() } else { ckpt.weight(head, device)? };
-    Ok((embeddings, head))
-}
-
-/// Logits of the last position of `x` `[1, t, hidden]`: final norm, then the head.
-pub fn last_logits(x: &Tensor, norm: &Tensor, eps: f64, head: &Tensor) -> Result<Tensor> {
-    let t = x.dim(1)?;
-    let last = rms_norm(&x.narrow(1, t - 1, 1)?, norm, eps)?;
-    last.flatten_all()?.unsqueeze(0)?.matmul(&head.t()?)?.flatten_all()
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@ use serde_json::Value;
 
 use super::Checkpoint;
 use super::mamba2::{HybridAttention, Mamba2Mixer, Mamba2Spec, dispatch_experts};
-use crate::engine::models::{CausalLm, attention_mask, layer_progress, rms_norm};
-use crate::engine::{EngineError, KvCache};
+use crate::engine::EngineError;
+use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::{FeedForward, Op, Recurrent, Residual, Stack, StackSpec};
+use crate::engine::models::layer_progress;
 
 /// `config.json` of a `nemotron_h` checkpoint (mlx-lm's `ModelArgs`).
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +162,18 @@ struct ReluSquaredMlp {
 
 fn relu_squared(x: &Tensor) -> Result<Tensor> {
     x.relu()?.sqr()
+}
+
+impl FeedForward for ReluSquaredMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ReluSquaredMlp::forward(self, x)
+    }
+}
+
+impl FeedForward for Moe {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Moe::forward(self, x)
+    }
 }
 
 impl ReluSquaredMlp {
@@ -311,129 +325,62 @@ fn select(s: &RouterSpec, original: &[f32], bias: &[f32]) -> Vec<(usize, f32)> {
     order.into_iter().map(|e| (e, original[e] / total * s.scaling)).collect()
 }
 
-enum Mixer {
-    Mamba(Mamba2Mixer),
-    Attention(HybridAttention),
-    Mlp(ReluSquaredMlp),
-    Moe(Moe),
-}
-
-struct Block {
-    norm: Tensor,
-    mixer: Mixer,
-}
-
-pub struct NemotronH {
-    eps: f64,
-    context_length: usize,
-    embeddings: Tensor,
-    blocks: Vec<Block>,
-    norm: Tensor,
-    head: Tensor,
-}
-
-impl std::fmt::Debug for NemotronH {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NemotronH").field("layers", &self.blocks.len()).finish_non_exhaustive()
-    }
-}
-
-impl NemotronH {
-    pub fn load(
-        ckpt: &Checkpoint,
-        cfg: &Config,
-        device: &Device,
-        progress: bool,
-    ) -> std::result::Result<Self, EngineError> {
-        let types = cfg.blocks()?;
-        let embeddings = ckpt.weight("backbone.embeddings", device)?;
-        // mlx-lm always builds a separate `lm_head`; fall back to the embeddings only for a
-        // checkpoint that was saved tied.
-        let head = if ckpt.has("lm_head.weight") { ckpt.weight("lm_head", device)? } else { embeddings.clone() };
-        let router = RouterSpec {
-            experts: cfg.n_routed_experts.unwrap_or(0),
-            top_k: cfg.num_experts_per_tok.unwrap_or(0),
-            n_group: cfg.n_group.unwrap_or(1),
-            topk_group: cfg.topk_group.unwrap_or(1),
-            norm_topk_prob: cfg.norm_topk_prob.unwrap_or(false),
-            scaling: cfg.routed_scaling_factor.unwrap_or(1.0) as f32,
+/// The Nemotron-H decoder on the shared [`Stack`]: one residual unit per block, whose op
+/// is a Mamba-2 mixer, attention, an MLP or a MoE.
+pub fn load(
+    ckpt: &Checkpoint,
+    cfg: &Config,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Stack, EngineError> {
+    let types = cfg.blocks()?;
+    let embeddings = Embeddings::load_dense(ckpt, "backbone.embeddings", device)?;
+    // mlx-lm always builds a separate `lm_head`; fall back to the embeddings only for a
+    // checkpoint that was saved tied.
+    let head = Head::tied_or(ckpt, "lm_head", false, &embeddings, || Ok(Head::Dense(ckpt.weight("lm_head", device)?)))?;
+    let router = RouterSpec {
+        experts: cfg.n_routed_experts.unwrap_or(0),
+        top_k: cfg.num_experts_per_tok.unwrap_or(0),
+        n_group: cfg.n_group.unwrap_or(1),
+        topk_group: cfg.topk_group.unwrap_or(1),
+        norm_topk_prob: cfg.norm_topk_prob.unwrap_or(false),
+        scaling: cfg.routed_scaling_factor.unwrap_or(1.0) as f32,
+    };
+    let head_dim = cfg.head_dim();
+    let bar = layer_progress(progress, types.len(), "nemotron_h");
+    let mut units = Vec::with_capacity(types.len());
+    for (i, kind) in types.iter().enumerate() {
+        let l = format!("backbone.layers.{i}");
+        let m = format!("{l}.mixer");
+        let op = match kind {
+            BlockType::Mamba => {
+                Op::Sequence(Box::new(Recurrent { layer: i, mixer: Mamba2Mixer::load(ckpt, &m, cfg.mamba(), device)? }))
+            }
+            BlockType::Attention => Op::Sequence(Box::new(HybridAttention::load(
+                ckpt,
+                i,
+                &m,
+                (cfg.num_attention_heads, cfg.num_key_value_heads, head_dim),
+                (head_dim as f64).powf(-0.5),
+                None,
+                device,
+            )?)),
+            BlockType::Mlp => Op::Rows(Box::new(ReluSquaredMlp::load(ckpt, &m, device)?)),
+            BlockType::Moe => Op::Rows(Box::new(Moe::load(ckpt, &m, router, cfg.n_shared_experts.is_some(), device)?)),
         };
-        let head_dim = cfg.head_dim();
-        let bar = layer_progress(progress, types.len(), "nemotron_h");
-        let mut blocks = Vec::with_capacity(types.len());
-        for (i, kind) in types.iter().enumerate() {
-            let l = format!("backbone.layers.{i}");
-            let m = format!("{l}.mixer");
-            let mixer = match kind {
-                BlockType::Mamba => Mixer::Mamba(Mamba2Mixer::load(ckpt, &m, cfg.mamba(), device)?),
-                BlockType::Attention => Mixer::Attention(HybridAttention::load(
-                    ckpt,
-                    &m,
-                    (cfg.num_attention_heads, cfg.num_key_value_heads, head_dim),
-                    (head_dim as f64).powf(-0.5),
-                    None,
-                    device,
-                )?),
-                BlockType::Mlp => Mixer::Mlp(ReluSquaredMlp::load(ckpt, &m, device)?),
-                BlockType::Moe => Mixer::Moe(Moe::load(ckpt, &m, router, cfg.n_shared_experts.is_some(), device)?),
-            };
-            blocks.push(Block { norm: ckpt.tensor(&format!("{l}.norm.weight"), device)?, mixer });
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        Ok(Self {
-            eps: cfg.layer_norm_epsilon,
-            context_length: cfg.max_position_embeddings,
-            embeddings,
-            blocks,
-            norm: ckpt.tensor("backbone.norm_f.weight", device)?,
-            head,
-        })
+        units.push(Residual::new(ckpt.tensor(&format!("{l}.norm.weight"), device)?, op));
+        bar.inc(1);
     }
-}
-
-impl CausalLm for NemotronH {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let device = self.norm.device();
-        let t = tokens.len();
-        let past = cache.len();
-        if t == 0 {
-            candle_core::bail!("no tokens to run");
-        }
-        if past + t > self.context_length {
-            candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, self.context_length);
-        }
-        let ids = Tensor::new(tokens, device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?;
-        // A single new token sees every cached one: no mask needed.
-        let mask = if t > 1 { Some(attention_mask(t, past, None, device)?) } else { None };
-        for (index, block) in self.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &block.norm, self.eps)?;
-            let h = match &block.mixer {
-                Mixer::Mamba(mamba) => {
-                    let (out, state) = mamba.forward(&h, cache.state(index))?;
-                    cache.set_state(index, state);
-                    out
-                }
-                Mixer::Attention(attn) => attn.forward(index, &h, cache, mask.as_ref())?,
-                Mixer::Mlp(mlp) => mlp.forward(&h)?,
-                Mixer::Moe(moe) => moe.forward(&h)?,
-            };
-            x = (x + h)?;
-        }
-        cache.advance(t);
-        let last = x.narrow(1, t - 1, 1)?;
-        let last = rms_norm(&last, &self.norm, self.eps)?;
-        last.flatten_all()?.unsqueeze(0)?.matmul(&self.head.t()?)?.flatten_all()?.to_dtype(DType::F32)
-    }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.blocks.len(), self.context_length)
-    }
-
-    fn context_length(&self) -> usize {
-        self.context_length
-    }
+    bar.finish_and_clear();
+    let spec = StackSpec {
+        name: "nemotron_h".into(),
+        context_length: cfg.max_position_embeddings,
+        cache_layers: types.len(),
+        rms_eps: cfg.layer_norm_epsilon,
+        embed_scale: None,
+        logits_divisor: None,
+    };
+    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("backbone.norm_f.weight", device)?, head))
 }
 
 #[cfg(test)]

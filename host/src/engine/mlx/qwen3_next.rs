@@ -6,15 +6,20 @@
 //! The checkpoints hold norm weights as final multipliers (mlx-lm's `sanitize` folded in the
 //! `+1` of the Hugging Face `(1 + w)` norms), so every norm here is a plain `rms_norm(x)·w`.
 
-use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
+use candle_core::{D, Device, Module, Result, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
+
+use std::sync::Arc;
 
 use super::archs::rope_from_scaling;
 use super::dense::RopeSpec;
 use super::gated_delta::{DeltaNetSpec, GatedDeltaNet};
+use super::moe::{Experts, Glu, Mlp};
 use super::{Checkpoint, MlxLinear};
-use crate::engine::models::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
+use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::{FeedForward, Op, Recurrent, SeqMasks, SeqMixer, Stack, StackSpec, pre_norm_layer};
+use crate::engine::models::{layer_progress, repeat_kv, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
 /// `config.json` of a `qwen3_next` checkpoint (mlx-lm's `ModelArgs`).
@@ -140,51 +145,31 @@ impl HybridSpec {
     }
 }
 
-/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
-struct Mlp {
-    gate: MlxLinear,
-    up: MlxLinear,
-    down: MlxLinear,
-}
-
-impl Mlp {
-    fn load(ckpt: &Checkpoint, prefix: &str, device: &Device) -> std::result::Result<Self, EngineError> {
-        Ok(Self {
-            gate: ckpt.packed_linear(&format!("{prefix}.gate_proj"), device)?,
-            up: ckpt.packed_linear(&format!("{prefix}.up_proj"), device)?,
-            down: ckpt.packed_linear(&format!("{prefix}.down_proj"), device)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(x)?)? * self.up.forward(x)?)?)
-    }
-}
-
 /// `Qwen3NextSparseMoeBlock`: softmax router, top-k experts (SwitchGLU), plus a shared
 /// expert scaled by `sigmoid(shared_expert_gate(x))`.
 struct SparseMoe {
     spec: MoeSpec,
     router: MlxLinear,
-    experts: Vec<Mlp>,
+    experts: Experts,
     shared: Mlp,
     shared_gate: MlxLinear,
 }
 
+impl FeedForward for SparseMoe {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        SparseMoe::forward(self, x)
+    }
+}
+
 impl SparseMoe {
     fn load(ckpt: &Checkpoint, prefix: &str, spec: MoeSpec, device: &Device) -> std::result::Result<Self, EngineError> {
-        // Stacked `[experts, out, in]`, split once so that each expert is a plain matmul
-        // (packed when exact).
-        let stacked = |name: &str| ckpt.packed_experts(&format!("{prefix}.switch_mlp.{name}"), spec.experts, device);
-        let (gates, ups, downs) = (stacked("gate_proj")?, stacked("up_proj")?, stacked("down_proj")?);
-        let experts = gates.into_iter().zip(ups).zip(downs).map(|((gate, up), down)| Mlp { gate, up, down }).collect();
         if spec.top_k == 0 || spec.top_k > spec.experts {
             return Err(EngineError::Metadata(format!("{prefix}: top-{} of {} experts", spec.top_k, spec.experts)));
         }
         Ok(Self {
             spec,
             router: ckpt.packed_linear(&format!("{prefix}.gate"), device)?,
-            experts,
+            experts: Experts::load(ckpt, &format!("{prefix}.switch_mlp"), spec.experts, Glu::Swiglu, device)?,
             shared: Mlp::load(ckpt, &format!("{prefix}.shared_expert"), device)?,
             shared_gate: ckpt.packed_linear(&format!("{prefix}.shared_expert_gate"), device)?,
         })
@@ -197,29 +182,17 @@ impl SparseMoe {
         // Routing is decided on the host: it is a few numbers per token, and grouping the
         // tokens by expert turns the experts into dense matmuls over just their tokens.
         let probs: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&self.router.forward(&xs)?)?.to_vec2()?;
-        let mut routed: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); self.spec.experts];
-        for (token, p) in probs.iter().enumerate() {
-            let mut order: Vec<usize> = (0..p.len()).collect();
-            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-            order.truncate(self.spec.top_k);
-            let total: f32 = if self.spec.norm_topk_prob { order.iter().map(|&e| p[e]).sum() } else { 1.0 };
-            for e in order {
-                let (rows, weights) = &mut routed[e];
-                rows.push(token as u32);
-                weights.push(p[e] / total);
-            }
-        }
-        let mut out = xs.zeros_like()?;
-        for (expert, (rows, weights)) in self.experts.iter().zip(routed) {
-            if rows.is_empty() {
-                continue;
-            }
-            let n = rows.len();
-            let rows = Tensor::from_vec(rows, n, xs.device())?;
-            let weights = Tensor::from_vec(weights, (n, 1), xs.device())?.to_dtype(xs.dtype())?;
-            let y = expert.forward(&xs.index_select(&rows, 0)?)?.broadcast_mul(&weights)?;
-            out = out.index_add(&rows, &y, 0)?;
-        }
+        let routes: Vec<Vec<(usize, f32)>> = probs
+            .iter()
+            .map(|p| {
+                let mut order: Vec<usize> = (0..p.len()).collect();
+                order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+                order.truncate(self.spec.top_k);
+                let total: f32 = if self.spec.norm_topk_prob { order.iter().map(|&e| p[e]).sum() } else { 1.0 };
+                order.into_iter().map(|e| (e, p[e] / total)).collect()
+            })
+            .collect();
+        let out = self.experts.forward(&xs, &routes)?;
         let shared =
             candle_nn::ops::sigmoid(&self.shared_gate.forward(&xs)?)?.broadcast_mul(&self.shared.forward(&xs)?)?;
         (out + shared)?.reshape(dims)
@@ -229,6 +202,9 @@ impl SparseMoe {
 /// `Qwen3NextAttention`: q/k RMSNorm per head, partial RoPE, and an output gate that
 /// `q_proj` produces alongside the queries (per head `[q | gate]`).
 struct GatedAttention {
+    spec: Arc<HybridSpec>,
+    /// Its entry in the cache.
+    layer: usize,
     q: MlxLinear,
     k: MlxLinear,
     v: MlxLinear,
@@ -238,9 +214,17 @@ struct GatedAttention {
 }
 
 impl GatedAttention {
-    fn load(ckpt: &Checkpoint, prefix: &str, device: &Device) -> std::result::Result<Self, EngineError> {
+    fn load(
+        ckpt: &Checkpoint,
+        spec: &Arc<HybridSpec>,
+        layer: usize,
+        prefix: &str,
+        device: &Device,
+    ) -> std::result::Result<Self, EngineError> {
         let linear = |name: &str| ckpt.packed_linear(&format!("{prefix}.{name}"), device);
         Ok(Self {
+            spec: Arc::clone(spec),
+            layer,
             q: linear("q_proj")?,
             k: linear("k_proj")?,
             v: linear("v_proj")?,
@@ -249,15 +233,12 @@ impl GatedAttention {
             k_norm: ckpt.tensor(&format!("{prefix}.k_norm.weight"), device)?,
         })
     }
+}
 
-    fn forward(
-        &self,
-        spec: &HybridSpec,
-        index: usize,
-        x: &Tensor,
-        cache: &mut KvCache,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
+impl SeqMixer for GatedAttention {
+    fn forward(&self, x: &Tensor, cache: &mut KvCache, masks: &SeqMasks<'_>) -> Result<Tensor> {
+        let (spec, index) = (&*self.spec, self.layer);
+        let mask = masks.causal(None)?;
         let (b, t, _) = x.dims3()?;
         let hd = spec.head_dim;
         let pos = cache.len();
@@ -275,7 +256,7 @@ impl GatedAttention {
         let k = repeat_kv(&k, group)?;
         let v = repeat_kv(&v, group)?;
         let mut scores = (q.contiguous()?.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        if let Some(mask) = mask {
+        if let Some(mask) = &mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -284,141 +265,55 @@ impl GatedAttention {
     }
 }
 
-/// The token mixer of one layer.
-enum Mixer {
-    Linear(GatedDeltaNet),
-    Attention(GatedAttention),
-}
-
-enum FeedForward {
-    Dense(Mlp),
-    Sparse(SparseMoe),
-}
-
-struct Layer {
-    input_norm: Tensor,
-    post_attention_norm: Tensor,
-    mixer: Mixer,
-    ffn: FeedForward,
-}
-
-/// The hybrid decoder of Qwen3-Next and Qwen3.5.
-pub struct Qwen3Next {
+/// The hybrid decoder of Qwen3-Next and Qwen3.5 on the shared [`Stack`]: gated delta-net
+/// layers with full (gated) attention every `full_attention_interval`, then a MoE or MLP.
+pub fn load(
+    ckpt: &Checkpoint,
     spec: HybridSpec,
-    embeddings: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    head: Tensor,
-}
-
-impl std::fmt::Debug for Qwen3Next {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qwen3Next").field("spec", &self.spec).finish_non_exhaustive()
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Stack, EngineError> {
+    if spec.heads == 0 || spec.kv_heads == 0 || !spec.heads.is_multiple_of(spec.kv_heads) {
+        return Err(EngineError::Metadata(format!(
+            "{}: {} attention heads cannot share {} kv heads",
+            spec.arch, spec.heads, spec.kv_heads
+        )));
     }
-}
-
-impl Qwen3Next {
-    pub fn load(
-        ckpt: &Checkpoint,
-        spec: HybridSpec,
-        device: &Device,
-        progress: bool,
-    ) -> std::result::Result<Self, EngineError> {
-        if spec.heads == 0 || spec.kv_heads == 0 || !spec.heads.is_multiple_of(spec.kv_heads) {
-            return Err(EngineError::Metadata(format!(
-                "{}: {} attention heads cannot share {} kv heads",
-                spec.arch, spec.heads, spec.kv_heads
-            )));
-        }
-        if spec.sparse.len() != spec.layers {
-            return Err(EngineError::Metadata(format!("{}: MoE layout does not cover every layer", spec.arch)));
-        }
-        let p = &spec.prefix;
-        let embeddings = ckpt.weight(&format!("{p}.embed_tokens"), device)?;
-        let head = if spec.tied_embeddings || !ckpt.has(&format!("{}.weight", spec.head)) {
-            embeddings.clone()
+    if spec.sparse.len() != spec.layers {
+        return Err(EngineError::Metadata(format!("{}: MoE layout does not cover every layer", spec.arch)));
+    }
+    let spec = Arc::new(spec);
+    let p = &spec.prefix;
+    let embeddings = Embeddings::load_dense(ckpt, &format!("{p}.embed_tokens"), device)?;
+    let head = Head::tied_or(ckpt, &spec.head, spec.tied_embeddings, &embeddings, || {
+        Ok(Head::Dense(ckpt.weight(&spec.head, device)?))
+    })?;
+    let bar = layer_progress(progress, spec.layers, &spec.arch);
+    let mut units = Vec::with_capacity(2 * spec.layers);
+    for i in 0..spec.layers {
+        let l = format!("{p}.layers.{i}");
+        let mixer = if spec.is_linear(i) {
+            let net = GatedDeltaNet::load(ckpt, &format!("{l}.linear_attn"), spec.delta_net, spec.rms_eps, device)?;
+            Op::Sequence(Box::new(Recurrent { layer: i, mixer: net }))
         } else {
-            ckpt.weight(&spec.head, device)?
+            Op::Sequence(Box::new(GatedAttention::load(ckpt, &spec, i, &format!("{l}.self_attn"), device)?))
         };
-        let bar = layer_progress(progress, spec.layers, &spec.arch);
-        let mut layers = Vec::with_capacity(spec.layers);
-        for i in 0..spec.layers {
-            let l = format!("{p}.layers.{i}");
-            let mixer = if spec.is_linear(i) {
-                Mixer::Linear(GatedDeltaNet::load(
-                    ckpt,
-                    &format!("{l}.linear_attn"),
-                    spec.delta_net,
-                    spec.rms_eps,
-                    device,
-                )?)
-            } else {
-                Mixer::Attention(GatedAttention::load(ckpt, &format!("{l}.self_attn"), device)?)
-            };
-            let ffn = if spec.sparse[i] {
-                FeedForward::Sparse(SparseMoe::load(ckpt, &format!("{l}.mlp"), spec.moe, device)?)
-            } else {
-                FeedForward::Dense(Mlp::load(ckpt, &format!("{l}.mlp"), device)?)
-            };
-            layers.push(Layer {
-                input_norm: ckpt.tensor(&format!("{l}.input_layernorm.weight"), device)?,
-                post_attention_norm: ckpt.tensor(&format!("{l}.post_attention_layernorm.weight"), device)?,
-                mixer,
-                ffn,
-            });
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let norm = ckpt.tensor(&format!("{p}.norm.weight"), device)?;
-        Ok(Self { spec, embeddings, layers, norm, head })
+        let ffn: Box<dyn FeedForward> = if spec.sparse[i] {
+            Box::new(SparseMoe::load(ckpt, &format!("{l}.mlp"), spec.moe, device)?)
+        } else {
+            Box::new(Mlp::load(ckpt, &format!("{l}.mlp"), device)?)
+        };
+        units.extend(pre_norm_layer(ckpt, &l, mixer, Op::Rows(ffn), device)?);
+        bar.inc(1);
     }
-}
-
-impl CausalLm for Qwen3Next {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let s = &self.spec;
-        let device = self.norm.device();
-        let t = tokens.len();
-        let past = cache.len();
-        if t == 0 {
-            candle_core::bail!("no tokens to run");
-        }
-        if past + t > s.context_length {
-            candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, s.context_length);
-        }
-        let ids = Tensor::new(tokens, device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?;
-        // A single new token sees every cached one: no mask needed.
-        let mask = if t > 1 { Some(attention_mask(t, past, None, device)?) } else { None };
-        for (index, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, s.rms_eps)?;
-            let h = match &layer.mixer {
-                Mixer::Linear(net) => {
-                    let (out, state) = net.forward(&h, cache.state(index))?;
-                    cache.set_state(index, state);
-                    out
-                }
-                Mixer::Attention(attn) => attn.forward(s, index, &h, cache, mask.as_ref())?,
-            };
-            x = (x + h)?;
-            let h = rms_norm(&x, &layer.post_attention_norm, s.rms_eps)?;
-            let h = match &layer.ffn {
-                FeedForward::Dense(mlp) => mlp.forward(&h)?,
-                FeedForward::Sparse(moe) => moe.forward(&h)?,
-            };
-            x = (x + h)?;
-        }
-        cache.advance(t);
-        let last = x.i((.., t - 1..t, ..))?;
-        let last = rms_norm(&last, &self.norm, s.rms_eps)?;
-        last.flatten_all()?.unsqueeze(0)?.matmul(&self.head.t()?)?.flatten_all()?.to_dtype(DType::F32)
-    }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.spec.layers, self.spec.context_length)
-    }
-
-    fn context_length(&self) -> usize {
-        self.spec.context_length
-    }
+    bar.finish_and_clear();
+    let stack = StackSpec {
+        name: spec.arch.clone(),
+        context_length: spec.context_length,
+        cache_layers: spec.layers,
+        rms_eps: spec.rms_eps,
+        embed_scale: None,
+        logits_divisor: None,
+    };
+    Ok(Stack::new(stack, embeddings, units, ckpt.tensor(&format!("{p}.norm.weight"), device)?, head))
 }
