@@ -7,16 +7,13 @@
 //! RoPE angles are computed per forward pass for the positions it covers, so no table
 //! sized by the context length is ever built.
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{D, DType, Device, Module, Result, Tensor};
-
-use std::sync::Arc;
-
-use rapid_kernels::QuantMatrix;
+use candle_core::{D, Device, Module, Result, Tensor};
 
 use super::{Checkpoint, MlxLinear};
-use crate::engine::models::{CausalLm, attention_mask, causal_attention, layer_progress, rms_norm};
-use crate::engine::{EngineError, KvCache};
+use crate::engine::EngineError;
+use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::{BatchMixer, Op, Ragged, Residual, Stack, StackSpec};
+use crate::engine::models::{SeqInput, causal_attention, layer_progress, rms_norm};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -110,294 +107,209 @@ pub struct DenseSpec {
 }
 
 /// A feed-forward block an architecture file puts in place of the gated MLP of a layer
-/// (a mixture of experts); `x` is `[b, t, hidden]`.
-pub trait FeedForward: Send + Sync {
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
-}
+/// (a mixture of experts): the layer library's row-wise block.
+pub use crate::engine::layers::FeedForward;
 
 /// Picks a layer's custom feed-forward block from its index and tensor prefix
 /// (`model.layers.3`); `None` keeps the gated MLP.
 pub type FeedForwardLoader<'a> =
     dyn Fn(usize, &str) -> std::result::Result<Option<Box<dyn FeedForward>>, EngineError> + 'a;
 
-enum Mlp {
-    Gated { gate: MlxLinear, up: MlxLinear, down: MlxLinear },
-    Custom(Box<dyn FeedForward>),
+/// `down(act(gate(x)) * up(x))`.
+struct GatedMlp {
+    gate: MlxLinear,
+    up: MlxLinear,
+    down: MlxLinear,
+    activation: Activation,
 }
 
-struct Layer {
-    input_norm: Tensor,
-    /// The pre-MLP norm (`post_attention_layernorm` outside Gemma).
-    ffn_norm: Tensor,
-    post_attn_norm: Option<Tensor>,
-    post_ffn_norm: Option<Tensor>,
+impl FeedForward for GatedMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate.forward(x)?;
+        let gate = match self.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+/// The attention of one dense layer: q/k/v projections over every row of the batch at
+/// once, then RoPE, the cache and attention per sequence.
+struct DenseAttention {
+    layer: usize,
     q: MlxLinear,
     k: MlxLinear,
     v: MlxLinear,
     o: MlxLinear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    mlp: Mlp,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    rms_eps: f64,
+    scale: f64,
+    /// `None` = no position encoding in this layer (NoPE).
+    rope: Option<RopeSpec>,
+    window: Option<usize>,
+    /// Llama-4 style query scaling by position: `(beta, original_max_position_embeddings)`.
+    query_scale: Option<(f32, usize)>,
 }
 
-/// The token embedding table: packed Q4_1 rows dequantized on lookup, the same blocks as
-/// Candle's quantized tensor (GPUs), or f32.
-enum Embeddings {
-    Dense(Tensor),
-    Packed(Arc<QuantMatrix>),
-    Quantized(Arc<QTensor>),
-}
-
-impl Embeddings {
-    fn lookup(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
-        match self {
-            Self::Dense(table) => table.index_select(&Tensor::new(tokens, device)?, 0),
-            Self::Quantized(table) => table.embedding(&Tensor::new(tokens, device)?),
-            Self::Packed(table) => {
-                let mut values = Vec::with_capacity(tokens.len() * table.cols());
-                for &t in tokens {
-                    if t as usize >= table.rows() {
-                        candle_core::bail!("token {t} is outside the vocabulary of {}", table.rows());
-                    }
-                    values.extend(table.dequantize_row(t as usize));
-                }
-                Tensor::from_vec(values, (tokens.len(), table.cols()), device)
-            }
-        }
-    }
-}
-
-/// The output projection: its own layer, or the (tied) embedding table.
-enum Head {
-    Linear(MlxLinear),
-    Dense(Tensor),
-    Packed(Arc<QuantMatrix>),
-    Quantized(QMatMul),
-}
-
-#[allow(missing_debug_implementations)]
-pub struct DenseDecoder {
-    spec: DenseSpec,
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    head: Head,
-}
-
-impl DenseDecoder {
-    pub fn load(
-        ckpt: &Checkpoint,
-        spec: DenseSpec,
-        device: &Device,
-        progress: bool,
-    ) -> std::result::Result<Self, EngineError> {
-        Self::load_with(ckpt, spec, device, progress, &|_, _| Ok(None))
-    }
-
-    /// Like [`Self::load`], with the feed-forward block of some layers supplied by
-    /// `custom_ffn` (MoE architectures that otherwise share this decoder).
-    pub fn load_with(
-        ckpt: &Checkpoint,
-        spec: DenseSpec,
-        device: &Device,
-        progress: bool,
-        custom_ffn: &FeedForwardLoader<'_>,
-    ) -> std::result::Result<Self, EngineError> {
-        let p = &spec.prefix;
-        let norm = |name: &str| -> std::result::Result<Tensor, EngineError> {
-            let w = ckpt.tensor(name, device)?;
-            Ok(if spec.norm_offset == 0.0 { w } else { (w + f64::from(spec.norm_offset))? })
-        };
-        let embed = format!("{p}.embed_tokens");
-        let embeddings = match (ckpt.q4_1(&embed, device)?, ckpt.quantized_table(&embed, device)?) {
-            (Some(table), _) => Embeddings::Packed(Arc::new(table)),
-            (None, Some(table)) => Embeddings::Quantized(table),
-            (None, None) => Embeddings::Dense(ckpt.weight(&embed, device)?),
-        };
-        let head = if spec.tied_embeddings || !ckpt.has(&format!("{}.weight", spec.head)) {
-            match &embeddings {
-                Embeddings::Packed(table) => Head::Packed(Arc::clone(table)),
-                Embeddings::Dense(table) => Head::Dense(table.clone()),
-                Embeddings::Quantized(table) => Head::Quantized(QMatMul::from_arc(Arc::clone(table))?),
-            }
-        } else {
-            Head::Linear(ckpt.packed_linear(&spec.head, device)?)
-        };
-        let bar = layer_progress(progress, spec.layers, &spec.arch);
-        let mut layers = Vec::with_capacity(spec.layers);
-        let (q_rows, kv_rows) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
-        for i in 0..spec.layers {
-            let l = format!("{p}.layers.{i}");
-            let (q, k, v) = if spec.fused_projections {
-                let mut parts = ckpt
-                    .packed_linear(&format!("{l}.self_attn.qkv_proj"), device)?
-                    .split_rows(&[q_rows, kv_rows, kv_rows])?;
-                let v = parts.pop();
-                let k = parts.pop();
-                let q = parts.pop();
-                match (q, k, v) {
-                    (Some(q), Some(k), Some(v)) => (q, k, v),
-                    _ => return Err(EngineError::Metadata(format!("{l}.self_attn.qkv_proj has the wrong shape"))),
-                }
-            } else {
-                (
-                    ckpt.packed_linear(&format!("{l}.self_attn.q_proj"), device)?,
-                    ckpt.packed_linear(&format!("{l}.self_attn.k_proj"), device)?,
-                    ckpt.packed_linear(&format!("{l}.self_attn.v_proj"), device)?,
-                )
-            };
-            let mlp = match custom_ffn(i, &l)? {
-                Some(ffn) => Mlp::Custom(ffn),
-                None if spec.fused_projections => {
-                    let fused = ckpt.packed_linear(&format!("{l}.mlp.gate_up_proj"), device)?;
-                    let ffn = fused.out_features()? / 2;
-                    let mut parts = fused.split_rows(&[ffn, ffn])?;
-                    match (parts.pop(), parts.pop()) {
-                        (Some(up), Some(gate)) => {
-                            Mlp::Gated { gate, up, down: ckpt.packed_linear(&format!("{l}.mlp.down_proj"), device)? }
-                        }
-                        _ => return Err(EngineError::Metadata(format!("{l}.mlp.gate_up_proj has the wrong shape"))),
-                    }
-                }
-                None => Mlp::Gated {
-                    gate: ckpt.packed_linear(&format!("{l}.mlp.gate_proj"), device)?,
-                    up: ckpt.packed_linear(&format!("{l}.mlp.up_proj"), device)?,
-                    down: ckpt.packed_linear(&format!("{l}.mlp.down_proj"), device)?,
-                },
-            };
-            let (ffn_norm, post_attn_norm, post_ffn_norm) = if spec.sandwich_norms {
-                (
-                    norm(&format!("{l}.pre_feedforward_layernorm.weight"))?,
-                    Some(norm(&format!("{l}.post_attention_layernorm.weight"))?),
-                    Some(norm(&format!("{l}.post_feedforward_layernorm.weight"))?),
-                )
-            } else {
-                (norm(&format!("{l}.post_attention_layernorm.weight"))?, None, None)
-            };
-            let qk = |name: &str| -> std::result::Result<Option<Tensor>, EngineError> {
-                if spec.qk_norm { norm(&format!("{l}.self_attn.{name}.weight")).map(Some) } else { Ok(None) }
-            };
-            layers.push(Layer {
-                input_norm: norm(&format!("{l}.input_layernorm.weight"))?,
-                ffn_norm,
-                post_attn_norm,
-                post_ffn_norm,
-                q,
-                k,
-                v,
-                o: ckpt.packed_linear(&format!("{l}.self_attn.o_proj"), device)?,
-                q_norm: qk("q_norm")?,
-                k_norm: qk("k_norm")?,
-                mlp,
-            });
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let norm = norm(&format!("{p}.norm.weight"))?;
-        Ok(Self { spec, embeddings, layers, norm, head })
-    }
-
-    fn attention(&self, index: usize, x: &Tensor, cache: &mut KvCache, mask: Option<&Tensor>) -> Result<Tensor> {
-        let s = &self.spec;
-        let layer = &self.layers[index];
-        let (b, t, _) = x.dims3()?;
-        let pos = cache.len();
+impl BatchMixer for DenseAttention {
+    fn forward(&self, x: &Tensor, batch: &mut [SeqInput<'_>], ragged: &Ragged) -> Result<Tensor> {
+        let (b, rows, _) = x.dims3()?;
+        let hd = self.head_dim;
         let heads = |lin: &MlxLinear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
-            let h = lin.forward(x)?.reshape((b, t, n, s.head_dim))?;
+            let h = lin.forward(x)?.reshape((b, rows, n, hd))?;
             let h = match norm {
-                Some(w) => rms_norm(&h, w, s.rms_eps)?,
+                Some(w) => rms_norm(&h, w, self.rms_eps)?,
                 None => h,
             };
             h.transpose(1, 2)?.contiguous()
         };
-        let mut q = heads(&layer.q, s.heads, layer.q_norm.as_ref())?;
-        let mut k = heads(&layer.k, s.kv_heads, layer.k_norm.as_ref())?;
-        let v = heads(&layer.v, s.kv_heads, None)?;
-        if let Some(rope) = &s.rope[index] {
-            q = rope.apply(&q, pos)?;
-            k = rope.apply(&k, pos)?;
+        let q_all = heads(&self.q, self.heads, self.q_norm.as_ref())?;
+        let k_all = heads(&self.k, self.kv_heads, self.k_norm.as_ref())?;
+        let v_all = heads(&self.v, self.kv_heads, None)?;
+        let mut outs = Vec::with_capacity(batch.len());
+        for (i, seq) in batch.iter_mut().enumerate() {
+            let pos = seq.cache.len();
+            let (mut q, mut k) = (ragged.rows_of(&q_all, i, 2)?, ragged.rows_of(&k_all, i, 2)?);
+            let v = ragged.rows_of(&v_all, i, 2)?;
+            let t = q.dim(2)?;
+            if let Some(rope) = &self.rope {
+                q = rope.apply(&q, pos)?;
+                k = rope.apply(&k, pos)?;
+            }
+            if let Some((beta, original)) = self.query_scale {
+                let scale: Vec<f32> =
+                    (pos..pos + t).map(|p| 1.0 + beta * (1.0 + (p / original.max(1)) as f32).ln()).collect();
+                q = q.broadcast_mul(&Tensor::from_vec(scale, (1, 1, t, 1), x.device())?)?;
+            }
+            let (k, v) = seq.cache.append(self.layer, &k, &v)?;
+            let mask = ragged.masks(i, x.device()).causal(self.window)?;
+            outs.push(causal_attention(&q.contiguous()?, &k, &v, self.window, self.scale, mask.as_ref())?);
         }
-        if let Some((beta, original)) = s.query_scale {
-            let scale: Vec<f32> =
-                (pos..pos + t).map(|p| 1.0 + beta * (1.0 + (p / original.max(1)) as f32).ln()).collect();
-            q = q.broadcast_mul(&Tensor::from_vec(scale, (1, 1, t, 1), x.device())?)?;
-        }
-        let (k, v) = cache.append(index, &k, &v)?;
-        let out = causal_attention(&q.contiguous()?, &k, &v, s.window[index], s.attn_scale, mask)?;
-        layer.o.forward(&out)
-    }
-
-    fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        let (gate, up, down) = match &layer.mlp {
-            Mlp::Gated { gate, up, down } => (gate, up, down),
-            Mlp::Custom(ffn) => return ffn.forward(x),
-        };
-        let gate = gate.forward(x)?;
-        let gate = match self.spec.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
-        };
-        down.forward(&(gate * up.forward(x)?)?)
+        self.o.forward(&ragged.join(outs, 1)?)
     }
 }
 
-impl CausalLm for DenseDecoder {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let s = &self.spec;
-        let device = self.norm.device();
-        let t = tokens.len();
-        let past = cache.len();
-        if past + t > s.context_length {
-            candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, s.context_length);
-        }
-        let mut x = self.embeddings.lookup(tokens, device)?.unsqueeze(0)?;
-        if let Some(scale) = s.embed_scale {
-            x = (x * f64::from(scale))?;
-        }
-        // One mask per distinct window; none needed for a single token without a window.
-        let mut masks: Vec<(Option<usize>, Option<Tensor>)> = Vec::new();
-        for (index, layer) in self.layers.iter().enumerate() {
-            let window = s.window[index];
-            let mask = match masks.iter().find(|(w, _)| *w == window) {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let needed = t > 1 || window.is_some_and(|w| past + 1 > w);
-                    let m = if needed { Some(attention_mask(t, past, window, device)?) } else { None };
-                    masks.push((window, m.clone()));
-                    m
-                }
-            };
-            let h = rms_norm(&x, &layer.input_norm, s.rms_eps)?;
-            let mut h = self.attention(index, &h, cache, mask.as_ref())?;
-            if let Some(w) = &layer.post_attn_norm {
-                h = rms_norm(&h, w, s.rms_eps)?;
+/// The dense decoder of `spec` on the shared [`Stack`].
+pub fn load(
+    ckpt: &Checkpoint,
+    spec: DenseSpec,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Stack, EngineError> {
+    load_with(ckpt, spec, device, progress, &|_, _| Ok(None))
+}
+
+/// Like [`load`], with the feed-forward block of some layers supplied by `custom_ffn` (MoE
+/// architectures that otherwise share this decoder).
+pub fn load_with(
+    ckpt: &Checkpoint,
+    spec: DenseSpec,
+    device: &Device,
+    progress: bool,
+    custom_ffn: &FeedForwardLoader<'_>,
+) -> std::result::Result<Stack, EngineError> {
+    let p = &spec.prefix;
+    let norm = |name: &str| -> std::result::Result<Tensor, EngineError> {
+        let w = ckpt.tensor(name, device)?;
+        Ok(if spec.norm_offset == 0.0 { w } else { (w + f64::from(spec.norm_offset))? })
+    };
+    let embeddings = Embeddings::load_packed(ckpt, &format!("{p}.embed_tokens"), device)?;
+    let head = Head::tied_or(ckpt, &spec.head, spec.tied_embeddings, &embeddings, || {
+        Ok(Head::Linear(ckpt.packed_linear(&spec.head, device)?))
+    })?;
+    let bar = layer_progress(progress, spec.layers, &spec.arch);
+    let mut units = Vec::with_capacity(2 * spec.layers);
+    let (q_rows, kv_rows) = (spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim);
+    for i in 0..spec.layers {
+        let l = format!("{p}.layers.{i}");
+        let (q, k, v) = if spec.fused_projections {
+            let mut parts = ckpt
+                .packed_linear(&format!("{l}.self_attn.qkv_proj"), device)?
+                .split_rows(&[q_rows, kv_rows, kv_rows])?;
+            let v = parts.pop();
+            let k = parts.pop();
+            let q = parts.pop();
+            match (q, k, v) {
+                (Some(q), Some(k), Some(v)) => (q, k, v),
+                _ => return Err(EngineError::Metadata(format!("{l}.self_attn.qkv_proj has the wrong shape"))),
             }
-            x = (x + h)?;
-            let h = rms_norm(&x, &layer.ffn_norm, s.rms_eps)?;
-            let mut h = self.mlp(layer, &h)?;
-            if let Some(w) = &layer.post_ffn_norm {
-                h = rms_norm(&h, w, s.rms_eps)?;
-            }
-            x = (x + h)?;
-        }
-        cache.advance(t);
-        let last = x.narrow(1, t - 1, 1)?;
-        let last = rms_norm(&last, &self.norm, s.rms_eps)?;
-        let last = last.flatten_all()?.unsqueeze(0)?;
-        let logits = match &self.head {
-            Head::Linear(linear) => linear.forward(&last)?,
-            Head::Dense(table) => last.matmul(&table.t()?)?,
-            Head::Packed(table) => crate::engine::models::packed_matmul(table, &last)?,
-            Head::Quantized(table) => table.forward(&last)?,
+        } else {
+            (
+                ckpt.packed_linear(&format!("{l}.self_attn.q_proj"), device)?,
+                ckpt.packed_linear(&format!("{l}.self_attn.k_proj"), device)?,
+                ckpt.packed_linear(&format!("{l}.self_attn.v_proj"), device)?,
+            )
         };
-        logits.flatten_all()?.to_dtype(DType::F32)
+        let mlp: Box<dyn FeedForward> = match custom_ffn(i, &l)? {
+            Some(ffn) => ffn,
+            None if spec.fused_projections => {
+                let fused = ckpt.packed_linear(&format!("{l}.mlp.gate_up_proj"), device)?;
+                let ffn = fused.out_features()? / 2;
+                let mut parts = fused.split_rows(&[ffn, ffn])?;
+                match (parts.pop(), parts.pop()) {
+                    (Some(up), Some(gate)) => Box::new(GatedMlp {
+                        gate,
+                        up,
+                        down: ckpt.packed_linear(&format!("{l}.mlp.down_proj"), device)?,
+                        activation: spec.activation,
+                    }),
+                    _ => return Err(EngineError::Metadata(format!("{l}.mlp.gate_up_proj has the wrong shape"))),
+                }
+            }
+            None => Box::new(GatedMlp {
+                gate: ckpt.packed_linear(&format!("{l}.mlp.gate_proj"), device)?,
+                up: ckpt.packed_linear(&format!("{l}.mlp.up_proj"), device)?,
+                down: ckpt.packed_linear(&format!("{l}.mlp.down_proj"), device)?,
+                activation: spec.activation,
+            }),
+        };
+        let (ffn_norm, post_attn_norm, post_ffn_norm) = if spec.sandwich_norms {
+            (
+                norm(&format!("{l}.pre_feedforward_layernorm.weight"))?,
+                Some(norm(&format!("{l}.post_attention_layernorm.weight"))?),
+                Some(norm(&format!("{l}.post_feedforward_layernorm.weight"))?),
+            )
+        } else {
+            (norm(&format!("{l}.post_attention_layernorm.weight"))?, None, None)
+        };
+        let qk = |name: &str| -> std::result::Result<Option<Tensor>, EngineError> {
+            if spec.qk_norm { norm(&format!("{l}.self_attn.{name}.weight")).map(Some) } else { Ok(None) }
+        };
+        let attn = DenseAttention {
+            layer: i,
+            q,
+            k,
+            v,
+            o: ckpt.packed_linear(&format!("{l}.self_attn.o_proj"), device)?,
+            q_norm: qk("q_norm")?,
+            k_norm: qk("k_norm")?,
+            heads: spec.heads,
+            kv_heads: spec.kv_heads,
+            head_dim: spec.head_dim,
+            rms_eps: spec.rms_eps,
+            scale: spec.attn_scale,
+            rope: spec.rope[i].clone(),
+            window: spec.window[i],
+            query_scale: spec.query_scale,
+        };
+        let input_norm = norm(&format!("{l}.input_layernorm.weight"))?;
+        units.push(Residual { post_norm: post_attn_norm, ..Residual::new(input_norm, Op::Batch(Box::new(attn))) });
+        units.push(Residual { post_norm: post_ffn_norm, ..Residual::new(ffn_norm, Op::Rows(mlp)) });
+        bar.inc(1);
     }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.spec.layers, self.spec.context_length)
-    }
-
-    fn context_length(&self) -> usize {
-        self.spec.context_length
-    }
+    bar.finish_and_clear();
+    let stack = StackSpec {
+        name: spec.arch.clone(),
+        context_length: spec.context_length,
+        cache_layers: spec.layers,
+        rms_eps: spec.rms_eps,
+        embed_scale: spec.embed_scale.map(f64::from),
+        logits_divisor: None,
+    };
+    Ok(Stack::new(stack, embeddings, units, norm(&format!("{p}.norm.weight"))?, head))
 }

@@ -111,7 +111,7 @@ pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dy
         }
         _ => {
             let spec = archs::dense_spec(&arch, &ckpt.config)?;
-            Ok(Box::new(dense::DenseDecoder::load(ckpt, spec, device, progress)?))
+            Ok(Box::new(dense::load(ckpt, spec, device, progress)?))
         }
     }
 }

@@ -10,9 +10,10 @@ use serde::Deserialize;
 
 use super::Checkpoint;
 use super::archs::{Common, parse};
-use super::dense::{Activation, DenseDecoder, FeedForward, RopeSpec};
+use super::dense::{self, Activation, FeedForward, RopeSpec};
 use super::switch::{Route, SwitchGlu, score_rows, softmax, top_k};
 use crate::engine::EngineError;
+use crate::engine::layers::Stack;
 
 /// `config.json` of a `qwen3_moe` checkpoint (mlx-lm's `ModelArgs` names and defaults).
 #[derive(Debug, Clone, Deserialize)]
@@ -96,14 +97,14 @@ impl FeedForward for SparseMoe {
 }
 
 /// The dense decoder with [`SparseMoe`] on the sparse layers.
-pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<DenseDecoder, EngineError> {
+pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Stack, EngineError> {
     load_text_model(ckpt, &ckpt.config, "qwen3_moe", "model", "lm_head", device, progress)
 }
 
 /// The Qwen3-VL-MoE wrapper (mlx-lm `qwen3_vl_moe`): this text model, configured by
 /// `text_config`, under `language_model.`. Its M-RoPE settings are ignored like all of
 /// qwen3_moe's `rope_scaling` (plain RoPE is what M-RoPE gives text-only positions).
-pub fn load_vl(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<DenseDecoder, EngineError> {
+pub fn load_vl(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Stack, EngineError> {
     let text = ckpt
         .config
         .get("text_config")
@@ -119,7 +120,7 @@ fn load_text_model(
     head: &str,
     device: &Device,
     progress: bool,
-) -> Result<DenseDecoder, EngineError> {
+) -> Result<Stack, EngineError> {
     let cfg: Config = parse(config, arch)?;
     let c = &cfg.common;
     // mlx-lm's qwen3_moe attention uses plain `nn.RoPE(head_dim, base=rope_theta)` and
@@ -135,5 +136,5 @@ fn load_text_model(
         }
         Ok(Some(Box::new(SparseMoe::load(ckpt, &format!("{prefix}.mlp"), &cfg, device)?)))
     };
-    DenseDecoder::load_with(ckpt, spec, device, progress, &custom)
+    dense::load_with(ckpt, spec, device, progress, &custom)
 }
