@@ -7,10 +7,10 @@ use candle_core::{D, Module, Result, Tensor};
 
 use super::ragged::SeqMasks;
 use super::stack::SeqMixer;
-use crate::engine::KvCache;
-use crate::engine::mlx::MlxLinear;
 use crate::engine::mlx::dense::RopeSpec;
+use crate::engine::mlx::{Checkpoint, MlxLinear};
 use crate::engine::models::{attention_mask, repeat_kv, rms_norm};
+use crate::engine::{EngineError, KvCache};
 
 /// Keys and values a query block at positions `past..past + t` attends to, narrowed to a
 /// sliding `window` when there is one, and the additive mask it needs (`None` when every
@@ -81,6 +81,27 @@ pub enum QkNorm {
     Whole { q: Tensor, k: Tensor },
 }
 
+/// Where a checkpoint's attention has q/k norms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNormAt {
+    None,
+    PerHead,
+    Whole,
+}
+
+/// The shape of an architecture's attention layers, from its config.
+#[derive(Debug, Clone)]
+pub struct AttentionSpec {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_eps: f64,
+    pub rope: RopeSpec,
+    pub qk_norm: QkNormAt,
+    /// The layers have `sinks` (gpt-oss).
+    pub sinks: bool,
+}
+
 /// Multi-head attention of one layer (cache entry `layer`), mlx-lm's arithmetic.
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -100,6 +121,55 @@ pub struct Attention {
     /// Per-head logits that attend to nothing (gpt-oss).
     pub sinks: Option<Tensor>,
     pub scale: f64,
+}
+
+impl Attention {
+    /// The f32 attention under `prefix` (`model.layers.3.self_attn`: `q_proj`, `k_proj`,
+    /// `v_proj`, `o_proj` with their biases, `q_norm` / `k_norm`, `sinks`), cache entry
+    /// `layer`, scores scaled by `1 / sqrt(head_dim)`.
+    pub fn load(
+        ckpt: &Checkpoint,
+        layer: usize,
+        prefix: &str,
+        spec: &AttentionSpec,
+        window: Option<usize>,
+        device: &candle_core::Device,
+    ) -> std::result::Result<Self, EngineError> {
+        let linear = |name: &str| -> std::result::Result<MlxLinear, EngineError> {
+            Ok(MlxLinear::Dense(ckpt.linear(&format!("{prefix}.{name}"), device)?))
+        };
+        let norm = |name: &str| ckpt.tensor(&format!("{prefix}.{name}.weight"), device);
+        let qk_norm = match spec.qk_norm {
+            QkNormAt::None => None,
+            QkNormAt::PerHead => Some(QkNorm::PerHead { q: norm("q_norm")?, k: norm("k_norm")? }),
+            QkNormAt::Whole => Some(QkNorm::Whole { q: norm("q_norm")?, k: norm("k_norm")? }),
+        };
+        let sinks = if spec.sinks {
+            let sinks = ckpt.tensor(&format!("{prefix}.sinks"), device)?;
+            if sinks.dims() != [spec.heads] {
+                return Err(EngineError::Metadata(format!("{prefix}.sinks has shape {:?}", sinks.dims())));
+            }
+            Some(sinks)
+        } else {
+            None
+        };
+        Ok(Self {
+            layer,
+            q: linear("q_proj")?,
+            k: linear("k_proj")?,
+            v: linear("v_proj")?,
+            o: linear("o_proj")?,
+            qk_norm,
+            heads: spec.heads,
+            kv_heads: spec.kv_heads,
+            head_dim: spec.head_dim,
+            rms_eps: spec.rms_eps,
+            rope: spec.rope.clone(),
+            window,
+            sinks,
+            scale: 1.0 / (spec.head_dim as f64).sqrt(),
+        })
+    }
 }
 
 impl SeqMixer for Attention {

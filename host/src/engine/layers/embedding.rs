@@ -34,6 +34,20 @@ impl Embeddings {
         Ok(Self::Dense(ckpt.weight(prefix, device)?))
     }
 
+    /// The f32 table `prefix` and the f32 head `head` (the table itself when `tied` or
+    /// when the checkpoint has no separate head).
+    pub fn load_dense_with_head(
+        ckpt: &Checkpoint,
+        prefix: &str,
+        head: &str,
+        tied: bool,
+        device: &Device,
+    ) -> std::result::Result<(Self, Head), EngineError> {
+        let table = Self::load_dense(ckpt, prefix, device)?;
+        let head = Head::tied_or(ckpt, head, tied, &table, || Ok(Head::Dense(ckpt.weight(head, device)?)))?;
+        Ok((table, head))
+    }
+
     /// Rows `tokens`, `[tokens.len(), hidden]`.
     pub fn lookup(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
         match self {

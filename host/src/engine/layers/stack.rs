@@ -108,6 +108,13 @@ pub struct StackSpec {
     pub logits_divisor: Option<f64>,
 }
 
+impl StackSpec {
+    /// A decoder without embedding or logit scaling.
+    pub fn new(name: &str, context_length: usize, cache_layers: usize, rms_eps: f64) -> Self {
+        Self { name: name.into(), context_length, cache_layers, rms_eps, embed_scale: None, logits_divisor: None }
+    }
+}
+
 #[allow(missing_debug_implementations)]
 pub struct Stack {
     pub spec: StackSpec,

@@ -28,7 +28,7 @@ use super::Checkpoint;
 use super::archs::rope_from_scaling;
 use super::dense::RopeSpec;
 use super::moe::{GroupRouting, Mlp, SigmoidMoe};
-use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, SeqMasks, SeqMixer, Stack, StackSpec, pre_norm_layer};
 use crate::engine::models::{layer_progress, rms_norm};
 use crate::engine::{EngineError, KvCache};
@@ -351,10 +351,8 @@ pub fn load(
         return Err(EngineError::Metadata(format!("deepseek_v3: rope over {} dims", rope.dims)));
     }
     let (cfg, rope) = (Arc::new(cfg), Arc::new(rope));
-    let embeddings = Embeddings::load_dense(ckpt, "model.embed_tokens", device)?;
-    let head = Head::tied_or(ckpt, "lm_head", cfg.tie_word_embeddings, &embeddings, || {
-        Ok(Head::Dense(ckpt.weight("lm_head", device)?))
-    })?;
+    let (embeddings, head) =
+        Embeddings::load_dense_with_head(ckpt, "model.embed_tokens", "lm_head", cfg.tie_word_embeddings, device)?;
     let bar = layer_progress(progress, cfg.num_hidden_layers, "deepseek_v3");
     // Checkpoints may carry multi-token-prediction layers after the last one; mlx-lm drops
     // them, and they are simply never loaded here.
@@ -382,13 +380,6 @@ pub fn load(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let spec = StackSpec {
-        name: "deepseek_v3".into(),
-        context_length: cfg.max_position_embeddings,
-        cache_layers: cfg.num_hidden_layers,
-        rms_eps: cfg.rms_norm_eps,
-        embed_scale: None,
-        logits_divisor: None,
-    };
+    let spec = StackSpec::new("deepseek_v3", cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.rms_norm_eps);
     Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
 }

@@ -9,12 +9,12 @@ use candle_core::Device;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::Checkpoint;
 use super::dense::RopeSpec;
 use super::moe::{GroupRouting, Mlp, SigmoidMoe};
-use super::{Checkpoint, MlxLinear};
 use crate::engine::EngineError;
-use crate::engine::layers::attention::{Attention, QkNorm};
-use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::attention::{Attention, AttentionSpec, QkNormAt};
+use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
 use crate::engine::models::layer_progress;
 
@@ -113,10 +113,17 @@ pub fn load(
 ) -> std::result::Result<Stack, EngineError> {
     // mlx-lm builds a plain `nn.RoPE` here: `rope_scaling` is not used.
     let rope = RopeSpec::standard((cfg.head_dim as f64 * cfg.partial_rotary_factor) as usize, cfg.rope_theta);
-    let embeddings = Embeddings::load_dense(ckpt, "model.embed_tokens", device)?;
-    let head = Head::tied_or(ckpt, "lm_head", cfg.tie_word_embeddings, &embeddings, || {
-        Ok(Head::Dense(ckpt.weight("lm_head", device)?))
-    })?;
+    let attention = AttentionSpec {
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        rms_eps: cfg.rms_norm_eps,
+        rope,
+        qk_norm: if cfg.use_qk_norm { QkNormAt::PerHead } else { QkNormAt::None },
+        sinks: false,
+    };
+    let (embeddings, head) =
+        Embeddings::load_dense_with_head(ckpt, "model.embed_tokens", "lm_head", cfg.tie_word_embeddings, device)?;
     let bar = layer_progress(progress, cfg.num_hidden_layers, "glm4_moe");
     // Checkpoints may carry a multi-token-prediction layer after the last one; mlx-lm drops
     // it, and it is simply never loaded here.
@@ -138,45 +145,11 @@ pub fn load(
             }
             _ => Box::new(Mlp::load(ckpt, &format!("{l}.mlp"), device)?),
         };
-        let a = format!("{l}.self_attn");
-        let linear = |name: &str| -> std::result::Result<MlxLinear, EngineError> {
-            Ok(MlxLinear::Dense(ckpt.linear(&format!("{a}.{name}"), device)?))
-        };
-        let qk_norm = if cfg.use_qk_norm {
-            Some(QkNorm::PerHead {
-                q: ckpt.tensor(&format!("{a}.q_norm.weight"), device)?,
-                k: ckpt.tensor(&format!("{a}.k_norm.weight"), device)?,
-            })
-        } else {
-            None
-        };
-        let attn = Attention {
-            layer: i,
-            q: linear("q_proj")?,
-            k: linear("k_proj")?,
-            v: linear("v_proj")?,
-            o: linear("o_proj")?,
-            qk_norm,
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-            rms_eps: cfg.rms_norm_eps,
-            rope: rope.clone(),
-            window: None,
-            sinks: None,
-            scale: 1.0 / (cfg.head_dim as f64).sqrt(),
-        };
+        let attn = Attention::load(ckpt, i, &format!("{l}.self_attn"), &attention, None, device)?;
         units.extend(pre_norm_layer(ckpt, &l, Op::Sequence(Box::new(attn)), Op::Rows(ffn), device)?);
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let spec = StackSpec {
-        name: "glm4_moe".into(),
-        context_length: cfg.max_position_embeddings,
-        cache_layers: cfg.num_hidden_layers,
-        rms_eps: cfg.rms_norm_eps,
-        embed_scale: None,
-        logits_divisor: None,
-    };
+    let spec = StackSpec::new("glm4_moe", cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.rms_norm_eps);
     Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
 }

@@ -12,12 +12,12 @@ use candle_core::{Device, Module, Result, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::Checkpoint;
 use super::archs::rope_from_scaling;
 use super::moe::{self, Experts, Glu};
-use super::{Checkpoint, MlxLinear};
 use crate::engine::EngineError;
-use crate::engine::layers::attention::Attention;
-use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::attention::{Attention, AttentionSpec, QkNormAt};
+use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
 use crate::engine::models::layer_progress;
 
@@ -170,37 +170,23 @@ pub fn load(
     // (floor / ceil) even where the config says `truncate: false`; so does
     // `rope_from_scaling`.
     let rope = rope_from_scaling(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref(), cfg.max_position_embeddings)?;
-    let embeddings = Embeddings::load_dense(ckpt, "model.embed_tokens", device)?;
-    let head = Head::tied_or(ckpt, "lm_head", cfg.tie_word_embeddings, &embeddings, || {
-        Ok(Head::Dense(ckpt.weight("lm_head", device)?))
-    })?;
+    let attention = AttentionSpec {
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        rms_eps: cfg.rms_norm_eps,
+        rope,
+        qk_norm: QkNormAt::None,
+        sinks: true,
+    };
+    let (embeddings, head) =
+        Embeddings::load_dense_with_head(ckpt, "model.embed_tokens", "lm_head", cfg.tie_word_embeddings, device)?;
     let bar = layer_progress(progress, cfg.num_hidden_layers, "gpt_oss");
     let mut units = Vec::with_capacity(2 * cfg.num_hidden_layers);
     for (i, &sliding) in sliding.iter().enumerate() {
         let l = format!("model.layers.{i}");
-        let linear = |name: &str| -> std::result::Result<MlxLinear, EngineError> {
-            Ok(MlxLinear::Dense(ckpt.linear(&format!("{l}.{name}"), device)?))
-        };
-        let sinks = ckpt.tensor(&format!("{l}.self_attn.sinks"), device)?;
-        if sinks.dims() != [cfg.num_attention_heads] {
-            return Err(EngineError::Metadata(format!("{l}.self_attn.sinks has shape {:?}", sinks.dims())));
-        }
-        let attn = Attention {
-            layer: i,
-            q: linear("self_attn.q_proj")?,
-            k: linear("self_attn.k_proj")?,
-            v: linear("self_attn.v_proj")?,
-            o: linear("self_attn.o_proj")?,
-            qk_norm: None,
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim,
-            rms_eps: cfg.rms_norm_eps,
-            rope: rope.clone(),
-            window: sliding.then_some(cfg.sliding_window),
-            sinks: Some(sinks),
-            scale: 1.0 / (cfg.head_dim as f64).sqrt(),
-        };
+        let window = sliding.then_some(cfg.sliding_window);
+        let attn = Attention::load(ckpt, i, &format!("{l}.self_attn"), &attention, window, device)?;
         let glu = Glu::SwigluOai { alpha: 1.702, limit: 7.0 };
         let mlp = Moe {
             router: ckpt.linear(&format!("{l}.mlp.router"), device)?,
@@ -211,13 +197,6 @@ pub fn load(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let spec = StackSpec {
-        name: "gpt_oss".into(),
-        context_length: cfg.max_position_embeddings,
-        cache_layers: cfg.num_hidden_layers,
-        rms_eps: cfg.rms_norm_eps,
-        embed_scale: None,
-        logits_divisor: None,
-    };
+    let spec = StackSpec::new("gpt_oss", cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.rms_norm_eps);
     Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
 }

@@ -13,7 +13,7 @@ use super::Checkpoint;
 use super::dense::RopeSpec;
 use super::mamba2::{HybridAttention, Mamba2Mixer, Mamba2Spec, dispatch_experts};
 use crate::engine::EngineError;
-use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Recurrent, Stack, StackSpec, pre_norm_layer};
 use crate::engine::models::layer_progress;
 
@@ -262,10 +262,8 @@ pub fn load(
     if cfg.logits_scaling == 0.0 {
         return Err(meta(String::from("logits_scaling is 0")));
     }
-    let embeddings = Embeddings::load_dense(ckpt, "model.embed_tokens", device)?;
-    let head = Head::tied_or(ckpt, "lm_head", cfg.tie_word_embeddings, &embeddings, || {
-        Ok(Head::Dense(ckpt.weight("lm_head", device)?))
-    })?;
+    let (embeddings, head) =
+        Embeddings::load_dense_with_head(ckpt, "model.embed_tokens", "lm_head", cfg.tie_word_embeddings, device)?;
     let head_dim = cfg.head_dim();
     let rope = cfg.rope();
     let bar = layer_progress(progress, cfg.num_hidden_layers, "granitemoehybrid");

@@ -8,12 +8,12 @@ use candle_core::Device;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::Checkpoint;
 use super::dense::RopeSpec;
 use super::moe::{self, Experts, Glu, SigmoidMoe, SigmoidRouter};
-use super::{Checkpoint, MlxLinear};
 use crate::engine::EngineError;
-use crate::engine::layers::attention::{Attention, QkNorm};
-use crate::engine::layers::embedding::{Embeddings, Head};
+use crate::engine::layers::attention::{Attention, AttentionSpec, QkNormAt};
+use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
 use crate::engine::models::layer_progress;
 
@@ -83,10 +83,18 @@ pub fn load(
 ) -> std::result::Result<Stack, EngineError> {
     // A plain `nn.RoPE(rotary_dim)` in mlx-lm; there is no rope scaling.
     let rope = RopeSpec::standard(cfg.rotary_dim, cfg.rope_theta);
-    let embeddings = Embeddings::load_dense(ckpt, "model.embed_tokens", device)?;
-    let head = Head::tied_or(ckpt, "lm_head", cfg.tie_word_embeddings, &embeddings, || {
-        Ok(Head::Dense(ckpt.weight("lm_head", device)?))
-    })?;
+    // q/k norms over all heads at once: `[heads * head_dim]`, `[kv_heads * head_dim]`.
+    let attention = AttentionSpec {
+        heads: cfg.num_attention_heads,
+        kv_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim(),
+        rms_eps: cfg.rms_norm_eps,
+        rope,
+        qk_norm: if cfg.use_qk_norm { QkNormAt::Whole } else { QkNormAt::None },
+        sinks: false,
+    };
+    let (embeddings, head) =
+        Embeddings::load_dense_with_head(ckpt, "model.embed_tokens", "lm_head", cfg.tie_word_embeddings, device)?;
     let bar = layer_progress(progress, cfg.num_hidden_layers, "minimax");
     let mut units = Vec::with_capacity(2 * cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
@@ -107,46 +115,11 @@ pub fn load(
             experts: Experts::load(ckpt, &format!("{m}.switch_mlp"), cfg.num_local_experts, Glu::Swiglu, device)?,
             shared: None,
         });
-        let a = format!("{l}.self_attn");
-        let linear = |name: &str| -> std::result::Result<MlxLinear, EngineError> {
-            Ok(MlxLinear::Dense(ckpt.linear(&format!("{a}.{name}"), device)?))
-        };
-        // RMSNorm weights over all heads at once: `[heads * head_dim]`, `[kv_heads * head_dim]`.
-        let qk_norm = if cfg.use_qk_norm {
-            Some(QkNorm::Whole {
-                q: ckpt.tensor(&format!("{a}.q_norm.weight"), device)?,
-                k: ckpt.tensor(&format!("{a}.k_norm.weight"), device)?,
-            })
-        } else {
-            None
-        };
-        let attn = Attention {
-            layer: i,
-            q: linear("q_proj")?,
-            k: linear("k_proj")?,
-            v: linear("v_proj")?,
-            o: linear("o_proj")?,
-            qk_norm,
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_key_value_heads,
-            head_dim: cfg.head_dim(),
-            rms_eps: cfg.rms_norm_eps,
-            rope: rope.clone(),
-            window: None,
-            sinks: None,
-            scale: 1.0 / (cfg.head_dim() as f64).sqrt(),
-        };
+        let attn = Attention::load(ckpt, i, &format!("{l}.self_attn"), &attention, None, device)?;
         units.extend(pre_norm_layer(ckpt, &l, Op::Sequence(Box::new(attn)), Op::Rows(moe), device)?);
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let spec = StackSpec {
-        name: "minimax".into(),
-        context_length: cfg.max_position_embeddings,
-        cache_layers: cfg.num_hidden_layers,
-        rms_eps: cfg.rms_norm_eps,
-        embed_scale: None,
-        logits_divisor: None,
-    };
+    let spec = StackSpec::new("minimax", cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.rms_norm_eps);
     Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
 }
