@@ -156,17 +156,12 @@ impl AliasEntry {
     }
 }
 
-/// (format, architecture) pairs the engine in this build can run (`engine::models::load`).
-pub const LOADABLE: &[(ModelFormat, &str)] = &[(ModelFormat::Gguf, "llama"), (ModelFormat::Gguf, "gemma3")];
-
-/// The implementation a format and architecture are held to by the parity tests:
-/// `llama.cpp` for GGUF ([`LOADABLE`], `tests/all/parity.rs`), `mlx-lm` for MLX
-/// checkpoints (`engine::mlx::archs::SUPPORTED`, `tests/all/mlx_parity.rs`).
+/// The implementation a format and architecture are held to by the parity tests
+/// (`llama.cpp` for GGUF, `tests/all/parity.rs`; `mlx-lm` for MLX checkpoints,
+/// `tests/all/mlx_parity.rs`), from the engine's architecture registry
+/// ([`crate::engine::arch::ARCHITECTURES`]).
 pub fn parity_reference(format: ModelFormat, arch: &str) -> Option<&'static str> {
-    if LOADABLE.iter().any(|(f, a)| *f == format && *a == arch) {
-        return Some("llama.cpp");
-    }
-    (format == ModelFormat::Mlx && crate::engine::mlx::archs::SUPPORTED.contains(&arch)).then_some("mlx-lm")
+    crate::engine::arch::find(format, arch).and_then(|a| a.parity)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -54,7 +54,7 @@ fn models_json_is_pure_json_listing_every_alias() {
     // Every loadable MLX alias names an architecture that passes tests/all/mlx_parity.rs.
     for m in models.iter().filter(|m| m["format"] == "mlx") {
         let arch = m["arch"].as_str().unwrap_or("");
-        let supported = rapid_host::engine::mlx::archs::SUPPORTED.contains(&arch);
+        let supported = rapid_host::engine::arch::tested(rapid_host::registry::ModelFormat::Mlx).contains(&arch);
         assert_eq!(m["loadable"], supported, "{m}");
         assert_eq!(m["parity"], if supported { Value::from("mlx-lm") } else { Value::Null }, "{m}");
     }

@@ -13,9 +13,10 @@
 
 use std::path::PathBuf;
 
-use rapid_host::engine::mlx::archs::SUPPORTED;
+use rapid_host::engine::arch;
 use rapid_host::engine::sampling::argmax;
 use rapid_host::engine::{Engine, LoadOptions, WeightLayout};
+use rapid_host::registry::ModelFormat;
 use serde_json::Value;
 
 use crate::support::{repo_root, test_device};
@@ -40,6 +41,12 @@ const PACKED: LoadOptions = LoadOptions { mlx_dequantize_all: false, layout: Wei
 /// The GPU's layout wherever the test runs (on the CPU too): Candle's quantized matmul over
 /// Q4_1 blocks (4-bit) and Q8_0 blocks with per-group offsets (other widths).
 const GPU_LAYOUT: LoadOptions = LoadOptions { mlx_dequantize_all: false, layout: WeightLayout::Candle };
+
+/// Every MLX architecture the registry claims an mlx-lm parity test for; each has its
+/// fixture at `tests/fixtures/mlx/<name>`.
+fn supported() -> Vec<&'static str> {
+    arch::tested(ModelFormat::Mlx)
+}
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/mlx").join(name)
@@ -137,7 +144,7 @@ fn check_with(name: &str, options: &LoadOptions, tolerance: f32) -> Result<(), S
 
 #[test]
 fn every_supported_architecture_matches_mlx_lm() {
-    let failures: Vec<String> = SUPPORTED.iter().filter_map(|arch| check(arch).err()).collect();
+    let failures: Vec<String> = supported().iter().filter_map(|arch| check(arch).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -147,7 +154,7 @@ fn every_supported_architecture_matches_mlx_lm() {
 #[test]
 fn packed_four_bit_layers_match_mlx_lm() {
     let failures: Vec<String> =
-        SUPPORTED.iter().filter_map(|arch| check_with(arch, &PACKED, PACKED_TOLERANCE).err()).collect();
+        supported().iter().filter_map(|arch| check_with(arch, &PACKED, PACKED_TOLERANCE).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -156,7 +163,7 @@ fn packed_four_bit_layers_match_mlx_lm() {
 #[test]
 fn gpu_layout_matches_mlx_lm() {
     let widths = ["llama-2bit", "llama-3bit", "llama-6bit", "llama-8bit"];
-    let failures: Vec<String> = SUPPORTED
+    let failures: Vec<String> = supported()
         .iter()
         .chain(&widths)
         .filter_map(|arch| check_with(arch, &GPU_LAYOUT, PACKED_TOLERANCE).err())
@@ -288,7 +295,7 @@ fn the_chat_template_and_tokenizer_come_from_the_checkpoint() {
     assert_eq!(engine.tokenizer.decode(&ids).expect("decodes"), prompt);
 }
 
-/// `gemma4-moe` has model_type `gemma4`, so `SUPPORTED` reaches it only through this test.
+/// `gemma4-moe` has model_type `gemma4`, so the registry's rows reach it only through this test.
 #[test]
 fn gemma4_moe() {
     check("gemma4-moe").unwrap_or_else(|e| panic!("{e}"));

@@ -12,6 +12,7 @@
 //!   cancellation) and the scheduler's step: one forward over many sequences.
 //! - [`weights`]: which kernels hold the quantized matrices, and the bytes they take.
 
+pub mod arch;
 pub mod constraint;
 pub mod generate;
 pub mod gguf;

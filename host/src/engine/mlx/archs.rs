@@ -8,34 +8,6 @@ use serde_json::Value;
 use super::dense::{Activation, DenseSpec, RopeSpec};
 use crate::engine::EngineError;
 
-/// Architectures (`model_type`) this build loads from MLX checkpoints, each held to
-/// mlx-lm's logits by `tests/all/mlx_parity.rs` on `tests/fixtures/mlx/<model_type>`.
-pub const SUPPORTED: &[&str] = &[
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "qwen3_vl",
-    "smollm3",
-    "phi3",
-    "mistral3",
-    "gemma3_text",
-    "gemma3",
-    "gemma3n",
-    "qwen3_5",
-    "qwen3_5_moe",
-    "qwen3_next",
-    "qwen3_moe",
-    "qwen3_vl_moe",
-    "gemma4",
-    "gpt_oss",
-    "glm4_moe",
-    "deepseek_v3",
-    "minimax",
-    "nemotron_h",
-    "granitemoehybrid",
-];
-
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(config: &Value, arch: &str) -> Result<T, EngineError> {
     T::deserialize(config).map_err(|e| EngineError::Metadata(format!("{arch} config.json: {e}")))
 }
@@ -194,26 +166,20 @@ pub fn rope_from_scaling(
     }
 }
 
-/// The dense spec for `model_type`, from `config.json`.
+/// The dense spec for `model_type`, from `config.json`: the registry row's
+/// ([`crate::engine::arch`]) spec function.
 pub fn dense_spec(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
-    match model_type {
-        // mlx-lm loads `mistral` with its llama module (`MODEL_REMAPPING`).
-        "llama" | "mistral" => llama(model_type, config),
-        "qwen2" => {
-            let c: Common = parse(config, model_type)?;
-            let rope = rope_from_scaling(c.head_dim(), c.rope_theta, c.rope_scaling.as_ref(), 32768)?;
-            Ok(c.spec(model_type, true, Some(rope)))
-        }
-        "qwen3" => qwen3(config),
-        "qwen3_vl" => qwen3_vl(config),
-        "smollm3" => smollm3(config),
-        "phi3" => phi3(config),
-        "mistral3" => mistral3(config),
-        "ministral3" => ministral3(config),
-        "gemma3_text" => gemma3_text(config),
-        "gemma3" => gemma3(config),
-        other => Err(EngineError::UnsupportedArch(other.to_string())),
+    use crate::engine::arch::{self, Loader};
+    match arch::find(crate::registry::ModelFormat::Mlx, model_type).map(|a| a.loader) {
+        Some(Loader::Dense(spec)) => spec(model_type, config),
+        _ => Err(EngineError::UnsupportedArch(model_type.to_string())),
     }
+}
+
+pub(crate) fn qwen2(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
+    let c: Common = parse(config, model_type)?;
+    let rope = rope_from_scaling(c.head_dim(), c.rope_theta, c.rope_scaling.as_ref(), 32768)?;
+    Ok(c.spec(model_type, true, Some(rope)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,7 +193,7 @@ struct Llama {
 /// mlx-lm's llama: `sliding_window` applies to the layers `layer_types` marks
 /// `sliding_attention`, and to no layer when there is no `layer_types` (Mistral configs
 /// name a `sliding_window` that mlx-lm does not use).
-fn llama(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
+pub(crate) fn llama(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     let c: Llama = parse(config, model_type)?;
     let common = &c.common;
     let max_pos = common.max_position_embeddings.unwrap_or(4096);
@@ -245,7 +211,7 @@ fn llama(model_type: &str, config: &Value) -> Result<DenseSpec, EngineError> {
 
 /// mlx-lm's qwen3: `rope_theta` is required, but transformers 5 configs nest it (and the
 /// scaling) in `rope_parameters`, which mlx-lm reads when the top-level fields are absent.
-fn qwen3(config: &Value) -> Result<DenseSpec, EngineError> {
+pub(crate) fn qwen3(_: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     let c: Common = parse(config, "qwen3")?;
     let params = config.get("rope_parameters").filter(|p| p.as_object().is_some_and(|p| !p.is_empty()));
     let theta = config
@@ -264,8 +230,8 @@ fn qwen3(config: &Value) -> Result<DenseSpec, EngineError> {
 /// The Qwen3-VL wrapper: mlx-lm's qwen3 text model, configured by `text_config` (the
 /// whole config when there is none), under `language_model.`. Its interleaved M-RoPE
 /// (`rope_type: default`) is plain RoPE for text.
-fn qwen3_vl(config: &Value) -> Result<DenseSpec, EngineError> {
-    let mut spec = qwen3(config.get("text_config").unwrap_or(config))?;
+pub(crate) fn qwen3_vl(_: &str, config: &Value) -> Result<DenseSpec, EngineError> {
+    let mut spec = qwen3("qwen3", config.get("text_config").unwrap_or(config))?;
     spec.arch = String::from("qwen3_vl");
     spec.prefix = String::from("language_model.model");
     spec.head = String::from("language_model.lm_head");
@@ -286,7 +252,7 @@ fn four() -> usize {
 }
 
 /// Llama with NoPE layers: `no_rope_layers[i] == 0` skips RoPE in layer i.
-fn smollm3(config: &Value) -> Result<DenseSpec, EngineError> {
+pub(crate) fn smollm3(_: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     let c: SmolLm3 = parse(config, "smollm3")?;
     let rope = rope_from_scaling(c.common.head_dim(), c.common.rope_theta, c.common.rope_scaling.as_ref(), 4096)?;
     let mut spec = c.common.spec("smollm3", true, Some(rope));
@@ -317,7 +283,7 @@ fn one() -> f64 {
 }
 
 /// Fused `qkv_proj` / `gate_up_proj`, partial rotary, LongRoPE.
-fn phi3(config: &Value) -> Result<DenseSpec, EngineError> {
+pub(crate) fn phi3(_: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     let c: Phi3 = parse(config, "phi3")?;
     let dims = (c.common.head_dim() as f64 * c.partial_rotary_factor) as usize;
     let mut scaling = c.common.rope_scaling.clone();
@@ -339,7 +305,7 @@ struct Ministral3 {
 }
 
 /// Llama layout with YaRN and Llama-4 query scaling.
-fn ministral3(config: &Value) -> Result<DenseSpec, EngineError> {
+pub(crate) fn ministral3(_: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     let c: Ministral3 = parse(config, "ministral3")?;
     let params = c.rope_parameters.clone().unwrap_or(Value::Null);
     let theta = params.get("rope_theta").and_then(Value::as_f64).map_or(c.common.rope_theta, |t| t as f32);
@@ -356,13 +322,13 @@ fn ministral3(config: &Value) -> Result<DenseSpec, EngineError> {
 }
 
 /// The multimodal wrapper: only the language model, under `language_model.`.
-fn mistral3(config: &Value) -> Result<DenseSpec, EngineError> {
+pub(crate) fn mistral3(_: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     let text = config
         .get("text_config")
         .ok_or_else(|| EngineError::Metadata(String::from("mistral3 config.json has no `text_config`")))?;
     let text_type = text.get("model_type").and_then(Value::as_str).unwrap_or("mistral");
     let mut spec = match text_type {
-        "ministral3" => ministral3(text)?,
+        "ministral3" => ministral3("ministral3", text)?,
         "mistral" | "llama" => dense_spec("llama", text)?,
         other => return Err(EngineError::UnsupportedArch(format!("mistral3 with a `{other}` language model"))),
     };
@@ -456,7 +422,7 @@ pub(crate) fn round_bf16(x: f32) -> f32 {
 
 /// (1+w) norms, sandwich norms, GeGLU, scaled embeddings, sliding-window local layers with
 /// their own RoPE base; global layers use `rope_theta` and `rope_scaling`.
-fn gemma3_text(config: &Value) -> Result<DenseSpec, EngineError> {
+pub(crate) fn gemma3_text(_: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     let c: Gemma3Text = parse(config, "gemma3_text")?;
     let common = Common {
         hidden_size: c.hidden_size,
@@ -494,7 +460,7 @@ fn gemma3_text(config: &Value) -> Result<DenseSpec, EngineError> {
 /// `text_config` completed the way the wrapper's `ModelArgs.__post_init__` does (8 query
 /// and 4 key/value heads unless given; `vocab_size` comes from the top level and is read
 /// here from the tensors).
-fn gemma3(config: &Value) -> Result<DenseSpec, EngineError> {
+pub(crate) fn gemma3(_: &str, config: &Value) -> Result<DenseSpec, EngineError> {
     let mut text = config
         .get("text_config")
         .filter(|v| v.is_object())
@@ -504,7 +470,7 @@ fn gemma3(config: &Value) -> Result<DenseSpec, EngineError> {
         fields.entry("num_attention_heads").or_insert(Value::from(8));
         fields.entry("num_key_value_heads").or_insert(Value::from(4));
     }
-    let mut spec = gemma3_text(&text)?;
+    let mut spec = gemma3_text("gemma3_text", &text)?;
     spec.arch = String::from("gemma3");
     spec.prefix = String::from("language_model.model");
     spec.head = String::from("language_model.lm_head");

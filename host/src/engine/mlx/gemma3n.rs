@@ -493,6 +493,16 @@ impl CausalLm for Gemma3n {
     }
 }
 
+/// The architecture registry's entry point ([`crate::engine::arch`]).
+pub fn model(
+    ckpt: &Checkpoint,
+    _model_type: &str,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+    Ok(Box::new(Gemma3n::load(ckpt, device, progress)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

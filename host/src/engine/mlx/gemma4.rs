@@ -612,3 +612,13 @@ impl CausalLm for Gemma4 {
         self.context_length
     }
 }
+
+/// The architecture registry's entry point ([`crate::engine::arch`]).
+pub fn model(
+    ckpt: &Checkpoint,
+    _model_type: &str,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+    Ok(Box::new(Gemma4::load(ckpt, device, progress)?))
+}

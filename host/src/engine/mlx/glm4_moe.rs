@@ -153,3 +153,13 @@ pub fn load(
     let spec = StackSpec::new("glm4_moe", cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.rms_norm_eps);
     Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
 }
+
+/// The architecture registry's entry point ([`crate::engine::arch`]).
+pub fn model(
+    ckpt: &Checkpoint,
+    _model_type: &str,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+    Ok(Box::new(load(ckpt, Config::from_json(&ckpt.config)?, device, progress)?))
+}

@@ -68,51 +68,18 @@ pub struct QuantSpec {
     pub mxfp4: bool,
 }
 
-/// The model for the checkpoint's `model_type`: a hybrid decoder of its own, else the dense
-/// decoder with the architecture's [`dense::DenseSpec`].
+/// The model for the checkpoint's `model_type`, as its row in the architecture registry
+/// ([`crate::engine::arch`]) builds it: the dense decoder with the architecture's
+/// [`dense::DenseSpec`], or a file of its own.
 pub fn load(ckpt: &Checkpoint, device: &Device, progress: bool) -> Result<Box<dyn CausalLm>, EngineError> {
-    let arch = ckpt.model_type()?;
-    match arch.as_str() {
-        "qwen3_moe" => Ok(Box::new(qwen3_moe::load(ckpt, device, progress)?)),
-        "qwen3_vl_moe" => Ok(Box::new(qwen3_moe::load_vl(ckpt, device, progress)?)),
-        "gemma3n" => Ok(Box::new(gemma3n::Gemma3n::load(ckpt, device, progress)?)),
-        "gemma4" | "gemma4_text" => Ok(Box::new(gemma4::Gemma4::load(ckpt, device, progress)?)),
-        "qwen3_next" => {
-            let spec = qwen3_next::Config::from_json(&ckpt.config)?.spec()?;
-            Ok(Box::new(qwen3_next::load(ckpt, spec, device, progress)?))
+    use super::arch::{self, Loader};
+    let model_type = ckpt.model_type()?;
+    match arch::find(crate::registry::ModelFormat::Mlx, &model_type).map(|a| a.loader) {
+        Some(Loader::Dense(spec)) => {
+            Ok(Box::new(dense::load(ckpt, spec(&model_type, &ckpt.config)?, device, progress)?))
         }
-        "qwen3_5" | "qwen3_5_moe" => {
-            let spec = qwen3_5::Config::from_json(&ckpt.config)?.spec(&arch, ckpt)?;
-            Ok(Box::new(qwen3_next::load(ckpt, spec, device, progress)?))
-        }
-        "gpt_oss" => {
-            let cfg = gpt_oss::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(gpt_oss::load(ckpt, cfg, device, progress)?))
-        }
-        "glm4_moe" => {
-            let cfg = glm4_moe::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(glm4_moe::load(ckpt, cfg, device, progress)?))
-        }
-        "deepseek_v3" => {
-            let cfg = deepseek_v3::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(deepseek_v3::load(ckpt, cfg, device, progress)?))
-        }
-        "minimax" => {
-            let cfg = minimax::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(minimax::load(ckpt, cfg, device, progress)?))
-        }
-        "nemotron_h" => {
-            let cfg = nemotron_h::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(nemotron_h::load(ckpt, &cfg, device, progress)?))
-        }
-        "granitemoehybrid" => {
-            let cfg = granitemoehybrid::Config::from_json(&ckpt.config)?;
-            Ok(Box::new(granitemoehybrid::load(ckpt, &cfg, device, progress)?))
-        }
-        _ => {
-            let spec = archs::dense_spec(&arch, &ckpt.config)?;
-            Ok(Box::new(dense::load(ckpt, spec, device, progress)?))
-        }
+        Some(Loader::Mlx(load)) => load(ckpt, &model_type, device, progress),
+        Some(Loader::Gguf(_)) | None => Err(EngineError::UnsupportedArch(model_type)),
     }
 }
 

@@ -383,6 +383,16 @@ pub fn load(
     Ok(Stack::new(spec, embeddings, units, ckpt.tensor("backbone.norm_f.weight", device)?, head))
 }
 
+/// The architecture registry's entry point ([`crate::engine::arch`]).
+pub fn model(
+    ckpt: &Checkpoint,
+    _model_type: &str,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+    Ok(Box::new(load(ckpt, &Config::from_json(&ckpt.config)?, device, progress)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,3 +138,23 @@ fn load_text_model(
     };
     dense::load_with(ckpt, spec, device, progress, &custom)
 }
+
+/// The architecture registry's entry point ([`crate::engine::arch`]).
+pub fn model(
+    ckpt: &Checkpoint,
+    _model_type: &str,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+    Ok(Box::new(load(ckpt, device, progress)?))
+}
+
+/// The registry's entry point for `qwen3_vl_moe` (the text model of the VL checkpoint).
+pub fn model_vl(
+    ckpt: &Checkpoint,
+    _model_type: &str,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+    Ok(Box::new(load_vl(ckpt, device, progress)?))
+}

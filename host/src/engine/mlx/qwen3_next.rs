@@ -317,3 +317,13 @@ pub fn load(
     };
     Ok(Stack::new(stack, embeddings, units, ckpt.tensor(&format!("{p}.norm.weight"), device)?, head))
 }
+
+/// The architecture registry's entry point ([`crate::engine::arch`]).
+pub fn model(
+    ckpt: &Checkpoint,
+    _model_type: &str,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+    Ok(Box::new(load(ckpt, Config::from_json(&ckpt.config)?.spec()?, device, progress)?))
+}

@@ -103,3 +103,13 @@ impl CausalLm for Gemma3 {
         self.decoder.context_length()
     }
 }
+
+/// The architecture registry's entry point ([`crate::engine::arch`]).
+pub fn model(
+    gguf: &mut GgufFile,
+    _arch: &str,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+    Ok(Box::new(Gemma3::load(gguf, device, progress)?))
+}

@@ -105,3 +105,14 @@ impl CausalLm for Llama {
         self.decoder.context_length()
     }
 }
+
+/// The architecture registry's entry point ([`crate::engine::arch`]): `llama`, `qwen2`
+/// and `qwen3` GGUF files.
+pub fn model(
+    gguf: &mut GgufFile,
+    arch: &str,
+    device: &Device,
+    progress: bool,
+) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+    Ok(Box::new(Llama::load(gguf, arch, device, progress)?))
+}

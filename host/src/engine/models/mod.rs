@@ -60,10 +60,10 @@ pub fn load(
     device: &Device,
     progress: bool,
 ) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
-    match arch {
-        "llama" | "qwen2" | "qwen3" => Ok(Box::new(llama::Llama::load(gguf, arch, device, progress)?)),
-        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(gguf, device, progress)?)),
-        other => Err(EngineError::UnsupportedArch(other.to_string())),
+    use super::arch::{self, Loader};
+    match arch::find(crate::registry::ModelFormat::Gguf, arch).map(|a| a.loader) {
+        Some(Loader::Gguf(load)) => load(gguf, arch, device, progress),
+        _ => Err(EngineError::UnsupportedArch(arch.to_string())),
     }
 }
 
