@@ -206,3 +206,78 @@ impl SeqMixer for Attention {
         self.o.forward(&out)
     }
 }
+
+/// A layer's own key/value projections (absent on a layer that shares another's cache).
+#[derive(Debug)]
+pub struct KvProjection {
+    pub k: MlxLinear,
+    /// `None` with Gemma 4's `attention_k_eq_v`: values are the raw `k_proj` output.
+    pub v: Option<MlxLinear>,
+    pub k_norm: Tensor,
+    pub kv_heads: usize,
+}
+
+/// Gemma 3n / Gemma 4 attention: q/k RMS norms per head and a scale-free norm of the
+/// values instead of a score scale, sliding windows, and KV sharing: the last layers read
+/// the cache entry of an earlier layer instead of projecting keys of their own.
+#[derive(Debug)]
+pub struct SharedKvAttention {
+    /// Its cache entry.
+    pub layer: usize,
+    pub q: MlxLinear,
+    pub q_norm: Tensor,
+    pub o: MlxLinear,
+    pub kv: Option<KvProjection>,
+    /// The layer whose cache entry this layer attends over: itself, or on a KV-shared
+    /// layer an earlier one.
+    pub kv_source: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub rope: RopeSpec,
+    pub window: Option<usize>,
+    /// All-ones weight for the scale-free value norm.
+    pub ones: Tensor,
+    pub eps: f64,
+}
+
+impl SeqMixer for SharedKvAttention {
+    fn forward(&self, x: &Tensor, cache: &mut KvCache, masks: &SeqMasks<'_>) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let pos = cache.len();
+        let q = self.q.forward(x)?.reshape((b, t, self.heads, self.head_dim))?;
+        let q = rms_norm(&q, &self.q_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
+        let q = self.rope.apply(&q, pos)?;
+        let (k, v) = match &self.kv {
+            Some(kv) => {
+                let k = kv.k.forward(x)?.reshape((b, t, kv.kv_heads, self.head_dim))?;
+                let v = match &kv.v {
+                    Some(v) => v.forward(x)?.reshape((b, t, kv.kv_heads, self.head_dim))?,
+                    None => k.clone(),
+                };
+                let k = rms_norm(&k, &kv.k_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
+                let k = self.rope.apply(&k, pos)?;
+                let v = rms_norm(&v, &self.ones, self.eps)?.transpose(1, 2)?.contiguous()?;
+                cache.append(self.layer, &k, &v)?
+            }
+            None => match cache.get(self.kv_source) {
+                Some(kv) => kv,
+                None => candle_core::bail!(
+                    "layer {} shares layer {}'s keys, which are not cached",
+                    self.layer,
+                    self.kv_source
+                ),
+            },
+        };
+        let group = self.heads / k.dim(1)?.max(1);
+        let k = repeat_kv(&k, group)?;
+        let v = repeat_kv(&v, group)?;
+        // Attention scale 1: q and k are RMS-normalised instead.
+        let mut scores = q.contiguous()?.matmul(&k.t()?)?;
+        if let Some(mask) = masks.causal(self.window)? {
+            scores = scores.broadcast_add(&mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        self.o.forward(&out)
+    }
+}

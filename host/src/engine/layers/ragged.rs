@@ -103,11 +103,16 @@ impl Ragged {
 
     /// Each sequence's last row of `x` (`[1, rows, hidden]`): `[1, sequences, hidden]`.
     pub fn last_rows(&self, x: &Tensor) -> Result<Tensor> {
+        self.last_rows_along(x, 1)
+    }
+
+    /// Each sequence's last row of `x` along its row dimension `dim`.
+    pub fn last_rows_along(&self, x: &Tensor, dim: usize) -> Result<Tensor> {
         if let [s] = self.segments.as_slice() {
-            return x.narrow(1, s.len - 1, 1);
+            return x.narrow(dim, s.len - 1, 1);
         }
-        let rows = self.segments.iter().map(|s| x.narrow(1, s.start + s.len - 1, 1)).collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&rows, 1)
+        let rows = self.segments.iter().map(|s| x.narrow(dim, s.start + s.len - 1, 1)).collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&rows, dim)
     }
 
     /// Marks every sequence's new tokens as cached (after every layer appended them).

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::embedding::{Embeddings, Head};
 use super::ragged::{Ragged, SeqMasks};
 use crate::engine::KvCache;
-use crate::engine::models::{CausalLm, SeqInput, rms_norm};
+use crate::engine::models::{CausalLm, SeqInput, forward_one, rms_norm};
 
 /// A block over rows that are independent of each other (an MLP, a mixture of experts):
 /// `x` is `[1, rows, hidden]`, or any shape whose last dimension is the hidden size.
@@ -136,10 +136,7 @@ impl Stack {
 
 impl CausalLm for Stack {
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let mut batch = [SeqInput { tokens, cache }];
-        let logits = self.forward_batch(&mut batch)?.pop().unwrap_or_default();
-        let len = logits.len();
-        Tensor::from_vec(logits, len, &Device::Cpu)
+        forward_one(self, tokens, cache)
     }
 
     fn forward_batch(&self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Vec<f32>>> {

@@ -25,10 +25,12 @@
 use candle_core::{D, DType, Device, Module, Tensor};
 use serde::Deserialize;
 
-use super::Checkpoint;
 use super::archs::parse;
 use super::dense::RopeSpec;
-use crate::engine::models::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
+use super::{Checkpoint, MlxLinear};
+use crate::engine::layers::attention::{KvProjection, SharedKvAttention};
+use crate::engine::layers::{Ragged, SeqMixer};
+use crate::engine::models::{CausalLm, SeqInput, forward_one, layer_progress, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
 type CResult<T> = candle_core::Result<T>;
@@ -61,62 +63,6 @@ pub struct Config {
 
 fn meta(message: impl Into<String>) -> EngineError {
     EngineError::Metadata(format!("gemma3n: {}", message.into()))
-}
-
-#[derive(Debug)]
-struct Attention {
-    q: candle_nn::Linear,
-    q_norm: Tensor,
-    o: candle_nn::Linear,
-    /// `(k_proj, v_proj, k_norm)`; absent on KV-shared layers.
-    kv: Option<(candle_nn::Linear, candle_nn::Linear, Tensor)>,
-    /// The layer whose cache entry this layer attends over.
-    kv_source: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    rope: RopeSpec,
-    window: Option<usize>,
-    /// All-ones weight for the scale-free value norm.
-    ones: Tensor,
-    eps: f64,
-}
-
-impl Attention {
-    fn forward(&self, index: usize, x: &Tensor, cache: &mut KvCache, mask: Option<&Tensor>) -> CResult<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let pos = cache.len();
-        let q = self.q.forward(x)?.reshape((b, t, self.heads, self.head_dim))?;
-        let q = rms_norm(&q, &self.q_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
-        let q = self.rope.apply(&q, pos)?;
-        let (k, v) = match &self.kv {
-            Some((k_proj, v_proj, k_norm)) => {
-                let k = k_proj.forward(x)?.reshape((b, t, self.kv_heads, self.head_dim))?;
-                let k = rms_norm(&k, k_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
-                let k = self.rope.apply(&k, pos)?;
-                let v = v_proj.forward(x)?.reshape((b, t, self.kv_heads, self.head_dim))?;
-                let v = rms_norm(&v, &self.ones, self.eps)?.transpose(1, 2)?.contiguous()?;
-                cache.append(index, &k, &v)?
-            }
-            None => match cache.get(self.kv_source) {
-                Some(kv) => kv,
-                None => {
-                    candle_core::bail!("layer {index} shares layer {}'s keys, which are not cached", self.kv_source)
-                }
-            },
-        };
-        let group = self.heads / k.dim(1)?.max(1);
-        let k = repeat_kv(&k, group)?;
-        let v = repeat_kv(&v, group)?;
-        // Attention scale 1: q and k are RMS-normalised instead.
-        let mut scores = q.contiguous()?.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
-        self.o.forward(&out)
-    }
 }
 
 /// GeGLU MLP, optionally with mlx-lm's `gelu_topk` sparsity on the gate.
@@ -205,7 +151,7 @@ impl AltUp {
 struct Layer {
     altup: AltUp,
     input_norm: Tensor,
-    attention: Attention,
+    attention: SharedKvAttention,
     post_attn_norm: Tensor,
     laurel_left: candle_nn::Linear,
     laurel_right: candle_nn::Linear,
@@ -285,11 +231,12 @@ impl Gemma3n {
         for i in 0..layers_n {
             let l = format!("{prefix}.layers.{i}");
             let (kv, kv_source) = if i < first_shared {
-                let kv = (
-                    linear(&format!("{l}.self_attn.k_proj"))?,
-                    linear(&format!("{l}.self_attn.v_proj"))?,
-                    tensor(&format!("{l}.self_attn.k_norm.weight"))?,
-                );
+                let kv = KvProjection {
+                    k: MlxLinear::Dense(linear(&format!("{l}.self_attn.k_proj"))?),
+                    v: Some(MlxLinear::Dense(linear(&format!("{l}.self_attn.v_proj"))?)),
+                    k_norm: tensor(&format!("{l}.self_attn.k_norm.weight"))?,
+                    kv_heads: cfg.num_key_value_heads,
+                };
                 (Some(kv), i)
             } else {
                 // mlx-lm's `layer_idx_to_cache_idx`: the last non-shared layer of the type.
@@ -300,14 +247,14 @@ impl Gemma3n {
                 (None, source)
             };
             let base = if sliding[i] { cfg.rope_local_base_freq } else { cfg.rope_theta };
-            let attention = Attention {
-                q: linear(&format!("{l}.self_attn.q_proj"))?,
+            let attention = SharedKvAttention {
+                layer: i,
+                q: MlxLinear::Dense(linear(&format!("{l}.self_attn.q_proj"))?),
                 q_norm: tensor(&format!("{l}.self_attn.q_norm.weight"))?,
-                o: linear(&format!("{l}.self_attn.o_proj"))?,
+                o: MlxLinear::Dense(linear(&format!("{l}.self_attn.o_proj"))?),
                 kv,
                 kv_source,
                 heads: cfg.num_attention_heads,
-                kv_heads: cfg.num_key_value_heads,
                 head_dim: cfg.head_dim,
                 rope: RopeSpec::standard(cfg.head_dim, base),
                 window: sliding[i].then_some(cfg.sliding_window),
@@ -393,8 +340,8 @@ impl Gemma3n {
         index: usize,
         xs: &Tensor,
         pli: &Tensor,
-        cache: &mut KvCache,
-        mask: Option<&Tensor>,
+        batch: &mut [SeqInput<'_>],
+        ragged: &Ragged,
     ) -> CResult<Tensor> {
         let layer = &self.layers[index];
         let eps = self.eps;
@@ -403,7 +350,7 @@ impl Gemma3n {
         let normed = rms_norm(&active, &layer.input_norm, eps)?;
         let laurel = layer.laurel_right.forward(&layer.laurel_left.forward(&normed)?)?;
         let laurel = (&normed + rms_norm(&laurel, &layer.laurel_norm, eps)?)?;
-        let attn = layer.attention.forward(index, &normed, cache, mask)?;
+        let attn = ragged.per_sequence(&normed, batch, |x, cache, masks| layer.attention.forward(x, cache, masks))?;
         let attn = (active + rms_norm(&attn, &layer.post_attn_norm, eps)?)?;
         let attn_laurel = ((attn + laurel)? * 0.5f64.sqrt())?;
         let ffw = layer.mlp.forward(&rms_norm(&attn_laurel, &layer.pre_ffn_norm, eps)?)?;
@@ -431,43 +378,36 @@ fn rescale(x: &Tensor, target: &Tensor) -> CResult<Tensor> {
 
 impl CausalLm for Gemma3n {
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> CResult<Tensor> {
-        let device = self.norm.device();
-        let t = tokens.len();
-        let past = cache.len();
-        if past + t > self.context_length {
-            candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, self.context_length);
+        forward_one(self, tokens, cache)
+    }
+
+    /// Every row through the embeddings, AltUp streams, LAuReL and MLPs at once; attention
+    /// per sequence against its own cache.
+    fn forward_batch(&self, batch: &mut [SeqInput<'_>]) -> CResult<Vec<Vec<f32>>> {
+        let ragged = Ragged::new(batch, self.context_length)?;
+        if ragged.is_empty() {
+            return Ok(Vec::new());
         }
-        let ids = Tensor::new(tokens, device)?;
+        let device = self.norm.device();
+        let ids = Tensor::new(ragged.tokens.as_slice(), device)?;
         let h0 = (self.embeddings.index_select(&ids, 0)?.unsqueeze(0)? * (self.hidden as f64).sqrt())?;
-        let pli = self.per_layer_inputs(tokens, &h0)?;
+        let pli = self.per_layer_inputs(&ragged.tokens, &h0)?;
 
         let target = h0.sqr()?.mean_keepdim(D::Minus1)?.sqrt()?;
         let mut streams = vec![h0.clone()];
         for projection in &self.altup_projections {
             streams.push(rescale(&projection.forward(&h0)?, &target)?);
         }
+        // [streams, 1, rows, hidden]
         let mut xs = Tensor::stack(&streams, 0)?;
-
-        // One mask per distinct window; none needed for a single token without a window.
-        let mut masks: Vec<(Option<usize>, Option<Tensor>)> = Vec::new();
         for index in 0..self.layers.len() {
-            let window = self.layers[index].attention.window;
-            let mask = match masks.iter().find(|(w, _)| *w == window) {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let needed = t > 1 || window.is_some_and(|w| past + 1 > w);
-                    let m = if needed { Some(attention_mask(t, past, window, device)?) } else { None };
-                    masks.push((window, m.clone()));
-                    m
-                }
-            };
             let layer_input = pli.narrow(2, index, 1)?.squeeze(2)?;
-            xs = self.layer(index, &xs, &layer_input, cache, mask.as_ref())?;
+            xs = self.layer(index, &xs, &layer_input, batch, &ragged)?;
         }
-        cache.advance(t);
+        ragged.advance(batch);
 
-        // Everything from here on is per position: only the last one is needed.
-        let last = xs.narrow(2, t - 1, 1)?;
+        // Everything from here on is per position: only each sequence's last one is needed.
+        let last = ragged.last_rows_along(&xs, 2)?;
         let first = last.get(0)?;
         let target = first.sqr()?.mean_keepdim(D::Minus1)?.sqrt()?;
         let mut sum = first;
@@ -475,13 +415,17 @@ impl CausalLm for Gemma3n {
             sum = (sum + rescale(&projection.forward(&last.get(i + 1)?)?, &target)?)?;
         }
         let h = (sum / self.altup_unembed_projections.len().saturating_add(1) as f64)?;
-        let h = rms_norm(&h, &self.norm, self.eps)?;
-        let logits = h.flatten_all()?.unsqueeze(0)?.matmul(&self.embeddings.t()?)?.flatten_all()?;
+        let h = rms_norm(&h, &self.norm, self.eps)?.squeeze(0)?;
+        let logits = h.matmul(&self.embeddings.t()?)?;
         let logits = match self.softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,
         };
-        logits.to_dtype(DType::F32)
+        logits.to_dtype(DType::F32)?.to_vec2()
+    }
+
+    fn batches(&self) -> bool {
+        true
     }
 
     fn new_cache(&self) -> KvCache {

@@ -23,7 +23,9 @@ use super::archs::{parse, rope_from_scaling};
 use super::dense::{Activation, RopeSpec};
 use super::switch::{Route, SwitchGlu, score_rows, softmax, top_k};
 use super::{Checkpoint, MlxLinear};
-use crate::engine::models::{CausalLm, attention_mask, layer_progress, repeat_kv, rms_norm};
+use crate::engine::layers::attention::{KvProjection, SharedKvAttention};
+use crate::engine::layers::{Ragged, SeqMixer};
+use crate::engine::models::{CausalLm, SeqInput, forward_one, layer_progress, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
 type CResult<T> = candle_core::Result<T>;
@@ -213,74 +215,6 @@ fn meta(message: impl Into<String>) -> EngineError {
     EngineError::Metadata(format!("gemma4: {}", message.into()))
 }
 
-/// A layer's own key/value projections (absent on KV-shared layers).
-#[derive(Debug)]
-struct KvProjection {
-    k: MlxLinear,
-    /// `None` with `attention_k_eq_v`: values are the raw `k_proj` output.
-    v: Option<MlxLinear>,
-    k_norm: Tensor,
-    kv_heads: usize,
-}
-
-#[derive(Debug)]
-struct Attention {
-    q: MlxLinear,
-    q_norm: Tensor,
-    o: MlxLinear,
-    kv: Option<KvProjection>,
-    /// The layer whose cache entry this layer attends over: itself, or on a KV-shared
-    /// layer the last earlier layer of the same type.
-    kv_source: usize,
-    heads: usize,
-    head_dim: usize,
-    rope: RopeSpec,
-    window: Option<usize>,
-    /// All-ones weight for the scale-free value norm.
-    ones: Tensor,
-    eps: f64,
-}
-
-impl Attention {
-    fn forward(&self, index: usize, x: &Tensor, cache: &mut KvCache, mask: Option<&Tensor>) -> CResult<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let pos = cache.len();
-        let q = self.q.forward(x)?.reshape((b, t, self.heads, self.head_dim))?;
-        let q = rms_norm(&q, &self.q_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
-        let q = self.rope.apply(&q, pos)?;
-        let (k, v) = match &self.kv {
-            Some(kv) => {
-                let k = kv.k.forward(x)?.reshape((b, t, kv.kv_heads, self.head_dim))?;
-                let v = match &kv.v {
-                    Some(v) => v.forward(x)?.reshape((b, t, kv.kv_heads, self.head_dim))?,
-                    None => k.clone(),
-                };
-                let k = rms_norm(&k, &kv.k_norm, self.eps)?.transpose(1, 2)?.contiguous()?;
-                let k = self.rope.apply(&k, pos)?;
-                let v = rms_norm(&v, &self.ones, self.eps)?.transpose(1, 2)?.contiguous()?;
-                cache.append(index, &k, &v)?
-            }
-            None => match cache.get(self.kv_source) {
-                Some(kv) => kv,
-                None => {
-                    candle_core::bail!("layer {index} shares layer {}'s keys, which are not cached", self.kv_source)
-                }
-            },
-        };
-        let group = self.heads / k.dim(1)?.max(1);
-        let k = repeat_kv(&k, group)?;
-        let v = repeat_kv(&v, group)?;
-        // Attention scale 1: q and k are RMS-normalised instead.
-        let mut scores = q.contiguous()?.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
-        self.o.forward(&out)
-    }
-}
-
 /// GeGLU MLP.
 #[derive(Debug)]
 struct Mlp {
@@ -375,7 +309,7 @@ struct PerLayerGate {
 #[derive(Debug)]
 struct Layer {
     input_norm: Tensor,
-    attention: Attention,
+    attention: SharedKvAttention,
     post_attn_norm: Tensor,
     pre_ffn_norm: Tensor,
     mlp: Mlp,
@@ -480,7 +414,8 @@ impl Gemma4 {
                     .ok_or_else(|| meta(format!("KV-shared layer {i} has no earlier {} layer", kind.key())))?;
                 (None, source)
             };
-            let attention = Attention {
+            let attention = SharedKvAttention {
+                layer: i,
                 q: linear(&format!("{l}.self_attn.q_proj"))?,
                 q_norm: tensor(&format!("{l}.self_attn.q_norm.weight"))?,
                 o: linear(&format!("{l}.self_attn.o_proj"))?,
@@ -539,13 +474,13 @@ impl Gemma4 {
         index: usize,
         x: &Tensor,
         pli: Option<&Tensor>,
-        cache: &mut KvCache,
-        mask: Option<&Tensor>,
+        batch: &mut [SeqInput<'_>],
+        ragged: &Ragged,
     ) -> CResult<Tensor> {
         let layer = &self.layers[index];
         let eps = self.eps;
         let h = rms_norm(x, &layer.input_norm, eps)?;
-        let h = layer.attention.forward(index, &h, cache, mask)?;
+        let h = ragged.per_sequence(&h, batch, |h, cache, masks| layer.attention.forward(h, cache, masks))?;
         let x = (x + rms_norm(&h, &layer.post_attn_norm, eps)?)?;
 
         let mlp = layer.mlp.forward(&rms_norm(&x, &layer.pre_ffn_norm, eps)?)?;
@@ -566,42 +501,39 @@ impl Gemma4 {
 
 impl CausalLm for Gemma4 {
     fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> CResult<Tensor> {
-        let device = self.norm.device();
-        let t = tokens.len();
-        let past = cache.len();
-        if past + t > self.context_length {
-            candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + t, self.context_length);
+        forward_one(self, tokens, cache)
+    }
+
+    /// Every row through the embeddings, per-layer inputs, MLPs and experts at once;
+    /// attention per sequence against its own cache.
+    fn forward_batch(&self, batch: &mut [SeqInput<'_>]) -> CResult<Vec<Vec<f32>>> {
+        let ragged = Ragged::new(batch, self.context_length)?;
+        if ragged.is_empty() {
+            return Ok(Vec::new());
         }
-        let ids = Tensor::new(tokens, device)?;
+        let device = self.norm.device();
+        let ids = Tensor::new(ragged.tokens.as_slice(), device)?;
         let mut x = (self.embeddings.index_select(&ids, 0)?.unsqueeze(0)? * (self.hidden as f64).sqrt())?;
         let pli = match &self.per_layer_inputs {
             Some(p) => Some(p.compute(&ids, &x, self.layers.len(), self.eps)?),
             None => None,
         };
-        // One mask per distinct window; none needed for a single token without a window.
-        let mut masks: Vec<(Option<usize>, Option<Tensor>)> = Vec::new();
         for index in 0..self.layers.len() {
-            let window = self.layers[index].attention.window;
-            let mask = match masks.iter().find(|(w, _)| *w == window) {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let needed = t > 1 || window.is_some_and(|w| past + 1 > w);
-                    let m = if needed { Some(attention_mask(t, past, window, device)?) } else { None };
-                    masks.push((window, m.clone()));
-                    m
-                }
-            };
             let layer_input = pli.as_ref().map(|p| p.narrow(2, index, 1)?.squeeze(2)).transpose()?;
-            x = self.layer(index, &x, layer_input.as_ref(), cache, mask.as_ref())?;
+            x = self.layer(index, &x, layer_input.as_ref(), batch, &ragged)?;
         }
-        cache.advance(t);
-        let last = rms_norm(&x.narrow(1, t - 1, 1)?, &self.norm, self.eps)?;
-        let logits = last.flatten_all()?.unsqueeze(0)?.matmul(&self.head.t()?)?.flatten_all()?;
+        ragged.advance(batch);
+        let last = rms_norm(&ragged.last_rows(&x)?, &self.norm, self.eps)?.squeeze(0)?;
+        let logits = last.matmul(&self.head.t()?)?;
         let logits = match self.softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,
         };
-        logits.to_dtype(DType::F32)
+        logits.to_dtype(DType::F32)?.to_vec2()
+    }
+
+    fn batches(&self) -> bool {
+        true
     }
 
     fn new_cache(&self) -> KvCache {

@@ -47,7 +47,7 @@ pub trait CausalLm: Send + Sync {
 }
 
 /// [`CausalLm::forward`] as a batch of one, for models whose forward is the batched one.
-fn forward_one(model: &dyn CausalLm, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+pub(crate) fn forward_one(model: &dyn CausalLm, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
     let mut batch = [SeqInput { tokens, cache }];
     let logits = model.forward_batch(&mut batch)?.pop().unwrap_or_default();
     let len = logits.len();
