@@ -16,10 +16,11 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::{
-    Glu, QLinear, SeqInput, TokenTable, attention_mask, cache_dtype, causal_attention, debug_dump, gated,
-    layer_progress, rms_norm, rope, rope_tables_at,
+    Glu, QLinear, SeqInput, TokenTable, cache_dtype, causal_attention, debug_dump, gated, layer_progress, rms_norm,
+    rope, rope_tables_at,
 };
 use crate::engine::gguf::GgufFile;
+use crate::engine::layers::Ragged;
 use crate::engine::{EngineError, KvCache};
 
 /// Where attention's `1 / sqrt(head_dim)` goes, as the family's llama.cpp graph puts it.
@@ -75,14 +76,6 @@ struct Block {
     /// Index into the forward's RoPE tables (one per distinct base).
     rope: usize,
     window: Option<usize>,
-}
-
-/// One sequence's rows in a batch.
-#[derive(Debug, Clone, Copy)]
-struct Segment {
-    start: usize,
-    len: usize,
-    past: usize,
 }
 
 #[allow(missing_debug_implementations)]
@@ -192,26 +185,14 @@ impl Decoder {
     pub fn forward_batch(&self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Vec<f32>>> {
         let spec = &self.spec;
         let device = self.norm.device();
-        let mut tokens = Vec::new();
-        let mut segments = Vec::with_capacity(batch.len());
-        let mut positions = Vec::new();
-        for seq in batch.iter() {
-            let (past, len) = (seq.cache.len(), seq.tokens.len());
-            if len == 0 {
-                candle_core::bail!("a sequence in the batch has no new tokens");
-            }
-            if past + len > spec.context_length {
-                candle_core::bail!("sequence of {} tokens exceeds the context of {}", past + len, spec.context_length);
-            }
-            segments.push(Segment { start: tokens.len(), len, past });
-            tokens.extend_from_slice(seq.tokens);
-            positions.extend(past..past + len);
-        }
-        if segments.is_empty() {
+        // The layer library's ragged batch: the context check, each sequence's rows and
+        // positions, its masks, the last rows and the cache advance.
+        let ragged = Ragged::new(batch, spec.context_length)?;
+        if ragged.is_empty() {
             return Ok(Vec::new());
         }
-        let lens: Vec<usize> = segments.iter().map(|s| s.len).collect();
-        let mut x = self.embeddings.lookup(&tokens, device)?.unsqueeze(0)?;
+        let lens = &ragged.lens;
+        let mut x = self.embeddings.lookup(&ragged.tokens, device)?.unsqueeze(0)?;
         if let Some(scale) = spec.embed_scale {
             x = (x * scale)?;
             debug_dump(|| "inp_scaled".to_string(), &x);
@@ -219,20 +200,9 @@ impl Decoder {
         let tables = self
             .rope_bases
             .iter()
-            .map(|&base| rope_tables_at(spec.head_dim, base, &positions, device))
+            .map(|&base| rope_tables_at(spec.head_dim, base, &ragged.positions, device))
             .collect::<Result<Vec<_>>>()?;
-        // Causal (and windowed) masks for the Candle formulation (the CPU kernel needs none).
-        let mut masks: Vec<Vec<(Option<usize>, Tensor)>> = vec![Vec::new(); segments.len()];
-        if !device.is_cpu() {
-            for (seg, masks) in segments.iter().zip(masks.iter_mut()) {
-                for block in &self.blocks {
-                    if seg.len > 1 && !masks.iter().any(|(w, _)| *w == block.window) {
-                        masks.push((block.window, attention_mask(seg.len, seg.past, block.window, device)?));
-                    }
-                }
-            }
-        }
-        let step = Step { segments: &segments, lens: &lens, masks: &masks };
+        let step = Step { ragged: &ragged, lens };
         let eps = spec.rms_eps;
         for (index, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.attn_norm, eps)?;
@@ -249,14 +219,14 @@ impl Decoder {
             debug_dump(|| format!("{sum_name}-{index}"), &x);
             let h = rms_norm(&x, &block.ffn_norm, eps)?;
             debug_dump(|| format!("ffn_norm-{index}"), &h);
-            let gate = block.w_gate.forward_rows(&h, &lens)?;
-            let up = block.w_up.forward_rows(&h, &lens)?;
+            let gate = block.w_gate.forward_rows(&h, lens)?;
+            let up = block.w_up.forward_rows(&h, lens)?;
             debug_dump(|| format!("ffn_gate-{index}"), &gate);
             debug_dump(|| format!("ffn_up-{index}"), &up);
             let h = gated(&gate, &up, spec.glu)?;
             let glu_name = if spec.glu == Glu::Swiglu { "ffn_swiglu" } else { "ffn_geglu" };
             debug_dump(|| format!("{glu_name}-{index}"), &h);
-            let mut h = block.w_down.forward_rows(&h, &lens)?;
+            let mut h = block.w_down.forward_rows(&h, lens)?;
             debug_dump(|| format!("ffn_out-{index}"), &h);
             if let Some(norm) = &block.post_ffn_norm {
                 h = rms_norm(&h, norm, eps)?;
@@ -264,18 +234,11 @@ impl Decoder {
             x = (x + h)?;
             debug_dump(|| format!("l_out-{index}"), &x);
         }
-        for (seq, seg) in batch.iter_mut().zip(&segments) {
-            seq.cache.advance(seg.len);
-        }
+        ragged.advance(batch);
         // Only each sequence's last position needs logits.
-        let last = if segments.len() == 1 {
-            x.narrow(1, segments[0].len - 1, 1)?
-        } else {
-            let rows = segments.iter().map(|s| x.narrow(1, s.start + s.len - 1, 1)).collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&rows, 1)?
-        };
+        let last = ragged.last_rows(&x)?;
         let last = rms_norm(&last, &self.norm, eps)?;
-        let ones = vec![1; segments.len()];
+        let ones = vec![1; ragged.segments.len()];
         self.output.forward_rows(&last, &ones)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()
     }
 
@@ -319,17 +282,16 @@ impl Decoder {
         };
         let dtype = cache_dtype(x.device());
         let (k, v) = (k.to_dtype(dtype)?, v.to_dtype(dtype)?);
-        let single = step.segments.len() == 1;
-        let mut outs = Vec::with_capacity(step.segments.len());
-        for ((seq, seg), masks) in batch.iter_mut().zip(step.segments).zip(step.masks) {
-            let rows_of = |t: &Tensor| -> Result<Tensor> {
-                if single { Ok(t.clone()) } else { t.narrow(2, seg.start, seg.len)?.contiguous() }
-            };
-            let (ck, cv) = seq.cache.append(index, &rows_of(&k)?, &rows_of(&v)?)?;
-            let mask = masks.iter().find(|(w, _)| *w == block.window).map(|(_, m)| m);
-            outs.push(causal_attention(&rows_of(&q)?, &ck, &cv, block.window, scale, mask)?);
+        let ragged = step.ragged;
+        let device = x.device();
+        let mut outs = Vec::with_capacity(batch.len());
+        for (i, seq) in batch.iter_mut().enumerate() {
+            let (ck, cv) = seq.cache.append(index, &ragged.rows_of(&k, i, 2)?, &ragged.rows_of(&v, i, 2)?)?;
+            // The CPU kernel needs no mask; the Candle formulation elsewhere does.
+            let mask = if device.is_cpu() { None } else { ragged.masks(i, device).causal(block.window)? };
+            outs.push(causal_attention(&ragged.rows_of(&q, i, 2)?, &ck, &cv, block.window, scale, mask.as_ref())?);
         }
-        let out = if single { outs.swap_remove(0) } else { Tensor::cat(&outs, 1)? };
+        let out = ragged.join(outs, 1)?;
         debug_dump(|| format!("kqv_out-{index}"), &out);
         block.wo.forward_rows(&out, step.lens)
     }
@@ -337,9 +299,7 @@ impl Decoder {
 
 /// What every layer of one forward shares.
 struct Step<'a> {
-    segments: &'a [Segment],
+    ragged: &'a Ragged,
     /// Rows per sequence, for the K-quant products.
     lens: &'a [usize],
-    /// Per sequence, its masks by window (empty on CPU).
-    masks: &'a [Vec<(Option<usize>, Tensor)>],
 }
