@@ -30,7 +30,7 @@ use super::dense::RopeSpec;
 use super::moe::{GroupRouting, Mlp, SigmoidMoe};
 use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, SeqMasks, SeqMixer, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::{layer_progress, rms_norm};
+use crate::engine::models::{CausalLm, layer_progress, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
 /// `config.json` of a `deepseek_v3` checkpoint, with mlx-lm's `ModelArgs` defaults.
@@ -340,12 +340,13 @@ impl SeqMixer for MlaLayer {
 }
 
 /// The DeepSeek-V3 decoder on the shared [`Stack`].
-pub fn load(
+pub fn model(
     ckpt: &Checkpoint,
-    cfg: Config,
+    _model_type: &str,
     device: &Device,
     progress: bool,
-) -> std::result::Result<Stack, EngineError> {
+) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+    let cfg = Config::from_json(&ckpt.config)?;
     let rope = cfg.rope()?;
     if rope.dims != cfg.qk_rope_head_dim {
         return Err(EngineError::Metadata(format!("deepseek_v3: rope over {} dims", rope.dims)));
@@ -381,15 +382,5 @@ pub fn load(
     }
     bar.finish_and_clear();
     let spec = StackSpec::new("deepseek_v3", cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.rms_norm_eps);
-    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
-}
-
-/// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
-    Ok(Box::new(load(ckpt, Config::from_json(&ckpt.config)?, device, progress)?))
+    Ok(Box::new(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head)))
 }

@@ -16,7 +16,7 @@ use crate::engine::EngineError;
 use crate::engine::layers::attention::{Attention, AttentionSpec, QkNormAt};
 use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::layer_progress;
+use crate::engine::models::{CausalLm, layer_progress};
 
 /// `config.json` of a `glm4_moe` checkpoint (mlx-lm's `ModelArgs`).
 #[derive(Debug, Clone, Deserialize)]
@@ -105,12 +105,13 @@ impl Config {
 }
 
 /// The GLM-4 MoE decoder on the shared [`Stack`].
-pub fn load(
+pub fn model(
     ckpt: &Checkpoint,
-    cfg: Config,
+    _model_type: &str,
     device: &Device,
     progress: bool,
-) -> std::result::Result<Stack, EngineError> {
+) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+    let cfg = Config::from_json(&ckpt.config)?;
     // mlx-lm builds a plain `nn.RoPE` here: `rope_scaling` is not used.
     let rope = RopeSpec::standard((cfg.head_dim as f64 * cfg.partial_rotary_factor) as usize, cfg.rope_theta);
     let attention = AttentionSpec {
@@ -151,15 +152,5 @@ pub fn load(
     }
     bar.finish_and_clear();
     let spec = StackSpec::new("glm4_moe", cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.rms_norm_eps);
-    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
-}
-
-/// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
-    Ok(Box::new(load(ckpt, Config::from_json(&ckpt.config)?, device, progress)?))
+    Ok(Box::new(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head)))
 }

@@ -19,7 +19,7 @@ use crate::engine::EngineError;
 use crate::engine::layers::attention::{Attention, AttentionSpec, QkNormAt};
 use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::layer_progress;
+use crate::engine::models::{CausalLm, layer_progress};
 
 /// `config.json` of a `gpt_oss` checkpoint, with mlx-lm's `ModelArgs` defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -144,12 +144,13 @@ impl FeedForward for Moe {
 
 /// The gpt-oss decoder on the shared [`Stack`]: `AttentionBlock` (biased projections, YaRN
 /// RoPE, sinks, alternating sliding windows) and `MLPBlock`.
-pub fn load(
+pub fn model(
     ckpt: &Checkpoint,
-    cfg: Config,
+    _model_type: &str,
     device: &Device,
     progress: bool,
-) -> std::result::Result<Stack, EngineError> {
+) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+    let cfg = Config::from_json(&ckpt.config)?;
     if cfg.num_experts_per_tok == 0 || cfg.num_experts_per_tok > cfg.num_local_experts {
         return Err(EngineError::Metadata(format!(
             "gpt_oss: top-{} of {} experts",
@@ -198,15 +199,5 @@ pub fn load(
     }
     bar.finish_and_clear();
     let spec = StackSpec::new("gpt_oss", cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.rms_norm_eps);
-    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
-}
-
-/// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
-    Ok(Box::new(load(ckpt, Config::from_json(&ckpt.config)?, device, progress)?))
+    Ok(Box::new(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head)))
 }

@@ -15,7 +15,7 @@ use super::mamba2::{HybridAttention, Mamba2Mixer, Mamba2Spec, dispatch_experts};
 use crate::engine::EngineError;
 use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Recurrent, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::layer_progress;
+use crate::engine::models::{CausalLm, layer_progress};
 
 /// `config.json` of a `granitemoehybrid` checkpoint (mlx-lm's `ModelArgs`, with its
 /// defaults).
@@ -250,12 +250,13 @@ impl FeedForward for Ffn {
 
 /// The Granite 4 hybrid decoder on the shared [`Stack`]: Mamba-2 or attention, then a MoE
 /// (or dense MLP), each residual scaled by `residual_multiplier`.
-pub fn load(
+pub fn model(
     ckpt: &Checkpoint,
-    cfg: &Config,
+    _model_type: &str,
     device: &Device,
     progress: bool,
-) -> std::result::Result<Stack, EngineError> {
+) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+    let cfg = Config::from_json(&ckpt.config)?;
     if cfg.layer_types.len() != cfg.num_hidden_layers {
         return Err(meta(format!("{} layer_types for {} layers", cfg.layer_types.len(), cfg.num_hidden_layers)));
     }
@@ -286,7 +287,7 @@ pub fn load(
             )?)),
             other => return Err(meta(format!("unknown layer type `{other}`"))),
         };
-        let ffn = Op::Rows(Box::new(Ffn::load(ckpt, cfg, &l, device)?));
+        let ffn = Op::Rows(Box::new(Ffn::load(ckpt, &cfg, &l, device)?));
         let mut layer = pre_norm_layer(ckpt, &l, mixer, ffn, device)?;
         for unit in &mut layer {
             unit.scale = Some(cfg.residual_multiplier);
@@ -303,15 +304,5 @@ pub fn load(
         embed_scale: Some(cfg.embedding_multiplier),
         logits_divisor: Some(cfg.logits_scaling),
     };
-    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
-}
-
-/// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
-    Ok(Box::new(load(ckpt, &Config::from_json(&ckpt.config)?, device, progress)?))
+    Ok(Box::new(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head)))
 }

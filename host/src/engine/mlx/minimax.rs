@@ -15,7 +15,7 @@ use crate::engine::EngineError;
 use crate::engine::layers::attention::{Attention, AttentionSpec, QkNormAt};
 use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::layer_progress;
+use crate::engine::models::{CausalLm, layer_progress};
 
 /// `config.json` of a `minimax` checkpoint (mlx-lm's `ModelArgs`).
 #[derive(Debug, Clone, Deserialize)]
@@ -75,12 +75,13 @@ impl Config {
 }
 
 /// The MiniMax decoder on the shared [`Stack`].
-pub fn load(
+pub fn model(
     ckpt: &Checkpoint,
-    cfg: Config,
+    _model_type: &str,
     device: &Device,
     progress: bool,
-) -> std::result::Result<Stack, EngineError> {
+) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+    let cfg = Config::from_json(&ckpt.config)?;
     // A plain `nn.RoPE(rotary_dim)` in mlx-lm; there is no rope scaling.
     let rope = RopeSpec::standard(cfg.rotary_dim, cfg.rope_theta);
     // q/k norms over all heads at once: `[heads * head_dim]`, `[kv_heads * head_dim]`.
@@ -121,15 +122,5 @@ pub fn load(
     }
     bar.finish_and_clear();
     let spec = StackSpec::new("minimax", cfg.max_position_embeddings, cfg.num_hidden_layers, cfg.rms_norm_eps);
-    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head))
-}
-
-/// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
-    Ok(Box::new(load(ckpt, Config::from_json(&ckpt.config)?, device, progress)?))
+    Ok(Box::new(Stack::new(spec, embeddings, units, ckpt.tensor("model.norm.weight", device)?, head)))
 }

@@ -13,7 +13,7 @@ use super::mamba2::{HybridAttention, Mamba2Mixer, Mamba2Spec, dispatch_experts};
 use crate::engine::EngineError;
 use crate::engine::layers::embedding::{Embeddings, Head};
 use crate::engine::layers::{FeedForward, Op, Recurrent, Residual, Stack, StackSpec};
-use crate::engine::models::layer_progress;
+use crate::engine::models::{CausalLm, layer_progress};
 
 /// `config.json` of a `nemotron_h` checkpoint (mlx-lm's `ModelArgs`).
 #[derive(Debug, Clone, Deserialize)]
@@ -327,12 +327,13 @@ fn select(s: &RouterSpec, original: &[f32], bias: &[f32]) -> Vec<(usize, f32)> {
 
 /// The Nemotron-H decoder on the shared [`Stack`]: one residual unit per block, whose op
 /// is a Mamba-2 mixer, attention, an MLP or a MoE.
-pub fn load(
+pub fn model(
     ckpt: &Checkpoint,
-    cfg: &Config,
+    _model_type: &str,
     device: &Device,
     progress: bool,
-) -> std::result::Result<Stack, EngineError> {
+) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+    let cfg = Config::from_json(&ckpt.config)?;
     let types = cfg.blocks()?;
     let embeddings = Embeddings::load_dense(ckpt, "backbone.embeddings", device)?;
     // mlx-lm always builds a separate `lm_head`; fall back to the embeddings only for a
@@ -380,17 +381,7 @@ pub fn load(
         embed_scale: None,
         logits_divisor: None,
     };
-    Ok(Stack::new(spec, embeddings, units, ckpt.tensor("backbone.norm_f.weight", device)?, head))
-}
-
-/// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
-    Ok(Box::new(load(ckpt, &Config::from_json(&ckpt.config)?, device, progress)?))
+    Ok(Box::new(Stack::new(spec, embeddings, units, ckpt.tensor("backbone.norm_f.weight", device)?, head)))
 }
 
 #[cfg(test)]
