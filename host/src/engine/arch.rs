@@ -23,10 +23,12 @@ use super::mlx::{self, Checkpoint};
 use super::models::{self, CausalLm};
 use crate::registry::ModelFormat;
 
+/// What an architecture's entry point returns.
+pub type Loaded = Result<Box<dyn CausalLm>, EngineError>;
 /// Loads a GGUF model of architecture `arch`.
-pub type GgufLoader = fn(&mut GgufFile, &str, &Device, bool) -> Result<Box<dyn CausalLm>, EngineError>;
+pub type GgufLoader = fn(&mut GgufFile, &str, &Device, bool) -> Loaded;
 /// Loads an MLX checkpoint of `model_type` `arch`.
-pub type MlxLoader = fn(&Checkpoint, &str, &Device, bool) -> Result<Box<dyn CausalLm>, EngineError>;
+pub type MlxLoader = fn(&Checkpoint, &str, &Device, bool) -> Loaded;
 /// The dense MLX decoder's spec for `model_type` `arch` from its `config.json`.
 pub type DenseSpecFn = fn(&str, &Value) -> Result<DenseSpec, EngineError>;
 

@@ -108,3 +108,11 @@ impl Head {
         }
     }
 }
+
+/// Gemma's final logit soft-capping, `cap * tanh(logits / cap)`, where the config has a cap.
+pub fn softcap(logits: Tensor, cap: Option<f64>) -> Result<Tensor> {
+    match cap {
+        Some(cap) => (logits / cap)?.tanh()? * cap,
+        None => Ok(logits),
+    }
+}

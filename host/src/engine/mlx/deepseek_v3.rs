@@ -27,28 +27,26 @@ use serde_json::Value;
 use super::Checkpoint;
 use super::archs::rope_from_scaling;
 use super::dense::RopeSpec;
-use super::moe::{GroupRouting, Mlp, SigmoidMoe};
+use super::moe::GroupedMoeArgs;
+use crate::engine::arch::Loaded;
 use crate::engine::layers::embedding::Embeddings;
-use crate::engine::layers::{FeedForward, Op, SeqMasks, SeqMixer, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::{CausalLm, layer_progress, rms_norm};
+use crate::engine::layers::{Op, SeqMasks, SeqMixer, Stack, StackSpec, pre_norm_layer};
+use crate::engine::models::{layer_progress, rms_norm};
 use crate::engine::{EngineError, KvCache};
 
 /// `config.json` of a `deepseek_v3` checkpoint, with mlx-lm's `ModelArgs` defaults.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     pub hidden_size: usize,
+    /// The routed / shared experts and how they are chosen.
+    #[serde(flatten)]
+    pub moe: GroupedMoeArgs,
     #[serde(default = "d_intermediate")]
     pub intermediate_size: usize,
     #[serde(default = "d_moe_intermediate")]
     pub moe_intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(default)]
-    pub n_shared_experts: Option<usize>,
-    #[serde(default)]
-    pub n_routed_experts: Option<usize>,
-    #[serde(default = "d_one_f")]
-    pub routed_scaling_factor: f32,
     #[serde(default = "d_kv_lora")]
     pub kv_lora_rank: usize,
     /// `null` means queries come straight from `q_proj`.
@@ -62,18 +60,8 @@ pub struct Config {
     pub qk_nope_head_dim: usize,
     #[serde(default = "d_noaux")]
     pub topk_method: String,
-    #[serde(default = "d_true")]
-    pub norm_topk_prob: bool,
-    #[serde(default = "d_one")]
-    pub n_group: usize,
-    #[serde(default = "d_one")]
-    pub topk_group: usize,
-    #[serde(default = "d_one")]
-    pub num_experts_per_tok: usize,
     #[serde(default = "d_one")]
     pub moe_layer_freq: usize,
-    #[serde(default)]
-    pub first_k_dense_replace: usize,
     #[serde(default = "d_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default = "d_eps")]
@@ -92,9 +80,6 @@ fn d_intermediate() -> usize {
 fn d_moe_intermediate() -> usize {
     1407
 }
-fn d_one_f() -> f32 {
-    1.0
-}
 fn d_kv_lora() -> usize {
     512
 }
@@ -112,9 +97,6 @@ fn d_nope() -> usize {
 }
 fn d_noaux() -> String {
     String::from("noaux_tc")
-}
-fn d_true() -> bool {
-    true
 }
 fn d_one() -> usize {
     1
@@ -147,8 +129,8 @@ impl Config {
     }
 
     fn is_moe(&self, layer: usize) -> bool {
-        self.n_routed_experts.is_some()
-            && layer >= self.first_k_dense_replace
+        self.moe.n_routed_experts.is_some()
+            && layer >= self.moe.first_k_dense_replace
             && layer.is_multiple_of(self.moe_layer_freq.max(1))
     }
 
@@ -340,12 +322,7 @@ impl SeqMixer for MlaLayer {
 }
 
 /// The DeepSeek-V3 decoder on the shared [`Stack`].
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     let cfg = Config::from_json(&ckpt.config)?;
     let rope = cfg.rope()?;
     if rope.dims != cfg.qk_rope_head_dim {
@@ -360,21 +337,7 @@ pub fn model(
     let mut units = Vec::with_capacity(2 * cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
         let l = format!("model.layers.{i}");
-        let ffn: Box<dyn FeedForward> = match cfg.n_routed_experts {
-            Some(experts) if cfg.is_moe(i) => {
-                let routing = GroupRouting {
-                    experts,
-                    top_k: cfg.num_experts_per_tok,
-                    n_group: cfg.n_group,
-                    topk_group: cfg.topk_group,
-                    norm_topk_prob: cfg.norm_topk_prob,
-                    routed_scaling_factor: cfg.routed_scaling_factor,
-                    shared: cfg.n_shared_experts.is_some(),
-                };
-                Box::new(SigmoidMoe::load_grouped(ckpt, &format!("{l}.mlp"), routing, device)?)
-            }
-            _ => Box::new(Mlp::load(ckpt, &format!("{l}.mlp"), device)?),
-        };
+        let ffn = cfg.moe.feed_forward(ckpt, &format!("{l}.mlp"), cfg.is_moe(i), device)?;
         let mla = Mla::load(ckpt, &cfg, &format!("{l}.self_attn"), device)?;
         let attn = MlaLayer { mla, layer: i, cfg: Arc::clone(&cfg), rope: Arc::clone(&rope) };
         units.extend(pre_norm_layer(ckpt, &l, Op::Sequence(Box::new(attn)), Op::Rows(ffn), device)?);

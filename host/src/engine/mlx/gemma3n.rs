@@ -28,7 +28,9 @@ use serde::Deserialize;
 use super::archs::parse;
 use super::dense::RopeSpec;
 use super::{Checkpoint, MlxLinear};
+use crate::engine::arch::Loaded;
 use crate::engine::layers::attention::{KvProjection, SharedKvAttention};
+use crate::engine::layers::embedding::softcap;
 use crate::engine::layers::{Ragged, SeqMixer};
 use crate::engine::models::{CausalLm, SeqInput, forward_one, layer_progress, rms_norm};
 use crate::engine::{EngineError, KvCache};
@@ -416,12 +418,7 @@ impl CausalLm for Gemma3n {
         }
         let h = (sum / self.altup_unembed_projections.len().saturating_add(1) as f64)?;
         let h = rms_norm(&h, &self.norm, self.eps)?.squeeze(0)?;
-        let logits = h.matmul(&self.embeddings.t()?)?;
-        let logits = match self.softcap {
-            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
-            None => logits,
-        };
-        logits.to_dtype(DType::F32)?.to_vec2()
+        softcap(h.matmul(&self.embeddings.t()?)?, self.softcap)?.to_dtype(DType::F32)?.to_vec2()
     }
 
     fn batches(&self) -> bool {
@@ -438,12 +435,7 @@ impl CausalLm for Gemma3n {
 }
 
 /// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     Ok(Box::new(Gemma3n::load(ckpt, device, progress)?))
 }
 

@@ -23,7 +23,9 @@ use super::archs::{parse, rope_from_scaling};
 use super::dense::{Activation, RopeSpec};
 use super::switch::{Route, SwitchGlu, score_rows, softmax, top_k};
 use super::{Checkpoint, MlxLinear};
+use crate::engine::arch::Loaded;
 use crate::engine::layers::attention::{KvProjection, SharedKvAttention};
+use crate::engine::layers::embedding::softcap;
 use crate::engine::layers::{Ragged, SeqMixer};
 use crate::engine::models::{CausalLm, SeqInput, forward_one, layer_progress, rms_norm};
 use crate::engine::{EngineError, KvCache};
@@ -524,12 +526,7 @@ impl CausalLm for Gemma4 {
         }
         ragged.advance(batch);
         let last = rms_norm(&ragged.last_rows(&x)?, &self.norm, self.eps)?.squeeze(0)?;
-        let logits = last.matmul(&self.head.t()?)?;
-        let logits = match self.softcap {
-            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
-            None => logits,
-        };
-        logits.to_dtype(DType::F32)?.to_vec2()
+        softcap(last.matmul(&self.head.t()?)?, self.softcap)?.to_dtype(DType::F32)?.to_vec2()
     }
 
     fn batches(&self) -> bool {
@@ -546,11 +543,6 @@ impl CausalLm for Gemma4 {
 }
 
 /// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     Ok(Box::new(Gemma4::load(ckpt, device, progress)?))
 }

@@ -11,35 +11,26 @@ use serde_json::Value;
 
 use super::Checkpoint;
 use super::dense::RopeSpec;
-use super::moe::{GroupRouting, Mlp, SigmoidMoe};
+use super::moe::GroupedMoeArgs;
 use crate::engine::EngineError;
+use crate::engine::arch::Loaded;
 use crate::engine::layers::attention::{Attention, AttentionSpec, QkNormAt};
 use crate::engine::layers::embedding::Embeddings;
-use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::{CausalLm, layer_progress};
+use crate::engine::layers::{Op, Stack, StackSpec, pre_norm_layer};
+use crate::engine::models::layer_progress;
 
 /// `config.json` of a `glm4_moe` checkpoint (mlx-lm's `ModelArgs`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     pub hidden_size: usize,
+    /// The routed / shared experts and how they are chosen.
+    #[serde(flatten)]
+    pub moe: GroupedMoeArgs,
     pub intermediate_size: usize,
     pub max_position_embeddings: usize,
     pub moe_intermediate_size: usize,
-    #[serde(default = "d_true")]
-    pub norm_topk_prob: bool,
     pub num_attention_heads: usize,
-    #[serde(default = "d_one")]
-    pub n_group: usize,
     pub head_dim: usize,
-    #[serde(default = "d_one")]
-    pub topk_group: usize,
-    pub n_shared_experts: Option<usize>,
-    pub n_routed_experts: Option<usize>,
-    #[serde(default = "d_scale")]
-    pub routed_scaling_factor: f32,
-    pub num_experts_per_tok: usize,
-    #[serde(default)]
-    pub first_k_dense_replace: usize,
     pub num_hidden_layers: usize,
     pub num_key_value_heads: usize,
     #[serde(default = "d_eps")]
@@ -58,15 +49,6 @@ pub struct Config {
     pub topk_method: String,
 }
 
-fn d_true() -> bool {
-    true
-}
-fn d_one() -> usize {
-    1
-}
-fn d_scale() -> f32 {
-    1.0
-}
 fn d_eps() -> f64 {
     1e-5
 }
@@ -100,17 +82,12 @@ impl Config {
     }
 
     fn is_moe(&self, layer: usize) -> bool {
-        self.n_routed_experts.is_some() && layer >= self.first_k_dense_replace
+        self.moe.n_routed_experts.is_some() && layer >= self.moe.first_k_dense_replace
     }
 }
 
 /// The GLM-4 MoE decoder on the shared [`Stack`].
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     let cfg = Config::from_json(&ckpt.config)?;
     // mlx-lm builds a plain `nn.RoPE` here: `rope_scaling` is not used.
     let rope = RopeSpec::standard((cfg.head_dim as f64 * cfg.partial_rotary_factor) as usize, cfg.rope_theta);
@@ -131,21 +108,7 @@ pub fn model(
     let mut units = Vec::with_capacity(2 * cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
         let l = format!("model.layers.{i}");
-        let ffn: Box<dyn FeedForward> = match cfg.n_routed_experts {
-            Some(experts) if cfg.is_moe(i) => {
-                let routing = GroupRouting {
-                    experts,
-                    top_k: cfg.num_experts_per_tok,
-                    n_group: cfg.n_group,
-                    topk_group: cfg.topk_group,
-                    norm_topk_prob: cfg.norm_topk_prob,
-                    routed_scaling_factor: cfg.routed_scaling_factor,
-                    shared: cfg.n_shared_experts.is_some(),
-                };
-                Box::new(SigmoidMoe::load_grouped(ckpt, &format!("{l}.mlp"), routing, device)?)
-            }
-            _ => Box::new(Mlp::load(ckpt, &format!("{l}.mlp"), device)?),
-        };
+        let ffn = cfg.moe.feed_forward(ckpt, &format!("{l}.mlp"), cfg.is_moe(i), device)?;
         let attn = Attention::load(ckpt, i, &format!("{l}.self_attn"), &attention, None, device)?;
         units.extend(pre_norm_layer(ckpt, &l, Op::Sequence(Box::new(attn)), Op::Rows(ffn), device)?);
         bar.inc(1);

@@ -16,10 +16,11 @@ use super::Checkpoint;
 use super::archs::rope_from_scaling;
 use super::moe::{self, Experts, Glu};
 use crate::engine::EngineError;
+use crate::engine::arch::Loaded;
 use crate::engine::layers::attention::{Attention, AttentionSpec, QkNormAt};
 use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::{CausalLm, layer_progress};
+use crate::engine::models::layer_progress;
 
 /// `config.json` of a `gpt_oss` checkpoint, with mlx-lm's `ModelArgs` defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -144,12 +145,7 @@ impl FeedForward for Moe {
 
 /// The gpt-oss decoder on the shared [`Stack`]: `AttentionBlock` (biased projections, YaRN
 /// RoPE, sinks, alternating sliding windows) and `MLPBlock`.
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     let cfg = Config::from_json(&ckpt.config)?;
     if cfg.num_experts_per_tok == 0 || cfg.num_experts_per_tok > cfg.num_local_experts {
         return Err(EngineError::Metadata(format!(

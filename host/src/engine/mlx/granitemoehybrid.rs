@@ -13,9 +13,10 @@ use super::Checkpoint;
 use super::dense::RopeSpec;
 use super::mamba2::{HybridAttention, Mamba2Mixer, Mamba2Spec, dispatch_experts};
 use crate::engine::EngineError;
+use crate::engine::arch::Loaded;
 use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Recurrent, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::{CausalLm, layer_progress};
+use crate::engine::models::layer_progress;
 
 /// `config.json` of a `granitemoehybrid` checkpoint (mlx-lm's `ModelArgs`, with its
 /// defaults).
@@ -250,12 +251,7 @@ impl FeedForward for Ffn {
 
 /// The Granite 4 hybrid decoder on the shared [`Stack`]: Mamba-2 or attention, then a MoE
 /// (or dense MLP), each residual scaled by `residual_multiplier`.
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     let cfg = Config::from_json(&ckpt.config)?;
     if cfg.layer_types.len() != cfg.num_hidden_layers {
         return Err(meta(format!("{} layer_types for {} layers", cfg.layer_types.len(), cfg.num_hidden_layers)));

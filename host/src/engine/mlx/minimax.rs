@@ -12,10 +12,11 @@ use super::Checkpoint;
 use super::dense::RopeSpec;
 use super::moe::{self, Experts, Glu, SigmoidMoe, SigmoidRouter};
 use crate::engine::EngineError;
+use crate::engine::arch::Loaded;
 use crate::engine::layers::attention::{Attention, AttentionSpec, QkNormAt};
 use crate::engine::layers::embedding::Embeddings;
 use crate::engine::layers::{FeedForward, Op, Stack, StackSpec, pre_norm_layer};
-use crate::engine::models::{CausalLm, layer_progress};
+use crate::engine::models::layer_progress;
 
 /// `config.json` of a `minimax` checkpoint (mlx-lm's `ModelArgs`).
 #[derive(Debug, Clone, Deserialize)]
@@ -75,12 +76,7 @@ impl Config {
 }
 
 /// The MiniMax decoder on the shared [`Stack`].
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     let cfg = Config::from_json(&ckpt.config)?;
     // A plain `nn.RoPE(rotary_dim)` in mlx-lm; there is no rope scaling.
     let rope = RopeSpec::standard(cfg.rotary_dim, cfg.rope_theta);

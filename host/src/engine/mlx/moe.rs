@@ -273,6 +273,66 @@ impl SigmoidMoe {
     }
 }
 
+/// The MoE fields of DeepSeek-V3 and GLM-4 MoE configs: the same names and mlx-lm
+/// defaults in both.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct GroupedMoeArgs {
+    #[serde(default)]
+    pub n_shared_experts: Option<usize>,
+    #[serde(default)]
+    pub n_routed_experts: Option<usize>,
+    #[serde(default = "one_f32")]
+    pub routed_scaling_factor: f32,
+    #[serde(default = "yes")]
+    pub norm_topk_prob: bool,
+    #[serde(default = "one")]
+    pub n_group: usize,
+    #[serde(default = "one")]
+    pub topk_group: usize,
+    #[serde(default = "one")]
+    pub num_experts_per_tok: usize,
+    #[serde(default)]
+    pub first_k_dense_replace: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_f32() -> f32 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+
+impl GroupedMoeArgs {
+    /// The feed-forward under `prefix` (`model.layers.3.mlp`): the grouped MoE where
+    /// `sparse` and the config has routed experts, else the dense SwiGLU MLP.
+    pub fn feed_forward(
+        &self,
+        ckpt: &Checkpoint,
+        prefix: &str,
+        sparse: bool,
+        device: &Device,
+    ) -> std::result::Result<Box<dyn FeedForward>, EngineError> {
+        Ok(match self.n_routed_experts {
+            Some(experts) if sparse => {
+                let routing = GroupRouting {
+                    experts,
+                    top_k: self.num_experts_per_tok,
+                    n_group: self.n_group,
+                    topk_group: self.topk_group,
+                    norm_topk_prob: self.norm_topk_prob,
+                    routed_scaling_factor: self.routed_scaling_factor,
+                    shared: self.n_shared_experts.is_some(),
+                };
+                Box::new(SigmoidMoe::load_grouped(ckpt, prefix, routing, device)?)
+            }
+            _ => Box::new(Mlp::load(ckpt, prefix, device)?),
+        })
+    }
+}
+
 /// A plain f32 vector parameter (`e_score_correction_bias`), checked to have `len` entries.
 pub fn vector(ckpt: &Checkpoint, name: &str, len: usize) -> std::result::Result<Vec<f32>, EngineError> {
     let v: Vec<f32> = ckpt.tensor(name, &Device::Cpu)?.flatten_all()?.to_vec1()?;

@@ -11,9 +11,10 @@ use serde_json::Value;
 use super::Checkpoint;
 use super::mamba2::{HybridAttention, Mamba2Mixer, Mamba2Spec, dispatch_experts};
 use crate::engine::EngineError;
+use crate::engine::arch::Loaded;
 use crate::engine::layers::embedding::{Embeddings, Head};
 use crate::engine::layers::{FeedForward, Op, Recurrent, Residual, Stack, StackSpec};
-use crate::engine::models::{CausalLm, layer_progress};
+use crate::engine::models::layer_progress;
 
 /// `config.json` of a `nemotron_h` checkpoint (mlx-lm's `ModelArgs`).
 #[derive(Debug, Clone, Deserialize)]
@@ -327,12 +328,7 @@ fn select(s: &RouterSpec, original: &[f32], bias: &[f32]) -> Vec<(usize, f32)> {
 
 /// The Nemotron-H decoder on the shared [`Stack`]: one residual unit per block, whose op
 /// is a Mamba-2 mixer, attention, an MLP or a MoE.
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     let cfg = Config::from_json(&ckpt.config)?;
     let types = cfg.blocks()?;
     let embeddings = Embeddings::load_dense(ckpt, "backbone.embeddings", device)?;

@@ -15,6 +15,7 @@ use super::archs::rope_from_scaling;
 use super::gated_delta::DeltaNetSpec;
 use super::qwen3_next::{HybridSpec, MoeSpec};
 use crate::engine::EngineError;
+use crate::engine::arch::Loaded;
 use candle_core::Device;
 
 /// The language model's config (mlx-lm's `TextModelArgs`, with its defaults).
@@ -180,12 +181,7 @@ impl Config {
 
 /// The architecture registry's entry point ([`crate::engine::arch`]): `qwen3_5` and
 /// `qwen3_5_moe` on the Qwen3-Next hybrid decoder.
-pub fn model(
-    ckpt: &Checkpoint,
-    model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, model_type: &str, device: &Device, progress: bool) -> Loaded {
     let spec = Config::from_json(&ckpt.config)?.spec(model_type, ckpt)?;
     Ok(Box::new(super::qwen3_next::load(ckpt, spec, device, progress)?))
 }

@@ -13,6 +13,7 @@ use super::archs::{Common, parse};
 use super::dense::{self, Activation, FeedForward, RopeSpec};
 use super::switch::{Route, SwitchGlu, score_rows, softmax, top_k};
 use crate::engine::EngineError;
+use crate::engine::arch::Loaded;
 use crate::engine::layers::Stack;
 
 /// `config.json` of a `qwen3_moe` checkpoint (mlx-lm's `ModelArgs` names and defaults).
@@ -140,21 +141,11 @@ fn load_text_model(
 }
 
 /// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     Ok(Box::new(load(ckpt, device, progress)?))
 }
 
 /// The registry's entry point for `qwen3_vl_moe` (the text model of the VL checkpoint).
-pub fn model_vl(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+pub fn model_vl(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     Ok(Box::new(load_vl(ckpt, device, progress)?))
 }

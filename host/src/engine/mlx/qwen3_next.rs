@@ -17,6 +17,7 @@ use super::dense::RopeSpec;
 use super::gated_delta::{DeltaNetSpec, GatedDeltaNet};
 use super::moe::{Experts, Glu, Mlp};
 use super::{Checkpoint, MlxLinear};
+use crate::engine::arch::Loaded;
 use crate::engine::layers::embedding::{Embeddings, Head};
 use crate::engine::layers::{FeedForward, Op, Recurrent, SeqMasks, SeqMixer, Stack, StackSpec, pre_norm_layer};
 use crate::engine::models::{layer_progress, repeat_kv, rms_norm};
@@ -319,11 +320,6 @@ pub fn load(
 }
 
 /// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    ckpt: &Checkpoint,
-    _model_type: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn crate::engine::models::CausalLm>, EngineError> {
+pub fn model(ckpt: &Checkpoint, _: &str, device: &Device, progress: bool) -> Loaded {
     Ok(Box::new(load(ckpt, Config::from_json(&ckpt.config)?.spec()?, device, progress)?))
 }

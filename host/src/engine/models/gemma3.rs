@@ -9,6 +9,7 @@ use candle_core::{Device, Result, Tensor};
 
 use super::decoder::{Decoder, DecoderSpec, QueryScale};
 use super::{CausalLm, Glu, SeqInput};
+use crate::engine::arch::Loaded;
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -105,11 +106,6 @@ impl CausalLm for Gemma3 {
 }
 
 /// The architecture registry's entry point ([`crate::engine::arch`]).
-pub fn model(
-    gguf: &mut GgufFile,
-    _arch: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+pub fn model(gguf: &mut GgufFile, _: &str, device: &Device, progress: bool) -> Loaded {
     Ok(Box::new(Gemma3::load(gguf, device, progress)?))
 }

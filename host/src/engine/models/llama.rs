@@ -10,6 +10,7 @@ use candle_core::{Device, Result, Tensor};
 
 use super::decoder::{Decoder, DecoderSpec, QueryScale};
 use super::{CausalLm, Glu, SeqInput};
+use crate::engine::arch::Loaded;
 use crate::engine::gguf::GgufFile;
 use crate::engine::{EngineError, KvCache};
 
@@ -108,11 +109,6 @@ impl CausalLm for Llama {
 
 /// The architecture registry's entry point ([`crate::engine::arch`]): `llama`, `qwen2`
 /// and `qwen3` GGUF files.
-pub fn model(
-    gguf: &mut GgufFile,
-    arch: &str,
-    device: &Device,
-    progress: bool,
-) -> std::result::Result<Box<dyn CausalLm>, EngineError> {
+pub fn model(gguf: &mut GgufFile, arch: &str, device: &Device, progress: bool) -> Loaded {
     Ok(Box::new(Llama::load(gguf, arch, device, progress)?))
 }
