@@ -20,6 +20,7 @@ mod parity;
 mod parser_cost;
 mod parsers;
 mod policies;
+mod prefix_cache;
 mod registry;
 mod reload;
 mod replicas;

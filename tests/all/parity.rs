@@ -308,6 +308,7 @@ fn streamed_generation_equals_the_greedy_tokens_and_stops_cleanly() {
         logprobs: None,
         ignore_eos: false,
         constraint: None,
+        boundaries: Vec::new(),
     };
     let mut text = String::new();
     let mut done = None;

@@ -230,6 +230,21 @@ pub(crate) struct ServeArgs {
     /// chunks of it while the other sequences keep decoding).
     #[arg(long, default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) max_batch_tokens: usize,
+    /// Host memory for the prefix cache, in MiB (default: a quarter of the free memory at
+    /// start, 64 MiB to 8 GiB). Requests whose prompts start like an earlier one's prefill
+    /// only the rest.
+    #[arg(long, value_name = "MB")]
+    pub(crate) prefix_cache_mb: Option<usize>,
+    /// No prefix cache: every request prefills its whole prompt.
+    #[arg(long, conflicts_with = "prefix_cache_mb")]
+    pub(crate) no_prefix_cache: bool,
+    /// Recurrent-state snapshots the prefix cache keeps (hybrid and Mamba models).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub(crate) prefix_cache_snapshots: usize,
+    /// A recurrent model's prompt is snapshotted every this many tokens (besides the end of
+    /// the prompt and of the answer).
+    #[arg(long, default_value_t = 512, value_name = "TOKENS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) prefix_snapshot_interval: usize,
     /// `max_tokens` for requests that give none.
     #[arg(long, default_value_t = 1024)]
     pub(crate) max_tokens: usize,

@@ -111,6 +111,7 @@ pub(crate) fn generate(registry: &AliasRegistry, args: GenerateArgs) -> anyhow::
         logprobs: None,
         ignore_eos: args.ignore_eos,
         constraint: None,
+        boundaries: Vec::new(),
     };
     let mut stdout = std::io::stdout();
     run_generation(&engine, &request, |event| {

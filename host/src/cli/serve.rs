@@ -14,6 +14,7 @@ use rapid_host::server::{AppState, router};
 
 pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result<ExitCode> {
     use rapid_host::engine::Engine;
+    use rapid_host::engine::prefix_cache::PrefixCacheConfig;
     use rapid_host::server::ServerLimits;
     use rapid_host::server::metrics::Metrics;
     use rapid_host::server::run::{BatchLimits, Runner};
@@ -97,17 +98,28 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
         read_timeout: std::time::Duration::from_secs(args.read_timeout.max(1)),
     };
     let batch = BatchLimits { max_running: args.max_running_requests, max_batch_tokens: args.max_batch_tokens };
+    let prefix = (!args.no_prefix_cache).then(|| PrefixCacheConfig {
+        max_bytes: match args.prefix_cache_mb {
+            Some(mb) => mb.saturating_mul(1 << 20),
+            None => {
+                PrefixCacheConfig::default_bytes(rapid_host::host_facts::HostFacts::detect("cpu").free_memory_bytes)
+            }
+        },
+        max_snapshots: args.prefix_cache_snapshots,
+        snapshot_interval: args.prefix_snapshot_interval,
+    });
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let metrics = Arc::new(Metrics::default());
     let state = AppState {
         model: resolved.clone(),
         created,
         plugins: Arc::clone(&hub),
-        runner: Arc::new(Runner::with_batching(
+        runner: Arc::new(Runner::with_prefix_cache(
             Arc::clone(&engine),
             limits.max_concurrent_requests,
             Arc::clone(&metrics),
             batch,
+            prefix,
         )),
         engine,
         tool_parser: tool_parser.clone(),
@@ -126,6 +138,15 @@ pub(crate) fn serve(registry: &AliasRegistry, args: ServeArgs) -> anyhow::Result
         batch.max_batch_tokens,
         if state.engine.model.batches() { "" } else { " (this architecture runs them one after another)" }
     );
+    match &prefix {
+        Some(p) => eprintln!(
+            "  prefix cache {} MiB, {} recurrent snapshots (every {} prompt tokens)",
+            p.max_bytes >> 20,
+            p.max_snapshots,
+            p.snapshot_interval
+        ),
+        None => eprintln!("  prefix cache off"),
+    }
     eprintln!(
         "  parsers  tool calls: {}, reasoning: {}",
         tool_parser.as_deref().unwrap_or("none"),

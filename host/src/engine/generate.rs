@@ -7,7 +7,9 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use super::constraint::Constraint;
+use super::kv_cache::RecurrentStates;
 use super::models::SeqInput;
+use super::prefix_cache::Donation;
 use super::sampling::{Sampler, SamplingParams, log_softmax};
 use super::tokenizer::Detokenizer;
 use super::{Engine, EngineError, KvCache};
@@ -29,6 +31,10 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// A compiled grammar the output must follow (structured output, forced tool calls).
     pub constraint: Option<Constraint>,
+    /// Prompt positions where a chat message ends (the HTTP side knows the template): with
+    /// a prefix cache, a recurrent model's state is snapshotted there, so a later request
+    /// that shares the conversation only up to one of them still reuses it.
+    pub boundaries: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +62,8 @@ impl FinishReason {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens taken from the prefix cache instead of being prefilled.
+    pub cached_tokens: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -174,6 +182,12 @@ pub struct Sequence<'a> {
     fed: usize,
     /// The token sampled last: the next step's input.
     last: [u32; 1],
+    /// With a prefix cache: a recurrent model's prompt is snapshotted every this many
+    /// tokens, at the request's boundaries and at its end.
+    snapshot_interval: Option<usize>,
+    snapshots: Vec<(usize, RecurrentStates)>,
+    /// Failed (its cache may be half-written): nothing to donate.
+    failed: bool,
     phase: Phase,
     error: Option<EngineError>,
     started: Option<Instant>,
@@ -210,7 +224,7 @@ impl<'a> Sequence<'a> {
         }
         Ok(Self {
             max_tokens: request.max_tokens.min(context - prompt.len()),
-            usage: Usage { prompt_tokens: prompt.len(), completion_tokens: 0 },
+            usage: Usage { prompt_tokens: prompt.len(), completion_tokens: 0, cached_tokens: 0 },
             constraint: request.constraint.clone(),
             cache: engine.model.new_cache(),
             sampler,
@@ -221,6 +235,9 @@ impl<'a> Sequence<'a> {
             logprobs: Vec::new(),
             fed: 0,
             last: [0],
+            snapshot_interval: None,
+            snapshots: Vec::new(),
+            failed: false,
             phase: Phase::Prefill,
             error: None,
             started: None,
@@ -249,6 +266,11 @@ impl<'a> Sequence<'a> {
         self.cache.len()
     }
 
+    /// Bytes one cached position takes in this sequence's cache (0 before it ran).
+    pub fn position_bytes(&self) -> usize {
+        self.cache.position_bytes()
+    }
+
     pub fn request(&self) -> &GenerationRequest {
         &self.request
     }
@@ -263,13 +285,93 @@ impl<'a> Sequence<'a> {
     /// Ends the sequence with `error` (no `Done`: the caller reports the error).
     pub fn fail(&mut self, error: EngineError) {
         self.error = Some(error);
+        self.failed = true;
         self.phase = Phase::Finished;
+    }
+
+    /// Starts from `cache`, which holds the first `cache.len()` prompt tokens (a prefix
+    /// cache hit): only the rest is prefilled. Refused (returning `false`) once the sequence
+    /// ran, or when the cache does not leave a prompt token to run.
+    pub fn reuse_prefix(&mut self, cache: KvCache) -> bool {
+        let reused = cache.len();
+        if self.phase != Phase::Prefill || self.fed != 0 || reused == 0 || reused >= self.request.prompt_tokens.len() {
+            return false;
+        }
+        self.cache = cache;
+        self.fed = reused;
+        self.usage.cached_tokens = reused;
+        true
+    }
+
+    /// Snapshots a recurrent model's state every `interval` prompt tokens, at the
+    /// request's message boundaries and at the end of the prompt (prefill chunks are cut
+    /// there), for [`Self::donation`].
+    pub fn snapshot_every(&mut self, interval: usize) {
+        self.snapshot_interval = Some(interval.max(1));
+    }
+
+    /// What the sequence leaves to a prefix cache once it is done: the prompt tokens it
+    /// ran, their keys and values, and the recurrent snapshots taken on the way. `None`
+    /// while it runs, after a failure, or when taken already.
+    ///
+    /// The generated tokens' keys and values stay out: a decode step attends in llama.cpp's
+    /// single-query order, so they differ in rounding from what a prefill of the same tokens
+    /// computes, and a later turn built on them would not answer exactly as without the
+    /// cache. The next turn prefills the answer again (a few tokens next to its new message).
+    pub fn donation(&mut self) -> Option<Donation> {
+        if self.phase != Phase::Finished || self.failed {
+            return None;
+        }
+        let len = self.fed.min(self.cache.len());
+        if len == 0 {
+            return None;
+        }
+        let tokens = self.request.prompt_tokens.get(..len)?.to_vec();
+        let mut snapshots = std::mem::take(&mut self.snapshots);
+        snapshots.retain(|(at, _)| *at <= len);
+        let capacity = self.cache.capacity();
+        let mut cache = std::mem::replace(&mut self.cache, KvCache::new(0, capacity));
+        let recurrent = cache.has_recurrent_state();
+        if recurrent && cache.len() == len && !snapshots.iter().any(|(at, _)| *at == len) {
+            // Cancelled mid-prompt: the states are those at its last prompt token.
+            snapshots.push((len, cache.recurrent_states()));
+        }
+        // The recurrent states are past the prompt now; its snapshots stay.
+        cache.truncate_attention(len);
+        Some(Donation { tokens, cache, snapshots, recurrent })
+    }
+
+    /// The next prompt position past `fed` where a snapshot is due, when snapshots are on
+    /// and the model is (or may be, before its first chunk) recurrent.
+    fn next_snapshot(&self) -> Option<usize> {
+        let interval = self.snapshot_interval?;
+        if self.fed > 0 && !self.cache.has_recurrent_state() {
+            return None;
+        }
+        let every = (self.fed / interval + 1) * interval;
+        let boundary = self.request.boundaries.iter().copied().filter(|&b| b > self.fed).min();
+        Some(boundary.map_or(every, |b| b.min(every)).min(self.request.prompt_tokens.len()))
     }
 
     /// Rows this sequence would run in a step with `chunk` prompt tokens per step.
     fn wants(&self, chunk: usize) -> usize {
         match self.phase {
-            Phase::Prefill => (self.request.prompt_tokens.len() - self.fed).min(chunk.max(1)),
+            Phase::Prefill => {
+                let left = self.request.prompt_tokens.len() - self.fed;
+                let mut rows = left.min(chunk.max(1));
+                if let Some(at) = self.next_snapshot()
+                    && at > self.fed
+                {
+                    rows = rows.min(at - self.fed);
+                }
+                // Never a last chunk of one row: one query takes the decode step's summation
+                // order, and the prompt's last row must come out as it does in any other cut
+                // (with or without a prefix cache hit).
+                if left - rows == 1 && rows > 1 {
+                    rows -= 1;
+                }
+                rows
+            }
             Phase::Decode => 1,
             Phase::Finished => 0,
         }
@@ -279,6 +381,14 @@ impl<'a> Sequence<'a> {
     fn ran(&mut self, engine: &Engine, rows: usize, mut logits: Vec<f32>) {
         if self.phase == Phase::Prefill {
             self.fed += rows;
+            if let Some(interval) = self.snapshot_interval
+                && self.cache.has_recurrent_state()
+                && (self.fed.is_multiple_of(interval)
+                    || self.fed == self.request.prompt_tokens.len()
+                    || self.request.boundaries.contains(&self.fed))
+            {
+                self.snapshots.push((self.fed, self.cache.recurrent_states()));
+            }
             if self.fed < self.request.prompt_tokens.len() {
                 return;
             }
@@ -374,6 +484,8 @@ pub struct StepReport {
     pub sequences: usize,
     /// Rows (tokens) in the forward.
     pub tokens: usize,
+    /// Of those, prompt tokens (prefill).
+    pub prompt_tokens: usize,
 }
 
 /// One step of the unfinished sequences in `batch` (in order of arrival): one forward over
@@ -410,7 +522,7 @@ pub fn step(engine: &Engine, batch: &mut [Sequence<'_>], chunk: usize) -> Result
         let tokens = if *phase == Phase::Prefill { &request.prompt_tokens[*fed..*fed + n] } else { &last[..] };
         inputs.push(SeqInput { tokens, cache });
     }
-    let report = StepReport { sequences: inputs.len(), tokens: rows.iter().sum() };
+    let report = StepReport { sequences: inputs.len(), tokens: rows.iter().sum(), prompt_tokens: prompt_rows };
     if inputs.is_empty() {
         return Ok(report);
     }

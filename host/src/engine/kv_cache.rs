@@ -146,6 +146,118 @@ impl KvCache {
     }
 }
 
+/// The recurrent states of every layer at one position (`None` for attention layers and
+/// layers that have not run). Cheap to take: the tensors share storage with the cache's,
+/// which is safe because a recurrent layer replaces its state each step
+/// ([`KvCache::set_state`]) and never writes into it.
+pub type RecurrentStates = Vec<Option<Vec<Tensor>>>;
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+impl KvCache {
+    /// Whether any layer carries a recurrent state (known once a layer ran a token): such a
+    /// cache can only be reused exactly at a position where its states were snapshotted.
+    pub fn has_recurrent_state(&self) -> bool {
+        self.states.iter().any(Option::is_some)
+    }
+
+    /// The recurrent states as they are now, at position [`Self::len`].
+    pub fn recurrent_states(&self) -> RecurrentStates {
+        self.states.clone()
+    }
+
+    /// Bytes of tensor memory the cache holds: every slot's whole buffer (room included)
+    /// and the recurrent states.
+    pub fn bytes(&self) -> usize {
+        let slots: usize = self.layers.iter().flatten().map(|s| tensor_bytes(&s.k) + tensor_bytes(&s.v)).sum();
+        slots + states_bytes(&self.states)
+    }
+
+    /// Keeps the first `len` positions of the attention layers and drops the recurrent
+    /// states (which are past `len`): for a caller that keeps states of its own at `len`.
+    pub fn truncate_attention(&mut self, len: usize) {
+        self.states.iter_mut().for_each(|state| *state = None);
+        if len >= self.len {
+            return;
+        }
+        for slot in self.layers.iter_mut().flatten() {
+            slot.filled = slot.filled.min(len);
+        }
+        self.len = len;
+    }
+
+    /// Bytes one position takes over the attention layers allocated so far (0 before any).
+    pub fn position_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .filter(|s| s.room() > 0)
+            .map(|s| (tensor_bytes(&s.k) + tensor_bytes(&s.v)) / s.room())
+            .sum()
+    }
+
+    /// A compact copy of the first `len` positions of the attention layers (buffers of
+    /// exactly `len` positions), without recurrent states: what a prefix cache keeps.
+    pub fn snapshot(&self, len: usize) -> Result<KvCache> {
+        let len = len.min(self.len);
+        let layers = self
+            .layers
+            .iter()
+            .map(|slot| {
+                slot.as_ref()
+                    .map(|s| {
+                        let n = len.min(s.filled);
+                        Ok(Slot {
+                            k: s.k.narrow(2, 0, n)?.contiguous()?.copy()?,
+                            v: s.v.narrow(2, 0, n)?.contiguous()?.copy()?,
+                            filled: n,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers, states: vec![None; self.states.len()], len, capacity: self.capacity })
+    }
+
+    /// A new cache holding the first `len` positions of this one's attention layers, with
+    /// room for `room` positions (so a prefill up to there does not reallocate), and
+    /// `states` as its recurrent states (which must be the states at position `len`).
+    pub fn restore(&self, len: usize, room: usize, states: Option<&RecurrentStates>) -> Result<KvCache> {
+        if len > self.len {
+            candle_core::bail!("cannot restore {len} positions from a cache of {}", self.len);
+        }
+        let room = room.max(len).min(self.capacity.max(len));
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for slot in &self.layers {
+            let Some(s) = slot else {
+                layers.push(None);
+                continue;
+            };
+            let n = len.min(s.filled);
+            let mut restored = Slot::allocate(&s.k, &s.v, room.max(1), None)?;
+            if n > 0 {
+                restored.k.slice_set(&s.k.narrow(2, 0, n)?.contiguous()?, 2, 0)?;
+                restored.v.slice_set(&s.v.narrow(2, 0, n)?.contiguous()?, 2, 0)?;
+            }
+            restored.filled = n;
+            layers.push(Some(restored));
+        }
+        let states = match states {
+            Some(states) if states.len() == self.states.len() => states.clone(),
+            Some(states) => candle_core::bail!("{} recurrent layers restored into {}", states.len(), self.states.len()),
+            None => vec![None; self.states.len()],
+        };
+        Ok(Self { layers, states, len, capacity: self.capacity })
+    }
+}
+
+/// Bytes held by a set of recurrent states.
+pub fn states_bytes(states: &RecurrentStates) -> usize {
+    states.iter().flatten().flatten().map(tensor_bytes).sum()
+}
+
 /// A deep copy: appending to one copy never shows through in the other.
 impl Clone for KvCache {
     fn clone(&self) -> Self {

@@ -7,6 +7,8 @@
 //! - [`models`]: one file per GGUF family mapping its metadata onto the shared decoder
 //!   skeleton ([`models::decoder`]), `forward_batch` over a ragged batch of sequences.
 //! - [`kv_cache`]: per-sequence keys and values, outside the model layers.
+//! - [`prefix_cache`]: finished sequences' caches kept in host memory, found again by the
+//!   longest shared token prefix (recurrent states at snapshots).
 //! - [`sampling`]: temperature, top-k/p, min-p, penalties, seed.
 //! - [`generate`]: a live sequence (sampling, grammar, stop strings, streaming events,
 //!   cancellation) and the scheduler's step: one forward over many sequences.
@@ -20,6 +22,7 @@ pub mod kv_cache;
 pub mod layers;
 pub mod mlx;
 pub mod models;
+pub mod prefix_cache;
 pub mod sampling;
 pub mod spm;
 pub mod template;

@@ -470,12 +470,14 @@ fn input_object(arguments: &str) -> Value {
         .unwrap_or_else(|| json!({}))
 }
 
+/// Anthropic's usage: `input_tokens` are the prompt tokens after the last cache read
+/// (`cache_read_input_tokens`, what the prefix cache gave), as the Messages API counts them.
 fn usage(outcome: &Outcome) -> Value {
     json!({
-        "input_tokens": outcome.prompt_tokens,
+        "input_tokens": outcome.prompt_tokens - outcome.cached_tokens.min(outcome.prompt_tokens),
         "output_tokens": outcome.completion_tokens,
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_read_input_tokens": outcome.cached_tokens,
     })
 }
 
@@ -532,7 +534,7 @@ async fn respond(state: &Arc<AppState>, req: MessagesRequest) -> Result<Response
                         let (reason, sequence) = stop_reason(&outcome.finish);
                         let delta = json!({"type": "message_delta",
                             "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                            "usage": {"output_tokens": outcome.completion_tokens}});
+                            "usage": usage(&outcome)});
                         if send("message_delta", delta).await {
                             let _ = send("message_stop", json!({"type": "message_stop"})).await;
                         }

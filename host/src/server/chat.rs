@@ -310,14 +310,18 @@ async fn respond(state: &Arc<AppState>, req: ChatRequest) -> Result<Response, Ap
         "created": created,
         "model": state.model_id(),
         "choices": [choice],
-        "usage": usage_json(outcome.prompt_tokens, outcome.completion_tokens),
+        "usage": usage_json(&outcome),
         "system_fingerprint": null,
     }))
     .into_response())
 }
 
-fn usage_json(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+/// OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts the prompt tokens
+/// the prefix cache gave.
+fn usage_json(outcome: &Outcome) -> Value {
+    let (prompt, completion) = (outcome.prompt_tokens, outcome.completion_tokens);
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+           "prompt_tokens_details": {"cached_tokens": outcome.cached_tokens}})
 }
 
 /// A whole generation, assembled as a client would.
@@ -408,7 +412,7 @@ async fn stream_chat(
                     let body = json!({
                         "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                         "system_fingerprint": null, "choices": [],
-                        "usage": usage_json(outcome.prompt_tokens, outcome.completion_tokens),
+                        "usage": usage_json(&outcome),
                     });
                     let _ = send(Event::default().data(body.to_string())).await;
                 }

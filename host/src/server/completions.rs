@@ -111,6 +111,7 @@ fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Vec<Job>, AppErr
                     logprobs: req.logprobs,
                     ignore_eos: req.ignore_eos,
                     constraint: None,
+                    boundaries: Vec::new(),
                 },
             })
         })
@@ -167,7 +168,7 @@ async fn respond(state: &Arc<AppState>, req: CompletionRequest) -> Result<Respon
                 json!({"id": id, "object": "text_completion", "created": created, "model": model,
                        "choices": [{"text": text, "index": index, "logprobs": null, "finish_reason": finish}]})
             };
-            let (mut prompt_total, mut completion_total) = (0, 0);
+            let (mut prompt_total, mut completion_total, mut cached_total) = (0, 0, 0);
             let mut first = Some(first_rx);
             for (index, job) in jobs.iter().enumerate() {
                 let mut rx = match first.take() {
@@ -196,6 +197,7 @@ async fn respond(state: &Arc<AppState>, req: CompletionRequest) -> Result<Respon
                         RunEvent::Event(GenerationEvent::Text { text, .. }) => chunk(index, &text, None),
                         RunEvent::Event(GenerationEvent::Done { finish, usage, .. }) => {
                             completion_total += usage.completion_tokens;
+                            cached_total += usage.cached_tokens;
                             chunk(index, "", Some(finish.as_openai()))
                         }
                         RunEvent::Failed(e) => {
@@ -212,7 +214,7 @@ async fn respond(state: &Arc<AppState>, req: CompletionRequest) -> Result<Respon
             Metrics::add(&state.metrics.completion_tokens, completion_total as u64);
             if include_usage {
                 let usage = json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [],
-                    "usage": {"prompt_tokens": prompt_total, "completion_tokens": completion_total, "total_tokens": prompt_total + completion_total}});
+                    "usage": usage_json(prompt_total, completion_total, cached_total)});
                 let _ = tx.send(Ok(Event::default().data(usage.to_string()))).await;
             }
             let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
@@ -221,7 +223,7 @@ async fn respond(state: &Arc<AppState>, req: CompletionRequest) -> Result<Respon
     }
 
     let mut choices = Vec::new();
-    let (mut prompt_total, mut completion_total) = (0, 0);
+    let (mut prompt_total, mut completion_total, mut cached_total) = (0, 0, 0);
     for (index, job) in jobs.iter().enumerate() {
         let mut rx = match admission.take() {
             Some(admission) => state.runner.start_admitted(admission, job.request.clone()),
@@ -240,6 +242,7 @@ async fn respond(state: &Arc<AppState>, req: CompletionRequest) -> Result<Respon
                 RunEvent::Event(GenerationEvent::Done { finish: f, usage, .. }) => {
                     finish = f.as_openai();
                     completion_total += usage.completion_tokens;
+                    cached_total += usage.cached_tokens;
                 }
                 RunEvent::Failed(e) => return Err(AppError::Internal(e)),
             }
@@ -260,7 +263,14 @@ async fn respond(state: &Arc<AppState>, req: CompletionRequest) -> Result<Respon
         "created": created,
         "model": state.model_id(),
         "choices": choices,
-        "usage": {"prompt_tokens": prompt_total, "completion_tokens": completion_total, "total_tokens": prompt_total + completion_total},
+        "usage": usage_json(prompt_total, completion_total, cached_total),
     }))
     .into_response())
+}
+
+/// OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts the prompt tokens
+/// the prefix cache gave.
+fn usage_json(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+           "prompt_tokens_details": {"cached_tokens": cached}})
 }

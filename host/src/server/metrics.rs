@@ -150,6 +150,12 @@ pub struct Metrics {
     pub malformed_tool_calls: AtomicU64,
     pub cancelled: AtomicU64,
     pub constrained: AtomicU64,
+    /// Prompt tokens run through the model (those the prefix cache gave are not).
+    pub prefill_tokens: AtomicU64,
+    pub prefix_cache_hits: AtomicU64,
+    pub prefix_cache_misses: AtomicU64,
+    /// Prompt tokens the prefix cache gave instead of a prefill.
+    pub prefix_cache_tokens_saved: AtomicU64,
     /// From admission (queue wait included) to the first generated token.
     pub time_to_first_token: Histogram,
     /// From the first generated token to the last.
@@ -172,6 +178,10 @@ impl Default for Metrics {
             malformed_tool_calls: AtomicU64::default(),
             cancelled: AtomicU64::default(),
             constrained: AtomicU64::default(),
+            prefill_tokens: AtomicU64::default(),
+            prefix_cache_hits: AtomicU64::default(),
+            prefix_cache_misses: AtomicU64::default(),
+            prefix_cache_tokens_saved: AtomicU64::default(),
             time_to_first_token: Histogram::new(LATENCY_BUCKETS),
             decode_time: Histogram::new(LATENCY_BUCKETS),
             time_per_output_token: Histogram::new(PER_TOKEN_BUCKETS),
@@ -210,6 +220,10 @@ pub async fn render(State(state): State<Arc<AppState>>) -> String {
         ("rapid_host_malformed_tool_calls_total", &m.malformed_tool_calls),
         ("rapid_host_cancelled_generations_total", &m.cancelled),
         ("rapid_host_constrained_generations_total", &m.constrained),
+        ("rapid_host_prefill_tokens_total", &m.prefill_tokens),
+        ("rapid_host_prefix_cache_hits_total", &m.prefix_cache_hits),
+        ("rapid_host_prefix_cache_misses_total", &m.prefix_cache_misses),
+        ("rapid_host_prefix_cache_tokens_saved_total", &m.prefix_cache_tokens_saved),
     ];
     for (name, value) in counters {
         out.push_str(&format!("# TYPE {name} counter\n{name} {}\n", value.load(Ordering::Relaxed)));
@@ -218,6 +232,16 @@ pub async fn render(State(state): State<Arc<AppState>>) -> String {
         "# TYPE rapid_host_queue_depth gauge\nrapid_host_queue_depth {}\n",
         state.runner.in_flight()
     ));
+    let prefix = state.runner.prefix_cache_size();
+    let budget = state.runner.prefix_cache().map_or(0, |c| c.max_bytes);
+    for (name, help, value) in [
+        ("rapid_host_prefix_cache_bytes", "Bytes of keys, values and states the prefix cache holds.", prefix.bytes),
+        ("rapid_host_prefix_cache_capacity_bytes", "The prefix cache's byte budget (0: no prefix cache).", budget),
+        ("rapid_host_prefix_cache_entries", "Sequences the prefix cache holds.", prefix.entries),
+        ("rapid_host_prefix_cache_snapshots", "Recurrent-state snapshots the prefix cache holds.", prefix.snapshots),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+    }
     render_load(&state, &mut out);
     m.batch_size.render("rapid_host_batch_size", "Sequences per scheduler step (one forward pass).", &mut out);
     m.batch_tokens.render(
@@ -251,7 +275,11 @@ fn render_load(state: &AppState, out: &mut String) {
     let gauges: [(&str, &str, String); 3] = [
         ("requests_waiting", "Requests admitted and waiting for a place in the batch.", waiting.to_string()),
         ("requests_running", "Requests generating right now.", running.to_string()),
-        ("kv_cache_usage_ratio", "Share (0..1) of the KV-cache capacity the live sequences hold.", usage.to_string()),
+        (
+            "kv_cache_usage_ratio",
+            "Share (0..1) of the KV-cache capacity in use: the live sequences, plus the prefix cache over its budget.",
+            usage.to_string(),
+        ),
     ];
     for (name, help, value) in &gauges {
         out.push_str(&format!(

@@ -338,6 +338,7 @@ pub fn prepare(state: &AppState, input: &ChatInput) -> Result<Prepared, AppError
         logprobs: input.logprobs,
         ignore_eos: false,
         constraint: output.map(|o| o.constraint),
+        boundaries: Vec::new(),
     };
     Ok(Prepared { generation, output: output_reader, schema_param })
 }
@@ -368,6 +369,7 @@ pub async fn start(state: &Arc<AppState>, input: ChatInput) -> Result<Generation
         stop,
         engine_finish: None,
         completion_tokens: 0,
+        cached_tokens: 0,
         outcome: None,
         over: false,
         schema_param,
@@ -380,6 +382,8 @@ pub struct Outcome {
     pub finish: Finish,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens the prefix cache gave (not prefilled).
+    pub cached_tokens: usize,
 }
 
 /// What a generation produces, step by step.
@@ -401,6 +405,7 @@ pub struct Generation {
     stop: Vec<String>,
     engine_finish: Option<FinishReason>,
     completion_tokens: usize,
+    cached_tokens: usize,
     outcome: Option<Outcome>,
     over: bool,
     schema_param: Option<&'static str>,
@@ -464,6 +469,7 @@ impl Generation {
                 Some(RunEvent::Event(GenerationEvent::Done { finish, usage, .. })) => {
                     self.engine_finish = Some(finish);
                     self.completion_tokens = usage.completion_tokens;
+                    self.cached_tokens = usage.cached_tokens;
                 }
                 Some(RunEvent::Failed(e)) => {
                     self.over = true;
@@ -489,6 +495,7 @@ impl Generation {
                         finish,
                         prompt_tokens: self.prompt_tokens,
                         completion_tokens: self.completion_tokens,
+                        cached_tokens: self.cached_tokens,
                     });
                     return Some(Step::Events { events, logprobs: Vec::new() });
                 }

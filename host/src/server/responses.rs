@@ -493,7 +493,7 @@ impl Envelope {
         let usage = outcome.map(|o| {
             json!({
                 "input_tokens": o.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": o.cached_tokens},
                 "output_tokens": o.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": o.prompt_tokens + o.completion_tokens,

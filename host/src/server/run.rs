@@ -7,6 +7,10 @@
 //!
 //! Request tasks do templates, tokenizing, grammar compilation and output parsing; the
 //! scheduler thread only steps sequences.
+//!
+//! With a prefix cache ([`crate::engine::prefix_cache`]), a sequence that joins starts
+//! from the longest cached prefix of its prompt and prefills only the rest; sequences that
+//! finish or are cancelled donate their cache to it.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -19,6 +23,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::AppError;
 use super::metrics::Metrics;
 use crate::engine::generate::{DEFAULT_BATCH_TOKENS, EventSink, Sequence, in_compute_pool, step};
+use crate::engine::prefix_cache::{PrefixCache, PrefixCacheConfig, PrefixCacheStats};
 use crate::engine::{Engine, GenerationEvent, GenerationRequest};
 
 #[derive(Debug)]
@@ -48,6 +53,11 @@ struct Gauges {
     running: AtomicUsize,
     waiting: AtomicUsize,
     cached_tokens: AtomicUsize,
+    /// Bytes one cached position takes (0 until a sequence has run).
+    position_bytes: AtomicUsize,
+    prefix_bytes: AtomicUsize,
+    prefix_entries: AtomicUsize,
+    prefix_snapshots: AtomicUsize,
 }
 
 /// A request handed to the scheduler.
@@ -66,6 +76,7 @@ pub struct Runner {
     in_flight: Arc<AtomicUsize>,
     gauges: Arc<Gauges>,
     jobs: std::sync::mpsc::Sender<Job>,
+    prefix: Option<PrefixCacheConfig>,
 }
 
 impl std::fmt::Debug for Job {
@@ -80,13 +91,31 @@ impl Runner {
         Self::with_batching(engine, limit, metrics, BatchLimits::default())
     }
 
-    /// Starts the scheduler thread; it ends when the runner is dropped.
+    /// Starts the scheduler thread (without a prefix cache); it ends when the runner is
+    /// dropped.
     pub fn with_batching(engine: Arc<Engine>, limit: usize, metrics: Arc<Metrics>, batch: BatchLimits) -> Self {
+        Self::with_prefix_cache(engine, limit, metrics, batch, None)
+    }
+
+    /// As [`Self::with_batching`], with a prefix cache bounded by `prefix` (`None`: none).
+    pub fn with_prefix_cache(
+        engine: Arc<Engine>,
+        limit: usize,
+        metrics: Arc<Metrics>,
+        batch: BatchLimits,
+        prefix: Option<PrefixCacheConfig>,
+    ) -> Self {
         let batch =
             BatchLimits { max_running: batch.max_running.max(1), max_batch_tokens: batch.max_batch_tokens.max(1) };
         let gauges = Arc::new(Gauges::default());
         let (jobs, queue) = std::sync::mpsc::channel();
-        let scheduler = Scheduler { engine: Arc::clone(&engine), batch, gauges: Arc::clone(&gauges), metrics };
+        let scheduler = Scheduler {
+            engine: Arc::clone(&engine),
+            batch,
+            gauges: Arc::clone(&gauges),
+            metrics,
+            prefix: prefix.map(PrefixCache::new),
+        };
         let spawned = std::thread::Builder::new().name(String::from("scheduler")).spawn(move || scheduler.run(queue));
         if let Err(e) = spawned {
             tracing::error!("cannot start the scheduler thread: {e}");
@@ -99,6 +128,22 @@ impl Runner {
             in_flight: Arc::new(AtomicUsize::new(0)),
             gauges,
             jobs,
+            prefix,
+        }
+    }
+
+    /// The prefix cache's bounds, `None` without one.
+    pub fn prefix_cache(&self) -> Option<&PrefixCacheConfig> {
+        self.prefix.as_ref()
+    }
+
+    /// The prefix cache's size now (its counters live in [`Metrics`]).
+    pub fn prefix_cache_size(&self) -> PrefixCacheStats {
+        PrefixCacheStats {
+            entries: self.gauges.prefix_entries.load(Ordering::Relaxed),
+            bytes: self.gauges.prefix_bytes.load(Ordering::Relaxed),
+            snapshots: self.gauges.prefix_snapshots.load(Ordering::Relaxed),
+            ..PrefixCacheStats::default()
         }
     }
 
@@ -117,12 +162,22 @@ impl Runner {
         self.gauges.waiting.load(Ordering::Relaxed)
     }
 
-    /// The share (0..1) of the KV capacity the running sequences hold: positions cached
+    /// The share (0..1) of the KV capacity in use: positions the running sequences cache
     /// over `max_running` sequences of the model's context length (each sequence's cache
-    /// grows as it needs; this is the bound they grow towards).
+    /// grows as it needs; this is the bound they grow towards), with the prefix cache's
+    /// bytes over its budget added to both sides once a position's size is known.
     pub fn kv_cache_usage(&self) -> f64 {
-        let capacity = self.kv_capacity_tokens().max(1);
-        (self.gauges.cached_tokens.load(Ordering::Relaxed) as f64 / capacity as f64).min(1.0)
+        let capacity = self.kv_capacity_tokens().max(1) as f64;
+        let cached = self.gauges.cached_tokens.load(Ordering::Relaxed) as f64;
+        let position = self.gauges.position_bytes.load(Ordering::Relaxed) as f64;
+        let usage = match &self.prefix {
+            Some(prefix) if position > 0.0 => {
+                let held = self.gauges.prefix_bytes.load(Ordering::Relaxed) as f64;
+                (cached * position + held) / (capacity * position + prefix.max_bytes as f64)
+            }
+            _ => cached / capacity,
+        };
+        usage.min(1.0)
     }
 
     /// The positions the running sequences' caches can grow to together: a context window
@@ -192,10 +247,11 @@ struct Scheduler {
     batch: BatchLimits,
     gauges: Arc<Gauges>,
     metrics: Arc<Metrics>,
+    prefix: Option<PrefixCache>,
 }
 
 impl Scheduler {
-    fn run(self, queue: std::sync::mpsc::Receiver<Job>) {
+    fn run(mut self, queue: std::sync::mpsc::Receiver<Job>) {
         let mut waiting: VecDeque<Job> = VecDeque::new();
         let mut running: Vec<Live> = Vec::new();
         loop {
@@ -224,8 +280,11 @@ impl Scheduler {
             for live in running.iter_mut().filter(|l| l.tx.is_closed()) {
                 live.sequence.cancel();
             }
-            let (left, stay): (Vec<Live>, Vec<Live>) = running.drain(..).partition(|l| l.sequence.is_finished());
+            let (mut left, stay): (Vec<Live>, Vec<Live>) = running.drain(..).partition(|l| l.sequence.is_finished());
             running = stay;
+            for live in &mut left {
+                self.donate(&mut live.sequence);
+            }
             self.publish(&running, waiting.len());
             drop((gone, left));
             if running.is_empty() {
@@ -244,6 +303,7 @@ impl Scheduler {
                 Ok(report) => {
                     self.metrics.batch_size.observe(report.sequences as f64);
                     self.metrics.batch_tokens.observe(report.tokens as f64);
+                    Metrics::add(&self.metrics.prefill_tokens, report.prompt_tokens as u64);
                 }
                 Err(e) => {
                     // The forward itself failed: every sequence in the batch fails with it.
@@ -261,6 +321,7 @@ impl Scheduler {
                     let _ = tx.try_send(RunEvent::Failed(e.to_string()));
                 }
                 if sequence.is_finished() {
+                    self.donate(&mut sequence);
                     finished.push(admission);
                 } else {
                     running.push(Live { sequence, tx, _admission: admission });
@@ -273,14 +334,17 @@ impl Scheduler {
 
     /// The sequence for `job`, its events going to the job's channel with the latency
     /// metrics on the way; `None` (after telling the client) when the request is refused.
-    fn join(&self, job: Job) -> Option<Live> {
+    fn join(&mut self, job: Job) -> Option<Live> {
         let Job { request, tx, admission } = job;
         if request.constraint.is_some() {
             Metrics::add(&self.metrics.constrained, 1);
         }
         let sink = event_sink(tx.clone(), Arc::clone(&self.metrics), admission.admitted);
         match Sequence::new(&self.engine, request, sink) {
-            Ok(sequence) => Some(Live { sequence, tx, _admission: admission }),
+            Ok(mut sequence) => {
+                self.reuse_prefix(&mut sequence);
+                Some(Live { sequence, tx, _admission: admission })
+            }
             Err(e) => {
                 let _ = tx.try_send(RunEvent::Failed(e.to_string()));
                 None
@@ -288,11 +352,53 @@ impl Scheduler {
         }
     }
 
+    /// Starts a joining sequence from the longest cached prefix of its prompt.
+    fn reuse_prefix(&mut self, sequence: &mut Sequence<'static>) {
+        let Some(prefix) = &mut self.prefix else { return };
+        sequence.snapshot_every(prefix.config().snapshot_interval);
+        let prompt = &sequence.request().prompt_tokens;
+        // Room for the prompt, as the cache would grow to while prefilling it.
+        let room = prompt.len().next_power_of_two().max(256);
+        match prefix.lookup(prompt, room) {
+            Some(hit) => {
+                let reused = hit.reused;
+                if sequence.reuse_prefix(hit.cache) {
+                    Metrics::add(&self.metrics.prefix_cache_hits, 1);
+                    Metrics::add(&self.metrics.prefix_cache_tokens_saved, reused as u64);
+                    tracing::debug!(
+                        "prefix cache hit: {reused} of {} prompt tokens",
+                        sequence.request().prompt_tokens.len()
+                    );
+                } else {
+                    Metrics::add(&self.metrics.prefix_cache_misses, 1);
+                }
+            }
+            None => Metrics::add(&self.metrics.prefix_cache_misses, 1),
+        }
+    }
+
+    /// Gives what a finished or cancelled sequence cached to the prefix cache.
+    fn donate(&mut self, sequence: &mut Sequence<'static>) {
+        let Some(prefix) = &mut self.prefix else { return };
+        if let Some(donation) = sequence.donation() {
+            prefix.insert(donation);
+        }
+        let stats = prefix.stats();
+        self.gauges.prefix_bytes.store(stats.bytes, Ordering::Relaxed);
+        self.gauges.prefix_entries.store(stats.entries, Ordering::Relaxed);
+        self.gauges.prefix_snapshots.store(stats.snapshots, Ordering::Relaxed);
+    }
+
     fn publish(&self, running: &[Live], waiting: usize) {
         self.gauges.running.store(running.len(), Ordering::Relaxed);
         self.gauges.waiting.store(waiting, Ordering::Relaxed);
         let cached = running.iter().map(|l| l.sequence.cached_tokens()).sum();
         self.gauges.cached_tokens.store(cached, Ordering::Relaxed);
+        if self.gauges.position_bytes.load(Ordering::Relaxed) == 0
+            && let Some(bytes) = running.iter().map(|l| l.sequence.position_bytes()).find(|&b| b > 0)
+        {
+            self.gauges.position_bytes.store(bytes, Ordering::Relaxed);
+        }
     }
 }
 
