@@ -22,12 +22,14 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# The server start-up helpers are the batching benchmark's (same folder, on sys.path when run as a script).
+from serve_batching import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,28 +61,6 @@ def system_prompt(nonce):
             lines.append(f"Rule {i * len(RULES) + j + 1}: {rule}")
     lines.append("Answer in one short sentence.")
     return "\n".join(lines)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(port, proc, path, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server on {port} exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"server on {port} not ready after {timeout}s")
 
 
 def chat(port, messages, extra, max_tokens=8):
@@ -162,8 +142,8 @@ def main():
     sides = {"rapid-host": (ours_port, {}), "llama-server": (theirs_port, {"cache_prompt": True})}
     runs = {side: {"prefix": [], "chat": []} for side in sides}
     try:
-        wait_ready(ours_port, ours, "/health/ready")
-        wait_ready(theirs_port, theirs, "/health")
+        wait_ready(ours_port, ours, "/health/ready", timeout=300)
+        wait_ready(theirs_port, theirs, "/health", timeout=300)
         for port, extra in sides.values():  # warm-up
             chat(port, [{"role": "user", "content": "Hello"}], extra, max_tokens=4)
         for r in range(args.rounds):
